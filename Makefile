@@ -1,0 +1,44 @@
+# StableEmote: `make demo` and `make test` set everything up on a fresh machine.
+#
+#   make demo   - create .venv, install, run the course's main job (tiny preset, CPU)
+#   make test   - create .venv, install, run lint, unit tests and the notebooks (offline)
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Pins torch to the CPU build on machines without a GPU (see .ci/constraints.txt).
+CONSTRAINTS ?= .ci/constraints.txt
+STAMP := $(VENV)/.stableemote-installed
+OPEN_CLIP := open_clip_torch==3.3.0
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	# CLIP's BPE vocabulary ships in this wheel; --no-deps keeps torchvision out.
+	$(BIN)/python -m pip install -q --no-deps $(OPEN_CLIP)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/stableemote quickstart --output-dir outputs/demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(OFFLINE) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --durations=15 \
+		--nbval-lax --nbval-current-env tests notebooks $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,366 @@
+"""Emoji data: images composited onto white, resized, with captions and a held-out split.
+
+Sources:
+
+* ``"noto"`` - rendered offline from Debian's Noto Color Emoji font, names from the
+  ``emoji`` package (no network needed; the ``tiny`` preset's data).
+* ``"valhalla/emoji-dataset"`` or any other Hub dataset with an image column and a
+  text column (needs network).
+* a local folder in the ``imagefolder`` convention of ``datasets``: images plus a
+  ``metadata.jsonl`` whose rows hold ``file_name`` and a caption field (``text``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from stableemote_utils.errors import StableEmoteError
+
+NOTO_FONT_PATHS = (
+    "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+    "/usr/share/fonts/noto/NotoColorEmoji.ttf",
+    "/System/Library/Fonts/Apple Color Emoji.ttc",
+)
+# Noto Color Emoji is a bitmap font: FreeType renders it only at this size (136x128 px).
+NOTO_BITMAP_SIZE_PX = 109
+NOTO_CANVAS_PX = 136
+SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
+CAPTION_FIELDS = ("text", "caption", "name", "prompt", "title")
+DEFAULT_MAX_BAD_FRACTION = 0.1
+SPLITS = ("train", "heldout", "all")
+
+
+@dataclass(frozen=True)
+class EmojiExample:
+    """One training example.
+
+    Attributes:
+        name: the emoji's name, e.g. ``"grinning face"``; held-out splits are made by name.
+        caption: the name through the caption template, e.g. ``"An emoji of grinning face"``.
+        image: an RGB PIL image, ``resolution_px`` square, on a white background.
+    """
+
+    name: str
+    caption: str
+    image: Image.Image
+
+
+def to_rgb_on_white(image: Image.Image) -> Image.Image:
+    """Any PIL image -> RGB, with transparent pixels composited onto white.
+
+    Handles RGBA, LA, palette images with transparency, grayscale and 16-bit / float
+    grayscale (rescaled to 8 bits). ``image.convert("RGB")`` alone would keep whatever
+    colour sits under transparent pixels, often black.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = (
+            (0.0, 65535.0) if image.mode.startswith("I;16") or arr.max() > 255 else (0.0, 255.0)
+        )
+        arr = np.clip((arr - lo) / (hi - lo) * 255.0, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(arr, mode="L")
+    if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def square_resize(image: Image.Image, size_px: int) -> Image.Image:
+    """Pad an RGB image to a square with white, then resize it to ``size_px`` (bicubic)."""
+    w, h = image.size
+    if w != h:
+        side = max(w, h)
+        canvas = Image.new("RGB", (side, side), (255, 255, 255))
+        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+        image = canvas
+    if image.size != (size_px, size_px):
+        image = image.resize((size_px, size_px), Image.Resampling.BICUBIC)
+    return image
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image ``(H, W)`` -> float tensor ``(3, H, W)`` in [-1, 1]."""
+    arr = np.asarray(to_rgb_on_white(image), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """A list of N equally sized images -> ``(N, 3, H, W)`` in [-1, 1]."""
+    return torch.stack([image_to_tensor(im) for im in images])
+
+
+def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    """``(N, 3, H, W)`` (or ``(3, H, W)``) in [-1, 1] -> list of RGB PIL images (values clipped)."""
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    arr = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
+
+
+def is_heldout(name: str, fraction: float) -> bool:
+    """Whether an emoji name belongs to the held-out split.
+
+    Decided by a hash of the lower-cased name, so it is the same on every machine, for
+    every source, and an emoji name never lands on both sides.
+    """
+    digest = hashlib.sha256(name.strip().lower().encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def emoji_name(emoji_char: str) -> str:
+    """The English name of an emoji character from the ``emoji`` package (``"grinning face"``)."""
+    import emoji
+
+    data = emoji.EMOJI_DATA.get(emoji_char)
+    if data is None:
+        raise StableEmoteError(f"{emoji_char!r} is not an emoji the emoji package knows.")
+    return data["en"].strip(":").replace("_", " ")
+
+
+def find_emoji_font() -> str:
+    """Path of the Noto Color Emoji font (``$STABLEEMOTE_EMOJI_FONT`` overrides)."""
+    candidates = [os.environ.get("STABLEEMOTE_EMOJI_FONT", ""), *NOTO_FONT_PATHS]
+    for path in candidates:
+        if path and os.path.exists(path):
+            return path
+    raise StableEmoteError(
+        "The offline emoji set is drawn with the Noto Color Emoji font, which is not installed. "
+        "On Debian/Ubuntu: sudo apt-get install fonts-noto-color-emoji. Elsewhere download "
+        "NotoColorEmoji.ttf and set STABLEEMOTE_EMOJI_FONT to its path."
+    )
+
+
+def render_emoji(emoji_char: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
+    """Draw one emoji as an RGBA image ``NOTO_CANVAS_PX`` square, or ``None`` if the font lacks it.
+
+    A sequence the font cannot join into one glyph comes out wider than one glyph and
+    is rejected, as is an empty drawing.
+    """
+    canvas = Image.new("RGBA", (NOTO_CANVAS_PX * 3, NOTO_CANVAS_PX * 2), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((4, 4), emoji_char, font=font, embedded_color=True)
+    bbox = canvas.getchannel("A").getbbox()
+    if bbox is None:
+        return None
+    glyph = canvas.crop(bbox)
+    if glyph.width > NOTO_CANVAS_PX or glyph.height > NOTO_CANVAS_PX:
+        return None
+    out = Image.new("RGBA", (NOTO_CANVAS_PX, NOTO_CANVAS_PX), (0, 0, 0, 0))
+    out.paste(glyph, ((NOTO_CANVAS_PX - glyph.width) // 2, (NOTO_CANVAS_PX - glyph.height) // 2))
+    return out
+
+
+def noto_emoji_chars() -> list[str]:
+    """Fully qualified emoji without skin-tone variants, in the emoji package's order."""
+    import emoji
+
+    status = emoji.STATUS["fully_qualified"]
+    return [
+        e
+        for e, data in emoji.EMOJI_DATA.items()
+        if data.get("status") == status and not (set(e) & SKIN_TONES)
+    ]
+
+
+def build_noto_folder(folder: str | os.PathLike | None = None, limit: int | None = None) -> Path:
+    """Render the Noto emoji into an ``imagefolder`` (PNGs + ``metadata.jsonl``), once.
+
+    Args:
+        folder: where to write; defaults to ``<cache>/noto-emoji``.
+        limit: render only the first ``limit`` emoji (for quick tests).
+
+    Returns:
+        The folder. A finished folder is reused; a half-written one never is (the
+        folder is renamed into place when complete).
+    """
+    from stableemote_utils.presets import cache_dir
+
+    folder = Path(folder or Path(cache_dir()) / "noto-emoji")
+    if (folder / "metadata.jsonl").exists():
+        return folder
+    font = ImageFont.truetype(find_emoji_font(), NOTO_BITMAP_SIZE_PX)
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    partial.mkdir(parents=True, exist_ok=True)
+    rows, seen = [], set()
+    for e in noto_emoji_chars():
+        name = emoji_name(e)
+        if name.lower() in seen:
+            continue
+        image = render_emoji(e, font)
+        if image is None:
+            continue
+        seen.add(name.lower())
+        file_name = f"{len(rows):04d}_{'-'.join(f'{ord(c):x}' for c in e)}.png"
+        image.save(partial / file_name)
+        rows.append({"file_name": file_name, "text": name, "emoji": e})
+        if limit is not None and len(rows) >= limit:
+            break
+    with open(partial / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if folder.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+        return folder
+    partial.rename(folder)
+    return folder
+
+
+def _caption_of(row: dict, where: str) -> str:
+    for key in CAPTION_FIELDS:
+        if key in row:
+            value = row[key]
+            if not isinstance(value, str) or not value.strip():
+                raise StableEmoteError(
+                    f"{where} has an empty caption (field '{key}'). Every image needs a "
+                    "non-empty name or caption: fill it in or remove the row."
+                )
+            return value.strip()
+    raise StableEmoteError(
+        f"{where} has no caption field; expected one of {', '.join(CAPTION_FIELDS)}."
+    )
+
+
+def _decode(data: bytes | str | os.PathLike) -> Image.Image:
+    image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    image.load()
+    return image
+
+
+def _finish(
+    raw: list[tuple[str, object, str]],
+    resolution_px: int,
+    caption_template: str,
+    max_bad_fraction: float,
+) -> list[EmojiExample]:
+    """Decode ``(name, bytes_or_path, where)`` rows, skipping unreadable ones with a report."""
+    out, bad = [], []
+    for name, data, where in raw:
+        try:
+            image = square_resize(to_rgb_on_white(_decode(data)), resolution_px)
+        except (OSError, ValueError, SyntaxError) as err:
+            bad.append(where)
+            print(f"stableemote: skipped unreadable image {where}: {err}", file=sys.stderr)
+            continue
+        out.append(EmojiExample(name=name, caption=caption_template.format(name=name), image=image))
+    if bad:
+        print(f"stableemote: skipped {len(bad)} of {len(raw)} images (unreadable)", file=sys.stderr)
+        if len(bad) > max_bad_fraction * len(raw):
+            raise StableEmoteError(
+                f"{len(bad)} of {len(raw)} images could not be read (more than "
+                f"{max_bad_fraction:.0%}), e.g. {', '.join(bad[:3])}. The data looks broken: "
+                "check the files, or raise max_bad_fraction if you accept the loss."
+            )
+    return out
+
+
+def _rows_from_folder(folder: Path) -> list[tuple[str, object, str]]:
+    meta = folder / "metadata.jsonl"
+    if not meta.exists():
+        raise StableEmoteError(
+            f"The folder '{folder}' has no metadata.jsonl. A local emoji set is a folder of "
+            "images plus metadata.jsonl with one JSON object per line, e.g. "
+            '{"file_name": "smile.png", "text": "smiling face"}.'
+        )
+    rows = []
+    with open(meta, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{meta} line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise StableEmoteError(f"{where} is not valid JSON: {err}") from err
+            if "file_name" not in row:
+                raise StableEmoteError(f"{where} has no 'file_name'.")
+            name = _caption_of(row, f"{where} (file_name '{row['file_name']}')")
+            rows.append((name, folder / row["file_name"], str(folder / row["file_name"])))
+    return rows
+
+
+def _rows_from_hub(source: str) -> list[tuple[str, object, str]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source, split="train")
+    except Exception as err:  # datasets raises many types for "cannot fetch"
+        raise StableEmoteError(
+            f"Could not load the dataset '{source}' from the Hugging Face Hub "
+            f"({type(err).__name__}: {str(err)[:200]}). Check the name and your network, or use "
+            "the offline set: --dataset noto (or STABLEEMOTE_PRESET=tiny)."
+        ) from err
+    image_col = next((c for c, f in ds.features.items() if type(f).__name__ == "Image"), None)
+    if image_col is None:
+        raise StableEmoteError(f"The dataset '{source}' has no image column.")
+    ds = ds.cast_column(image_col, datasets.Image(decode=False))
+    rows = []
+    for i, row in enumerate(ds):
+        name = _caption_of(row, f"{source} row {i}")
+        img = row[image_col]
+        rows.append((name, img.get("bytes") or img.get("path"), f"{source} row {i}"))
+    return rows
+
+
+def load_emoji_dataset(
+    source: str = "noto",
+    resolution_px: int = 64,
+    caption_template: str = "An emoji of {name}",
+    split: str = "train",
+    heldout_fraction: float = 0.05,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    limit: int | None = None,
+) -> list[EmojiExample]:
+    """Load an emoji set as a list of :class:`EmojiExample`.
+
+    Args:
+        source: ``"noto"``, a Hub dataset id, or a local ``imagefolder`` folder.
+        resolution_px: output image size (square).
+        caption_template: how a name becomes a caption; must contain ``{name}``.
+        split: ``"train"``, ``"heldout"`` (names never in train) or ``"all"``.
+        heldout_fraction: share of names held out.
+        max_bad_fraction: stop if more than this share of images cannot be read.
+        limit: keep at most this many examples (after the split), for quick runs.
+
+    Returns:
+        Examples in a fixed order. Images are RGB ``resolution_px`` squares on white.
+
+    Raises:
+        StableEmoteError: missing source, empty caption, too many unreadable files.
+    """
+    if split not in SPLITS:
+        raise StableEmoteError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if "{name}" not in caption_template:
+        raise StableEmoteError(
+            f"The caption template {caption_template!r} has no '{{name}}' placeholder."
+        )
+    if source == "noto":
+        rows = _rows_from_folder(build_noto_folder())
+    elif os.path.isdir(os.path.expanduser(source)):
+        rows = _rows_from_folder(Path(os.path.expanduser(source)))
+    elif os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~")):
+        raise StableEmoteError(
+            f"The dataset '{source}' is not a folder. Pass 'noto', a Hub dataset id, or a "
+            "folder of images with a metadata.jsonl."
+        )
+    else:
+        rows = _rows_from_hub(source)
+    if split != "all":
+        want_heldout = split == "heldout"
+        rows = [r for r in rows if is_heldout(r[0], heldout_fraction) == want_heldout]
+    if limit is not None:
+        rows = rows[:limit]
+    return _finish(rows, resolution_px, caption_template, max_bad_fraction)

@@ -1,0 +1,107 @@
+"""Presets: one name turns into everything the course needs to run.
+
+``sd15`` is the real Stable Diffusion 1.5 from the Hub (for Colab and GPUs);
+``tiny`` is the same architecture at small size, built offline, with an emoji set
+rendered from a local font. Anything else is taken as a model id or a local folder
+and uses the ``sd15`` sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from stableemote_utils.errors import StableEmoteError
+
+PRESET_ENV_VAR = "STABLEEMOTE_PRESET"
+DEFAULT_PRESET = "sd15"
+CAPTION_TEMPLATE = "An emoji of {name}"
+SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that differs between the real model and the tiny one.
+
+    Attributes:
+        name: ``"sd15"``, ``"tiny"`` or ``"custom"``.
+        model: a Hub model id or a local folder in the diffusers layout. For ``tiny``
+            this is the folder the tiny model is built into on first use.
+        resolution_px: training and sampling resolution (square images).
+        batch_size: default training batch size.
+        dataset: emoji data source (see :func:`stableemote_utils.data.load_emoji_dataset`).
+        caption_template: how an emoji name becomes a caption; must contain ``{name}``.
+        heldout_fraction: share of emoji names kept out of training.
+        sample_steps: default number of denoising steps when sampling.
+    """
+
+    name: str
+    model: str
+    resolution_px: int
+    batch_size: int
+    dataset: str
+    caption_template: str = CAPTION_TEMPLATE
+    heldout_fraction: float = 0.05
+    sample_steps: int = 25
+
+    @property
+    def is_tiny(self) -> bool:
+        """True for the offline preset whose model is built from code."""
+        return self.name == "tiny"
+
+
+def cache_dir() -> str:
+    """The folder for everything the course builds or renders (``$STABLEEMOTE_CACHE``).
+
+    Defaults to ``~/.cache/stableemote``.
+    """
+    default = os.path.join(os.path.expanduser("~"), ".cache", "stableemote")
+    return os.environ.get("STABLEEMOTE_CACHE", default)
+
+
+def tiny_model_dir() -> str:
+    """Where the tiny model is built on first use."""
+    return os.path.join(cache_dir(), "tiny-sd")
+
+
+def get_preset(name_or_model: str | None = None) -> Preset:
+    """Turn a preset name, a Hub model id or a local folder into a :class:`Preset`.
+
+    Args:
+        name_or_model: ``"sd15"``, ``"tiny"``, a Hub id such as
+            ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` or a local folder. ``None``
+            reads ``$STABLEEMOTE_PRESET`` and falls back to ``"sd15"``.
+
+    Returns:
+        The preset. Model ids and folders get the ``sd15`` sizes and data.
+
+    Raises:
+        StableEmoteError: for an empty name.
+    """
+    if name_or_model is None:
+        name_or_model = os.environ.get(PRESET_ENV_VAR, "") or DEFAULT_PRESET
+    key = name_or_model.strip()
+    if not key:
+        raise StableEmoteError(
+            "The preset name is empty. Use 'sd15' (the real model, needs a GPU and network), "
+            "'tiny' (offline, CPU), or a model id / local folder."
+        )
+    sd15 = Preset(
+        name="sd15",
+        model=SD15_MODEL_ID,
+        resolution_px=256,
+        batch_size=8,
+        dataset="valhalla/emoji-dataset",
+    )
+    if key.lower() == "sd15":
+        return sd15
+    if key.lower() == "tiny":
+        return Preset(
+            name="tiny",
+            model=tiny_model_dir(),
+            resolution_px=64,
+            batch_size=4,
+            dataset="noto",
+            sample_steps=10,
+        )
+    return replace(sd15, name="custom", model=key)

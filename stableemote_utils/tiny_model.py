@@ -1,0 +1,272 @@
+"""The ``tiny`` model: Stable Diffusion 1.5's architecture at small size, built offline.
+
+It is written to disk in the same folder layout as the Hub repo
+``stable-diffusion-v1-5/stable-diffusion-v1-5`` (``unet/``, ``vae/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``) so that the
+same ``from_pretrained`` calls load either. Weights are random but deterministic
+(same seed, same weights). The tokenizer is the real CLIP BPE tokenizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from stableemote_utils.errors import StableEmoteError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+TINY_SEED = 0
+# Bump when the tiny architecture changes, so stale cached builds are rebuilt.
+TINY_BUILD_VERSION = "1"
+CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+# Wheels that ship the MIT-licensed CLIP vocabulary (their code is never imported).
+_VOCAB_WHEELS = ("open_clip_torch", "clip-anytorch")
+_OPEN_CLIP_PIN = "open_clip_torch==3.3.0"
+CLIP_MAX_LENGTH = 77
+# Number of BPE merges in CLIP's vocabulary: 49,408 tokens = 256 bytes x 2 + merges + 2 specials.
+_CLIP_NUM_MERGES = 49152 - 256 - 2
+
+TINY_UNET_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1,
+    "attention_head_dim": 8,
+    "cross_attention_dim": 64,
+    "norm_num_groups": 8,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "act_fn": "silu",
+}
+TINY_VAE_CONFIG = {
+    "sample_size": 64,
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [16, 32, 32, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "scaling_factor": 0.18215,
+}
+TINY_TEXT_CONFIG = {
+    "vocab_size": 49408,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": CLIP_MAX_LENGTH,
+    "projection_dim": 64,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
+
+
+def sd15_config(component: str) -> dict:
+    """SD 1.5's published config for ``"unet"``, ``"vae"``, ``"text_encoder"`` or ``"scheduler"``."""
+    with open(CONFIG_DIR / f"sd15_{component}.json") as f:
+        return json.load(f)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte-to-character table of byte-level BPE (GPT-2 and CLIP).
+
+    Printable bytes stand for themselves; the others are moved to code points from 256
+    up, so that every byte has a visible character and no whitespace or control codes
+    appear in the vocabulary.
+    """
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    # Insertion order matters: the vocabulary lists the printable bytes first.
+    return table
+
+
+def _vocab_from_installed_wheels() -> Path | None:
+    for dist in _VOCAB_WHEELS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            for f in metadata.files(dist) or []:
+                if f.name == CLIP_VOCAB_FILE:
+                    path = Path(f.locate())
+                    if path.exists():
+                        return path
+    return None
+
+
+def find_clip_vocab(cache: str | os.PathLike | None = None) -> Path:
+    """Locate CLIP's BPE vocabulary file (``bpe_simple_vocab_16e6.txt.gz``, MIT licence).
+
+    It ships inside the ``open_clip_torch`` wheel. That package depends on torchvision,
+    so it is installed with ``--no-deps`` and only its data file is read. If it is not
+    installed, the wheel is fetched from PyPI with ``pip download --no-deps`` into the
+    cache and the file is taken out of it.
+    """
+    found = _vocab_from_installed_wheels()
+    if found is not None:
+        return found
+    from stableemote_utils.presets import cache_dir
+
+    cache = Path(cache or cache_dir())
+    target = cache / CLIP_VOCAB_FILE
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
+        proc = subprocess.run(cmd + ["-d", tmp, _OPEN_CLIP_PIN], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise StableEmoteError(
+                "The tiny preset needs CLIP's BPE vocabulary, which ships inside the "
+                f"open_clip_torch wheel, and it is not installed. Install it without its "
+                f"dependencies (it would pull torchvision): pip install --no-deps "
+                f"'{_OPEN_CLIP_PIN}' (pip said: {proc.stderr.strip()[-300:]})"
+            )
+        with zipfile.ZipFile(wheels[0]) as zf:
+            name = next(n for n in zf.namelist() if n.endswith(CLIP_VOCAB_FILE))
+            partial = target.with_suffix(".partial")
+            partial.write_bytes(zf.read(name))
+            partial.replace(target)
+    return target
+
+
+def write_clip_tokenizer(folder: str | os.PathLike) -> Path:
+    """Write SD 1.5's CLIP tokenizer (vocab.json, merges.txt, configs) into ``folder``.
+
+    Load it with ``CLIPTokenizer.from_pretrained(folder)``; it gives the same ids as the
+    tokenizer in the Hub repo (``"a photo of a cat"`` ->
+    ``[49406, 320, 1125, 539, 320, 2368, 49407]``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(find_clip_vocab(), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = lines[1 : _CLIP_NUM_MERGES + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    assert len(vocab) == TINY_TEXT_CONFIG["vocab_size"], len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    specials = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    config = dict(specials, tokenizer_class="CLIPTokenizer", model_max_length=CLIP_MAX_LENGTH)
+    config["do_lower_case"] = True
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def build_sd15_components(seed: int = 0):
+    """Build the full-size SD 1.5 UNet, VAE and text encoder with random weights (CPU).
+
+    Uses the published configs kept in ``stableemote_utils/configs``. Takes about 4 GB
+    of memory and tens of seconds: used to check shapes, parameter counts and LoRA
+    layouts of the real model without downloading it.
+
+    Returns:
+        ``(unet, vae, text_encoder)``; the UNet has 859,520,964 parameters.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(sd15_config("unet"))
+    vae = AutoencoderKL.from_config(sd15_config("vae"))
+    text_config = {k: v for k, v in sd15_config("text_encoder").items() if k != "architectures"}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    return unet, vae, text_encoder
+
+
+def build_tiny_model(folder: str | os.PathLike, seed: int = TINY_SEED) -> Path:
+    """Build the tiny SD model into ``folder`` (deterministic, a few seconds, no network).
+
+    The folder is written next to its final place and renamed into it, so an
+    interrupted build never leaves a half-written model behind.
+
+    Returns:
+        The folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
+    try:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+        torch.random.set_rng_state(generator_state)
+        scheduler = PNDMScheduler.from_config(sd15_config("scheduler"))
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / "_tokenizer"))
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(tmp / "model", safe_serialization=True)
+        (tmp / "model" / "STABLEEMOTE_TINY").write_text(
+            json.dumps({"build_version": TINY_BUILD_VERSION, "seed": seed}) + "\n"
+        )
+        if folder.exists():
+            shutil.rmtree(folder)
+        (tmp / "model").rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def ensure_tiny_model(folder: str | os.PathLike | None = None) -> Path:
+    """Return the tiny model's folder, building it first if it is missing or stale."""
+    from stableemote_utils.presets import tiny_model_dir
+
+    folder = Path(folder or tiny_model_dir())
+    marker = folder / "STABLEEMOTE_TINY"
+    if marker.exists():
+        with contextlib.suppress(ValueError, OSError):
+            if json.loads(marker.read_text()).get("build_version") == TINY_BUILD_VERSION:
+                return folder
+    return build_tiny_model(folder)
