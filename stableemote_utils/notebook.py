@@ -1,0 +1,60 @@
+"""The config cell every notebook starts with: preset, device and precision, printed."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from stableemote_utils.precision import choose_dtype, dtype_name, pick_device
+from stableemote_utils.presets import Preset, get_preset
+
+
+@dataclass(frozen=True)
+class NotebookConfig:
+    """What a notebook runs on.
+
+    Attributes:
+        preset: model, data and sizes (``sd15`` on Colab, ``tiny`` offline).
+        device: where the models run.
+        dtype: compute dtype from the precision policy.
+        precision_reason: one line saying why that dtype.
+    """
+
+    preset: Preset
+    device: torch.device
+    dtype: torch.dtype
+    precision_reason: str
+
+
+def in_colab() -> bool:
+    """True inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def notebook_setup(
+    preset: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    seed: int = 0,
+) -> NotebookConfig:
+    """Read the preset (argument, else ``$STABLEEMOTE_PRESET``, else ``sd15``), pick device
+    and precision, seed torch, print the choices and return them."""
+    chosen = get_preset(preset)
+    dev = pick_device(device)
+    dtype, reason = choose_dtype(dev, precision)
+    torch.manual_seed(seed)
+    source = (
+        "argument"
+        if preset
+        else ("STABLEEMOTE_PRESET" if os.environ.get("STABLEEMOTE_PRESET") else "default")
+    )
+    print(f"preset:    {chosen.name} ({source}) -> model {chosen.model}")
+    print(
+        f"data:      {chosen.dataset}, {chosen.resolution_px} px, captions '{chosen.caption_template}'"
+    )
+    print(f"device:    {dev}")
+    print(f"precision: {dtype_name(dtype)} - {reason}")
+    return NotebookConfig(preset=chosen, device=dev, dtype=dtype, precision_reason=reason)
