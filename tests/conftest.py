@@ -1,0 +1,29 @@
+"""Shared fixtures: everything runs offline on the tiny preset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("STABLEEMOTE_PRESET", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny SD model in the course cache (built on first use)."""
+    from stableemote_utils.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_model_dir):
+    """Tiny model components on CPU in fp32 (shared: do not modify them in tests)."""
+    from stableemote_utils.loading import load_components
+
+    return load_components(str(tiny_model_dir))

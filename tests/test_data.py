@@ -1,0 +1,183 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stableemote_utils.data import (
+    image_to_tensor,
+    images_to_tensor,
+    is_heldout,
+    load_emoji_dataset,
+    square_resize,
+    tensor_to_images,
+    to_rgb_on_white,
+)
+from stableemote_utils.errors import StableEmoteError
+
+
+def _transparent_red_square(size: int = 32) -> Image.Image:
+    # Transparent pixels carry black colour underneath, as many emoji PNGs do.
+    img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    img.paste((255, 0, 0, 255), (8, 8, 24, 24))
+    return img
+
+
+def _folder(tmp_path, rows, images):
+    for name, image in images.items():
+        image.save(tmp_path / name)
+    with open(tmp_path / "metadata.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return tmp_path
+
+
+def test_alpha_is_composited_onto_white():
+    rgb = np.asarray(to_rgb_on_white(_transparent_red_square()))
+    assert rgb[16, 16].tolist() == [255, 0, 0]
+    assert rgb[0, 0].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGB", "LA", "I;16", "RGBA"])
+def test_every_image_mode_loads(mode):
+    base = _transparent_red_square()
+    if mode == "I;16":
+        arr = np.full((32, 32), 65535, dtype=np.uint16)
+        arr[8:24, 8:24] = 0
+        img = Image.fromarray(arr, mode="I;16")
+    elif mode == "P":
+        img = base.convert("P")
+    else:
+        img = base.convert(mode)
+    out = np.asarray(to_rgb_on_white(img))
+    assert out.shape == (32, 32, 3)
+    assert out.dtype == np.uint8
+    if mode in ("LA", "P", "RGBA"):
+        assert out[0, 0].tolist() == [255, 255, 255]  # transparent corner -> white
+    if mode == "I;16":
+        assert out[0, 0].tolist() == [255, 255, 255] and out[16, 16].tolist() == [0, 0, 0]
+
+
+def test_palette_with_transparency_index():
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.putpixel((1, 1), 1)
+    img.info["transparency"] = 0
+    out = np.asarray(to_rgb_on_white(img))
+    assert out[0, 0].tolist() == [255, 255, 255]
+    assert out[1, 1].tolist() == [255, 0, 0]
+
+
+def test_tensor_round_trip_range_and_shape():
+    img = square_resize(to_rgb_on_white(_transparent_red_square(40)), 16)
+    t = image_to_tensor(img)
+    assert t.shape == (3, 16, 16)
+    assert t.min() >= -1 and t.max() <= 1
+    batch = images_to_tensor([img, img])
+    assert batch.shape == (2, 3, 16, 16)
+    back = tensor_to_images(batch)[0]
+    assert np.array_equal(np.asarray(back), np.asarray(img))
+
+
+def test_square_resize_pads_with_white():
+    img = Image.new("RGB", (20, 10), (0, 0, 255))
+    out = np.asarray(square_resize(img, 20))
+    assert out.shape == (20, 20, 3)
+    assert out[0, 0].tolist() == [255, 255, 255]
+    assert out[10, 10].tolist() == [0, 0, 255]
+
+
+def test_local_folder_loads_with_captions(tmp_path):
+    folder = _folder(
+        tmp_path,
+        [{"file_name": "a.png", "text": "red square"}],
+        {"a.png": _transparent_red_square()},
+    )
+    [ex] = load_emoji_dataset(str(folder), 16, split="all")
+    assert ex.caption == "An emoji of red square"
+    assert ex.image.size == (16, 16) and ex.image.mode == "RGB"
+
+
+def test_corrupt_file_is_reported_by_path_and_skipped(tmp_path, capsys):
+    images = {f"{i}.png": _transparent_red_square() for i in range(20)}
+    folder = _folder(
+        tmp_path, [{"file_name": f"{i}.png", "text": f"emoji {i}"} for i in range(20)], images
+    )
+    (folder / "7.png").write_bytes(b"this is not a png")
+    out = load_emoji_dataset(str(folder), 16, split="all")
+    assert len(out) == 19
+    err = capsys.readouterr().err
+    assert str(folder / "7.png") in err
+    assert "skipped 1 of 20" in err
+
+
+def test_too_many_corrupt_files_stop(tmp_path):
+    images = {f"{i}.png": _transparent_red_square() for i in range(4)}
+    folder = _folder(
+        tmp_path, [{"file_name": f"{i}.png", "text": f"emoji {i}"} for i in range(4)], images
+    )
+    for i in range(2):
+        (folder / f"{i}.png").write_bytes(b"broken")
+    with pytest.raises(StableEmoteError, match="2 of 4 images could not be read"):
+        load_emoji_dataset(str(folder), 16, split="all")
+
+
+def test_missing_image_file_counts_as_unreadable(tmp_path, capsys):
+    images = {f"{i}.png": _transparent_red_square() for i in range(20)}
+    rows = [{"file_name": f"{i}.png", "text": f"emoji {i}"} for i in range(20)]
+    rows.append({"file_name": "gone.png", "text": "gone"})
+    folder = _folder(tmp_path, rows, images)
+    assert len(load_emoji_dataset(str(folder), 16, split="all")) == 20
+    assert "gone.png" in capsys.readouterr().err
+
+
+def test_empty_caption_names_the_row(tmp_path):
+    folder = _folder(
+        tmp_path,
+        [{"file_name": "a.png", "text": "ok"}, {"file_name": "b.png", "text": "  "}],
+        {"a.png": _transparent_red_square(), "b.png": _transparent_red_square()},
+    )
+    with pytest.raises(StableEmoteError, match="line 2.*b.png.*empty caption"):
+        load_emoji_dataset(str(folder), 16, split="all")
+
+
+def test_folder_without_metadata(tmp_path):
+    with pytest.raises(StableEmoteError, match="metadata.jsonl"):
+        load_emoji_dataset(str(tmp_path), 16)
+
+
+def test_bad_template_and_split():
+    with pytest.raises(StableEmoteError, match="placeholder"):
+        load_emoji_dataset("noto", 16, caption_template="An emoji")
+    with pytest.raises(StableEmoteError, match="split"):
+        load_emoji_dataset("noto", 16, split="validation")
+
+
+def test_heldout_is_deterministic_and_disjoint():
+    names = [f"emoji number {i}" for i in range(2000)]
+    held = {n for n in names if is_heldout(n, 0.05)}
+    assert 50 < len(held) < 150
+    assert held == {n for n in names if is_heldout(n, 0.05)}
+    assert is_heldout("Cat Face", 0.05) == is_heldout("cat face", 0.05)
+
+
+def test_noto_set_renders_offline_with_disjoint_split():
+    train = load_emoji_dataset("noto", 32, split="train")
+    held = load_emoji_dataset("noto", 32, split="heldout")
+    assert len(train) > 1500
+    assert 40 < len(held) < 200
+    assert not {e.name for e in train} & {e.name for e in held}
+    assert all(e.image.size == (32, 32) for e in train[:50])
+    grinning = next(e for e in train + held if e.name == "grinning face")
+    px = np.asarray(grinning.image)
+    assert px[0, 0].tolist() == [255, 255, 255]  # background is white, not black
+    assert px[16, 16, 0] > 150 and px[16, 16, 2] < 120  # a yellow face in the middle
+    assert torch.is_tensor(image_to_tensor(grinning.image))
+
+
+def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StableEmoteError, match="--dataset noto"):
+        load_emoji_dataset("no-such-owner/no-such-emoji-set", 16)
