@@ -1,0 +1,585 @@
+"""LoRA on the UNet: add an adapter, save it, check it fits, load it, fuse it, export it.
+
+A LoRA adapter adds to a frozen weight ``W`` (``d_out x d_in``) a low-rank update
+``(alpha / r) * B @ A`` with ``A`` of shape ``(r, d_in)`` and ``B`` of shape
+``(d_out, r)``. The course puts it on the UNet's attention projections
+(:data:`LORA_TARGET_MODULES`). These helpers wrap peft and diffusers; the notebook
+``04_lora_injection`` builds the same thing from scratch.
+
+Adapter files are ``pytorch_lora_weights.safetensors`` with keys such as
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` (what
+``StableDiffusionPipeline.save_lora_weights`` writes and ``load_lora_weights`` reads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stableemote_utils.errors import StableEmoteError
+
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+UNET_PREFIX = "unet."
+TEXT_ENCODER_PREFIX = "text_encoder."
+# diffusers reads the adapter's peft config from this header entry when it loads a file.
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+# How many example keys an error message lists.
+_EXAMPLES_SHOWN = 4
+
+
+def _lora_parameters(unet: torch.nn.Module, adapter_name: str = "default"):
+    """``(name, parameter)`` for every LoRA weight of ``adapter_name`` in ``unet``."""
+    marks = (f".lora_A.{adapter_name}.", f".lora_B.{adapter_name}.")
+    return [(n, p) for n, p in unet.named_parameters() if any(m in n for m in marks)]
+
+
+def add_lora(
+    unet: torch.nn.Module,
+    rank: int = 4,
+    alpha: float | None = None,
+    target_modules=LORA_TARGET_MODULES,
+    adapter_name: str = "default",
+) -> int:
+    """Add a peft LoRA adapter to ``unet`` and make only its weights trainable.
+
+    Every layer whose name ends with one of ``target_modules`` gets ``A`` of shape
+    ``(rank, d_in)`` (Kaiming-uniform, drawn from torch's global generator, so the same
+    seed gives the same adapter) and ``B`` of shape ``(d_out, rank)`` set to zero, so the
+    UNet's output is unchanged until training moves ``B``. The update is scaled by
+    ``alpha / rank``. The LoRA weights are kept in fp32 even when the UNet is fp16 or
+    bf16, so that fp16 autocast with a ``GradScaler`` can unscale their gradients.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel`` (modified in place).
+        rank: ``r``, the inner size of the update.
+        alpha: scale numerator; defaults to ``rank`` (scale 1).
+        target_modules: name endings of the layers to adapt.
+        adapter_name: the adapter's name inside peft.
+
+    Returns:
+        The number of trainable parameters (797,184 for rank 4 on SD 1.5).
+    """
+    from peft import LoraConfig
+
+    if int(rank) < 1:
+        raise StableEmoteError(f"LoRA rank must be a positive integer, got {rank}.")
+    if not target_modules:
+        raise StableEmoteError("add_lora needs at least one target module name, e.g. 'to_q'.")
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha) if alpha is not None else int(rank),
+        init_lora_weights=True,
+        target_modules=list(target_modules),
+    )
+    unet.requires_grad_(False)
+    try:
+        unet.add_adapter(config, adapter_name=adapter_name)
+    except ValueError as err:
+        raise StableEmoteError(
+            f"Could not add the LoRA adapter '{adapter_name}': {err}. Use another adapter_name, "
+            "or start again from a UNet without this adapter."
+        ) from err
+    params = _lora_parameters(unet, adapter_name)
+    if not params:
+        raise StableEmoteError(
+            f"No layer of the UNet matched the target modules {list(target_modules)}; the "
+            "attention projections of diffusers' UNet are named to_q, to_k, to_v and to_out.0."
+        )
+    for _, p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return sum(p.numel() for _, p in params)
+
+
+def lora_state_dict(
+    unet: torch.nn.Module, adapter_name: str = "default"
+) -> dict[str, torch.Tensor]:
+    """The adapter's weights, keyed as ``pipe.load_lora_weights`` reads them.
+
+    Keys look like ``unet.<layer>.lora_A.weight`` (``(r, d_in)``) and
+    ``unet.<layer>.lora_B.weight`` (``(d_out, r)``); values are detached CPU copies in the
+    dtype the adapter is kept in (fp32 after :func:`add_lora`).
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    if adapter_name not in getattr(unet, "peft_config", {}):
+        raise StableEmoteError(
+            f"The UNet has no LoRA adapter named '{adapter_name}'. Add one with add_lora(unet) "
+            "or load one with load_lora(pipe, path)."
+        )
+    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    return {UNET_PREFIX + k: v.detach().to("cpu").clone() for k, v in state.items()}
+
+
+def set_lora_state_dict(
+    unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], adapter_name: str = "default"
+) -> None:
+    """Copy weights from :func:`lora_state_dict` back into a UNet that has the adapter.
+
+    Used to resume training. Strict: the keys must be exactly the adapter's keys and
+    every shape must match, otherwise nothing is copied and a StableEmoteError says which
+    keys differ. Values are cast to the adapter's dtype and device.
+    """
+    params = dict(_lora_parameters(unet, adapter_name))
+    if not params:
+        raise StableEmoteError(
+            f"The UNet has no LoRA adapter named '{adapter_name}' to put weights into. Call "
+            "add_lora(unet, rank=...) with the rank the weights were saved with first."
+        )
+    # "x.lora_A.default.weight" -> "unet.x.lora_A.weight"
+    by_key = {UNET_PREFIX + n.replace(f".{adapter_name}.", "."): p for n, p in params.items()}
+    missing = sorted(set(by_key) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(by_key))
+    wrong_shape = [
+        f"{k}: {tuple(state_dict[k].shape)} vs {tuple(p.shape)} in the UNet"
+        for k, p in by_key.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(p.shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing (e.g. {missing[:_EXAMPLES_SHOWN]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:_EXAMPLES_SHOWN]})")
+        if wrong_shape:
+            problems.append(
+                f"{len(wrong_shape)} with another shape (e.g. {wrong_shape[:_EXAMPLES_SHOWN]})"
+            )
+        raise StableEmoteError(
+            f"The LoRA weights do not match the UNet's adapter '{adapter_name}' "
+            f"({len(by_key)} tensors): " + "; ".join(problems) + ". Add the adapter with the "
+            "same rank and target modules it was trained with before restoring it."
+        )
+    with torch.no_grad():
+        for k, p in by_key.items():
+            p.copy_(state_dict[k].to(device=p.device, dtype=p.dtype))
+
+
+def _peft_config_metadata(unet: torch.nn.Module, adapter_name: str) -> dict:
+    """The adapter's peft config as JSON-ready values, for diffusers' header entry."""
+    config = unet.peft_config[adapter_name].to_dict()
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, set):
+            v = sorted(v)
+        try:
+            json.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out
+
+
+def save_state_dict_atomic(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> Path:
+    """Write a safetensors file next to ``path`` and rename it into place.
+
+    A crash mid-write leaves at most a stray ``*.partial`` file, never a half-written
+    adapter under the real name.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", **metadata})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_lora(
+    unet: torch.nn.Module,
+    folder: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    adapter_name: str = "default",
+) -> Path:
+    """Save the UNet's adapter as ``folder/pytorch_lora_weights.safetensors``.
+
+    The file is what ``StableDiffusionPipeline.save_lora_weights`` writes (load it with
+    :func:`load_lora` or ``pipe.load_lora_weights(folder)``). Its header carries
+    ``metadata`` (strings, e.g. base model, steps) plus ``rank``, ``alpha`` and
+    ``target_modules``, and the peft config that diffusers reads back, so an alpha
+    other than the rank survives the round trip.
+
+    Returns:
+        The path of the written file.
+    """
+    if metadata is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise StableEmoteError(
+            "LoRA file metadata must map strings to strings (safetensors headers hold text); "
+            "convert numbers with str() first."
+        )
+    state = lora_state_dict(unet, adapter_name)
+    config = _peft_config_metadata(unet, adapter_name)
+    header = {
+        "rank": str(config["r"]),
+        "alpha": str(config["lora_alpha"]),
+        "target_modules": ",".join(config.get("target_modules") or []),
+        DIFFUSERS_METADATA_KEY: json.dumps(
+            {UNET_PREFIX + k: v for k, v in config.items()}, indent=2, sort_keys=True
+        ),
+    }
+    header.update(metadata or {})
+    return save_state_dict_atomic(state, Path(folder) / LORA_WEIGHT_NAME, header)
+
+
+# ---------------------------------------------------------------------------
+# Reading adapter files and checking that they fit
+# ---------------------------------------------------------------------------
+
+# Key endings of the three published LoRA styles, and which matrix each names.
+_KEY_ENDINGS = (
+    (".lora_A.weight", "down"),  # peft
+    (".lora_B.weight", "up"),
+    (".lora.down.weight", "down"),  # older diffusers
+    (".lora.up.weight", "up"),
+    (".lora_down.weight", "down"),  # kohya (AUTOMATIC1111, ComfyUI)
+    (".lora_up.weight", "up"),
+    (".alpha", "alpha"),
+)
+# Key beginnings -> component. Kohya keys write the layer name with "_" for ".".
+_KEY_PREFIXES = (
+    ("unet.", "unet", False),
+    ("text_encoder.", "text_encoder", False),
+    ("text_encoder_2.", "text_encoder_2", False),
+    ("lora_unet_", "unet", True),
+    ("lora_te_", "text_encoder", True),
+    ("lora_te1_", "text_encoder (SDXL)", True),
+    ("lora_te2_", "text_encoder_2", True),
+)
+KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+
+def resolve_lora_file(path: str | os.PathLike) -> Path:
+    """The adapter file for ``path``: the file itself, or ``pytorch_lora_weights.safetensors``
+    (else the only ``*.safetensors``) inside a folder."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_dir():
+        if (p / LORA_WEIGHT_NAME).is_file():
+            return p / LORA_WEIGHT_NAME
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) == 1:
+            return found[0]
+        raise StableEmoteError(
+            f"The folder '{p}' holds {len(found)} .safetensors files and no {LORA_WEIGHT_NAME}; "
+            "pass the adapter file itself."
+        )
+    if not p.is_file():
+        raise StableEmoteError(
+            f"The LoRA file '{p}' does not exist. Pass a .safetensors adapter file or the "
+            f"folder that holds {LORA_WEIGHT_NAME} (as written by save_lora or training)."
+        )
+    return p
+
+
+def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read an adapter file (or folder) into ``(tensors, header metadata)`` on the CPU.
+
+    Raises:
+        StableEmoteError: if it is missing or not a safetensors file (pickled ``.bin`` /
+            ``.pt`` files are refused: loading them can run code).
+    """
+    from safetensors import safe_open
+
+    file = resolve_lora_file(path)
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise StableEmoteError(
+            f"'{file}' is not a safetensors file ({type(err).__name__}: {err}). StableEmote "
+            "only reads adapters saved as .safetensors; pickled .bin/.pt/.ckpt files can run "
+            "code when loaded. Convert it with a tool you trust, or re-save the adapter."
+        ) from err
+    metadata.pop("format", None)
+    return tensors, metadata
+
+
+def _split_key(key: str) -> tuple[str, str, bool, str, str] | None:
+    """``(component, layer, kohya_style, matrix, ending)`` for a LoRA key, or None."""
+    found = next(((e, m) for e, m in _KEY_ENDINGS if key.endswith(e)), None)
+    if found is None:
+        return None
+    ending, matrix = found
+    stem = key[: -len(ending)]
+    for prefix, component, kohya in _KEY_PREFIXES:
+        if stem.startswith(prefix):
+            return component, stem[len(prefix) :], kohya, matrix, ending
+    if matrix == "alpha":
+        return None
+    # Keys without a component prefix are UNet keys in the diffusers layout.
+    return "unet", stem, False, matrix, ending
+
+
+def _adaptable_layers(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Layer name -> weight shape for every Linear and Conv2d (peft-wrapped ones too)."""
+    layers = {}
+    for name, module in model.named_modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
+            layers[name] = tuple(base.weight.shape)
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not name.endswith(
+            ".base_layer"
+        ):
+            if ".lora_A." in name or ".lora_B." in name:
+                continue
+            layers[name] = tuple(module.weight.shape)
+    return layers
+
+
+def _layer_problem(weight_shape: tuple[int, ...], parts: dict[str, torch.Tensor]) -> str | None:
+    """Why a LoRA layer's ``down``/``up`` matrices do not fit a weight, or None if they do."""
+    if "down" not in parts or "up" not in parts:
+        have = "/".join(sorted(k for k in parts if k != "alpha")) or "only alpha"
+        return f"incomplete layer (has {have}, needs both down and up)"
+    down, up = parts["down"], parts["up"]
+    d_out, d_in = weight_shape[0], weight_shape[1]
+    if down.ndim != len(weight_shape) or up.ndim != len(weight_shape):
+        return f"matrices of {down.ndim}/{up.ndim} dims for a layer whose weight has {len(weight_shape)}"
+    rank = down.shape[0]
+    if up.shape[1] != rank:
+        return f"rank {rank} in lora_A/down but {up.shape[1]} in lora_B/up"
+    if down.shape[1] != d_in or up.shape[0] != d_out:
+        return (
+            f"shapes down {tuple(down.shape)}, up {tuple(up.shape)} for a layer of "
+            f"{d_in} inputs and {d_out} outputs"
+        )
+    if len(weight_shape) == 4 and (
+        tuple(down.shape[2:]) != tuple(weight_shape[2:]) or tuple(up.shape[2:]) != (1, 1)
+    ):
+        return f"conv kernels {tuple(down.shape[2:])}/{tuple(up.shape[2:])} for {weight_shape[2:]}"
+    return None
+
+
+def match_lora(
+    state_dict: dict[str, torch.Tensor],
+    models: dict[str, torch.nn.Module],
+) -> dict:
+    """Match every key of an adapter state dict to a layer of ``models``.
+
+    Args:
+        state_dict: LoRA tensors in peft (``lora_A``/``lora_B``), older diffusers
+            (``lora.down``/``lora.up``) or kohya (``lora_unet_…``/``lora_down``/``alpha``) style.
+        models: component name -> module, e.g. ``{"unet": unet, "text_encoder": te}``; a
+            meta-device model is enough (only names and shapes are read).
+
+    Returns:
+        A dict with ``layers`` (component -> layer name -> ``{"down": (r, d_in[, k, k]),
+        "up": (d_out, r[, 1, 1]), "alpha": float | None}`` tensors), ``matched`` and
+        ``unmatched`` (lists of keys), ``problems`` (key -> reason), ``not_lora`` (keys
+        that are not LoRA weights) and ``components`` (component -> number of keys).
+    """
+    known = {c: _adaptable_layers(m) for c, m in models.items()}
+    underscored = {c: {n.replace(".", "_"): n for n in names} for c, names in known.items()}
+    layers: dict[str, dict[str, dict]] = {}
+    keys_of: dict[tuple[str, str], list[str]] = {}
+    not_lora = []
+    for key, value in state_dict.items():
+        split = _split_key(key)
+        if split is None:
+            not_lora.append(key)
+            continue
+        component, layer, kohya, matrix, _ = split
+        if kohya:
+            layer = underscored.get(component, {}).get(layer, layer)
+        parts = layers.setdefault(component, {}).setdefault(layer, {})
+        parts[matrix] = float(value.float().reshape(-1)[0]) if matrix == "alpha" else value
+        keys_of.setdefault((component, layer), []).append(key)
+    matched, unmatched, problems = [], [], {}
+    for component, by_layer in layers.items():
+        for layer, parts in by_layer.items():
+            keys = keys_of[(component, layer)]
+            if component not in known:
+                why = f"a {component} layer, and this model has no such component to load it into"
+            elif layer not in known[component]:
+                why = f"no layer '{layer}' in the {component}"
+            else:
+                why = _layer_problem(known[component][layer], parts)
+            if why is None:
+                matched += keys
+            else:
+                unmatched += keys
+                problems[keys[0]] = why
+            parts.setdefault("alpha", None)
+    return {
+        "layers": layers,
+        "matched": matched,
+        "unmatched": unmatched,
+        "problems": problems,
+        "not_lora": not_lora,
+        "components": {c: sum(len(keys_of[(c, n)]) for n in ls) for c, ls in layers.items()},
+    }
+
+
+def check_lora_fits(
+    path: str | os.PathLike,
+    models: dict[str, torch.nn.Module],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> dict:
+    """Check that an adapter file loads into ``models`` completely, or raise.
+
+    Every tensor must be a LoRA weight, there must be UNet weights, and every layer must
+    exist with matching shapes. Otherwise a StableEmoteError names the file, the number
+    of keys that matched and did not, and a few examples: never a silent load that
+    changes nothing.
+
+    Returns:
+        The result of :func:`match_lora` when everything fits.
+    """
+    file = resolve_lora_file(path)
+    if state_dict is None:
+        state_dict, _ = read_lora_file(file)
+    result = match_lora(state_dict, models)
+    n_keys = len(state_dict)
+    lora_keys = len(result["matched"]) + len(result["unmatched"])
+    hint = (
+        " StableEmote loads LoRA adapters for the SD 1.x UNet, with keys in peft style "
+        "(unet.<layer>.lora_A.weight / lora_B.weight), older diffusers style "
+        "(<layer>.lora.down.weight / lora.up.weight) or kohya style (lora_unet_<layer>.lora_down.weight)."
+    )
+    if n_keys == 0 or lora_keys == 0:
+        examples = result["not_lora"][:_EXAMPLES_SHOWN]
+        raise StableEmoteError(
+            f"'{file}' holds no LoRA weights: 0 of {n_keys} keys are LoRA keys"
+            + (f" (e.g. {examples})" if examples else "")
+            + ". It may be a full model checkpoint or another kind of adapter."
+            + hint
+        )
+    if "unet" not in result["components"]:
+        others = ", ".join(f"{n} {c} keys" for c, n in result["components"].items())
+        raise StableEmoteError(
+            f"'{file}' has no UNet LoRA weights (0 keys matched the UNet; it has {others}): "
+            "it is a text-encoder-only adapter (a textual-inversion style or CLIP LoRA). "
+            "StableEmote's adapters change the UNet; use an adapter trained on the UNet." + hint
+        )
+    bad = result["unmatched"] + result["not_lora"]
+    if bad:
+        examples = [f"{k} ({result['problems'][k]})" for k in result["problems"]][:_EXAMPLES_SHOWN]
+        examples += [f"{k} (not a LoRA key)" for k in result["not_lora"]][
+            : max(0, _EXAMPLES_SHOWN - len(examples))
+        ]
+        raise StableEmoteError(
+            f"'{file}' does not fit this model: {len(result['matched'])} of {n_keys} keys "
+            f"matched and {len(bad)} did not. Examples: " + "; ".join(examples) + ". It is "
+            "probably an adapter for another architecture (SDXL, SD 2.x) or another layer "
+            "layout; loading it would change some layers and silently skip the rest." + hint
+        )
+    return result
+
+
+def canonical_lora_state_dict(result: dict) -> dict[str, torch.Tensor]:
+    """Turn a :func:`match_lora` result into peft-style fp32 keys with alpha folded into B.
+
+    ``(alpha / r) * B @ A`` equals ``1 * B' @ A`` with ``B' = (alpha / r) * B``, so the
+    returned dict (keys ``<component>.<layer>.lora_A.weight`` / ``lora_B.weight``) loads
+    with any loader that assumes ``alpha = r``.
+    """
+    out = {}
+    for component, by_layer in result["layers"].items():
+        for layer, parts in by_layer.items():
+            down, up = parts["down"].float(), parts["up"].float()
+            alpha = parts.get("alpha")
+            if alpha is not None:
+                up = up * (alpha / down.shape[0])
+            out[f"{component}.{layer}.lora_A.weight"] = down
+            out[f"{component}.{layer}.lora_B.weight"] = up
+    return out
+
+
+def _alpha_from_header(metadata: dict[str, str]) -> float | None:
+    """The ``alpha`` a StableEmote or diffusers file header records, if any."""
+    if "alpha" in metadata:
+        try:
+            return float(metadata["alpha"])
+        except ValueError:
+            return None
+    raw = metadata.get(DIFFUSERS_METADATA_KEY)
+    if raw:
+        try:
+            value = json.loads(raw).get(UNET_PREFIX + "lora_alpha")
+        except (ValueError, AttributeError):
+            return None
+        return float(value) if value is not None else None
+    return None
+
+
+def _apply_header_alpha(result: dict, metadata: dict[str, str]) -> None:
+    """Give layers without their own ``.alpha`` the alpha written in the file header."""
+    alpha = _alpha_from_header(metadata)
+    if alpha is None:
+        return
+    for parts in result["layers"].get("unet", {}).values():
+        if parts.get("alpha") is None:
+            parts["alpha"] = alpha
+
+
+def _pipeline_models(pipe) -> dict[str, torch.nn.Module]:
+    models = {"unet": pipe.unet}
+    if getattr(pipe, "text_encoder", None) is not None:
+        models["text_encoder"] = pipe.text_encoder
+    return models
+
+
+def load_lora(pipe, path: str | os.PathLike, adapter_name: str = "default", scale: float = 1.0):
+    """Load an adapter file (or folder) into a ``StableDiffusionPipeline``, checked.
+
+    The file may use peft, older diffusers or kohya keys in fp32, fp16 or bf16. It is
+    checked with :func:`check_lora_fits` first, then converted to peft-style keys with
+    alpha folded in and handed to ``pipe.load_lora_weights``; ``scale`` is set with
+    ``pipe.set_adapters``.
+
+    Returns:
+        The pipeline (modified in place).
+
+    Raises:
+        StableEmoteError: if the file is missing, not safetensors, or does not fit.
+    """
+    file = resolve_lora_file(path)
+    state_dict, metadata = read_lora_file(file)
+    result = check_lora_fits(file, _pipeline_models(pipe), state_dict=state_dict)
+    _apply_header_alpha(result, metadata)
+    existing = set(getattr(pipe.unet, "peft_config", {}) or {})
+    if adapter_name in existing:
+        raise StableEmoteError(
+            f"The pipeline already has an adapter named '{adapter_name}'. Pass another "
+            "adapter_name, or call unload_lora(pipe) first."
+        )
+    pipe.load_lora_weights(canonical_lora_state_dict(result), adapter_name=adapter_name)
+    set_lora_scale(pipe, scale, adapter_name)
+    return pipe
+
+
+def set_lora_scale(pipe, scale: float, adapter_name: str = "default") -> None:
+    """Set how strongly an adapter acts: 0 is the base model, 1 the trained adapter."""
+    pipe.set_adapters([adapter_name], adapter_weights=[float(scale)])
+
+
+def unload_lora(pipe) -> None:
+    """Remove every LoRA adapter from the pipeline; the base weights are untouched."""
+    pipe.unload_lora_weights()
+
+
+def fuse_lora(pipe, scale: float = 1.0) -> None:
+    """Add ``scale * (alpha / r) * B @ A`` into the base weights (faster inference, no
+    adapter layers in the forward pass). Undo with :func:`unfuse_lora`."""
+    pipe.fuse_lora(components=["unet", "text_encoder"], lora_scale=float(scale))
+
+
+def unfuse_lora(pipe) -> None:
+    """Subtract a fused update again, giving back the base weights (within float rounding)."""
+    pipe.unfuse_lora(components=["unet", "text_encoder"])
