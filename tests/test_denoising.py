@@ -1,0 +1,110 @@
+"""Tests for stableemote_utils.denoising: the noising formula, SNR, x0 prediction, shapes."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stableemote_utils import denoising as D
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.images import IMAGES_DIR
+from stableemote_utils.tiny_model import (
+    TINY_TEXT_CONFIG,
+    TINY_UNET_CONFIG,
+    TINY_VAE_CONFIG,
+    sd15_config,
+)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    return D.sd15_scheduler()
+
+
+def test_add_noise_matches_diffusers(scheduler):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 4, 8, 8, generator=g)
+    noise = torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 500, 999])
+    ours = D.add_noise(x0, noise, scheduler.alphas_cumprod, t)
+    theirs = scheduler.add_noise(x0, noise, t)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    # One int timestep for the whole batch.
+    single = D.add_noise(x0, noise, scheduler.alphas_cumprod, 500)
+    torch.testing.assert_close(single[1], ours[1])
+    # Almost all signal at t=0, almost all noise at t=999.
+    assert (ours[0] - x0[0]).abs().mean() < 0.05
+    assert (ours[2] - noise[2]).abs().mean() < 0.1
+
+
+def test_predicted_x0_inverts_add_noise(scheduler):
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(2, 4, 8, 8, generator=g)
+    noise = torch.randn(2, 4, 8, 8, generator=g)
+    for t in (10, 400, 900):
+        x_t = D.add_noise(x0, noise, scheduler.alphas_cumprod, t)
+        torch.testing.assert_close(
+            D.predicted_x0(x_t, noise, scheduler.alphas_cumprod, t), x0, rtol=1e-3, atol=1e-3
+        )
+
+
+def test_bad_inputs_raise(scheduler):
+    x = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(StableEmoteError, match="Timesteps"):
+        D.add_noise(x, x, scheduler.alphas_cumprod, 1000)
+    with pytest.raises(StableEmoteError, match="same shape"):
+        D.add_noise(x, torch.zeros(1, 4, 8, 9), scheduler.alphas_cumprod, 0)
+    with pytest.raises(StableEmoteError, match="must match"):
+        D.predicted_x0(x, torch.zeros(2, 4, 8, 8), scheduler.alphas_cumprod, 0)
+
+
+def test_snr_falls_monotonically(scheduler):
+    s = D.snr(scheduler.alphas_cumprod)
+    assert s.shape == (scheduler.config.num_train_timesteps,)
+    assert (s[1:] < s[:-1]).all()
+    a0 = float(scheduler.alphas_cumprod[0])
+    assert float(s[0]) == pytest.approx(a0 / (1 - a0))
+    assert float(s[-1]) < 0.01 < 100 < float(s[0])
+
+
+def test_pipeline_shapes_sd15_and_tiny():
+    shapes = D.pipeline_shapes(
+        sd15_config("unet"), sd15_config("vae"), sd15_config("text_encoder"), 512
+    )
+    assert shapes["token_ids"] == (2, 77)
+    assert shapes["text_embeddings"] == (2, 77, 768)
+    assert shapes["unet_input"] == (2, 4, 64, 64)
+    assert shapes["latents"] == (1, 4, 64, 64)
+    assert shapes["image"] == (1, 3, 512, 512)
+    tiny = D.pipeline_shapes(TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG, 64)
+    assert tiny["text_embeddings"] == (2, 77, TINY_TEXT_CONFIG["hidden_size"])
+    assert tiny["latents"] == (1, 4, 8, 8)
+    with pytest.raises(StableEmoteError, match="cross-attends"):
+        D.pipeline_shapes(sd15_config("unet"), sd15_config("vae"), TINY_TEXT_CONFIG, 512)
+
+
+def test_plot_noise_schedule_has_three_panels(scheduler):
+    import matplotlib.pyplot as plt
+
+    fig = D.plot_noise_schedule(scheduler)
+    assert len(fig.axes) == 3
+    line = fig.axes[1].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), scheduler.alphas_cumprod.double().numpy())
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (D.figure_noise_schedule, "noise_schedule.png"),
+        (D.figure_sd15_pipeline, "sd15_pipeline_shapes.png"),
+    ],
+)
+def test_figures_are_reproducible(tmp_path, make, name):
+    path = make(tmp_path / name)
+    assert path.stat().st_size > 10_000
+    committed = IMAGES_DIR / name
+    if committed.exists():
+        a = np.asarray(Image.open(path).convert("RGB"), float)
+        b = np.asarray(Image.open(committed).convert("RGB"), float)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 2.0
