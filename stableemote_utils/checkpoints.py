@@ -1,0 +1,176 @@
+"""Checkpoints that survive a disconnect: written aside, renamed into place, verified on load.
+
+A checkpoint folder ``checkpoint-000500/`` holds the LoRA weights
+(``pytorch_lora_weights.safetensors``), the optimizer state (``optimizer.safetensors``),
+the random-number states (``rng.safetensors``) and ``training_state.json`` (step, config,
+LR-scheduler and loss-scaler state, and a checksum of every other file). It is written
+under a temporary name and renamed when complete, so a run killed mid-write leaves the
+previous checkpoint as the latest; a folder whose files do not match their checksums is
+skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "training_state.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def optimizer_to_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able rest."""
+    tensors, rest = {}, {"param_groups": state["param_groups"], "state": {}}
+    for idx, per_param in state["state"].items():
+        rest["state"][str(idx)] = {}
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                rest["state"][str(idx)][name] = value
+    return tensors, rest
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state: dict[int, dict] = {int(k): dict(v) for k, v in rest["state"].items()}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """The torch CPU and CUDA generator states, as tensors."""
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda{i}"] = s
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    """Put back the generator states saved by :func:`rng_tensors`."""
+    torch.set_rng_state(tensors["cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    step: int,
+    lora_weights: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    state: dict,
+    keep_last: int | None = None,
+) -> Path:
+    """Write ``folder/checkpoint-{step:06d}`` atomically and prune old ones.
+
+    Args:
+        folder: the run's checkpoint folder.
+        step: optimizer steps done.
+        lora_weights: LoRA state dict (CPU tensors).
+        optimizer_state: ``optimizer.state_dict()``.
+        state: JSON-able training state (config, LR scheduler, scaler, losses ...).
+        keep_last: keep only this many newest checkpoints (``None`` keeps all).
+
+    Returns:
+        The checkpoint folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"checkpoint-{step:06d}"
+    tmp = folder / f".checkpoint-{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in lora_weights.items()},
+        tmp / "pytorch_lora_weights.safetensors",
+    )
+    opt_tensors, opt_rest = optimizer_to_tensors(optimizer_state)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file(rng_tensors(), tmp / "rng.safetensors")
+    files = ("pytorch_lora_weights.safetensors", "optimizer.safetensors", "rng.safetensors")
+    record = dict(
+        state, step=step, optimizer=opt_rest, checksums={f: _sha256(tmp / f) for f in files}
+    )
+    with open(tmp / STATE_FILE, "w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    if keep_last is not None:
+        for old in list_checkpoints(folder)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Finished checkpoint folders, oldest first (temporary folders are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """``None`` if the checkpoint is complete and intact, else what is wrong with it."""
+    path = Path(path)
+    try:
+        record = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        return f"{STATE_FILE} unreadable ({type(err).__name__})"
+    for name, digest in record.get("checksums", {}).items():
+        if not (path / name).exists():
+            return f"{name} missing"
+        if _sha256(path / name) != digest:
+            return f"{name} does not match its checksum"
+    if not record.get("checksums"):
+        return "no checksums recorded"
+    return None
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest intact checkpoint; damaged ones are reported on stderr and skipped."""
+    for path in reversed(list_checkpoints(folder)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        print(f"stableemote: skipping damaged checkpoint {path}: {problem}", file=sys.stderr)
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        ``(state, lora_weights, optimizer_state, rng)``.
+    """
+    path = Path(path)
+    state = json.loads((path / STATE_FILE).read_text())
+    lora = load_file(path / "pytorch_lora_weights.safetensors")
+    optimizer = optimizer_from_tensors(
+        load_file(path / "optimizer.safetensors"), state.pop("optimizer")
+    )
+    rng = load_file(path / "rng.safetensors")
+    return state, lora, optimizer, rng

@@ -1,0 +1,134 @@
+"""Encode once: every training image through the VAE and every caption through CLIP.
+
+The original recipe ran the VAE encoder and the text encoder on every step, a third
+or more of the step's work, for inputs that never change. Here they run once; the
+result is stored as safetensors under a fingerprint of everything that affects it
+(model, data, resolution, caption template), so a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from stableemote_utils.data import EmojiExample, images_to_tensor
+from stableemote_utils.loading import SDComponents
+
+CACHE_FORMAT_VERSION = "1"
+
+
+def encode_prompts(components: SDComponents, prompts: list[str], batch: int = 64) -> torch.Tensor:
+    """Prompts -> CLIP last hidden states ``(N, 77, D)`` in fp32 on CPU (D = 768 for SD 1.5)."""
+    tok, enc = components.tokenizer, components.text_encoder
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch):
+            ids = tok(
+                prompts[i : i + batch],
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(components.device)
+            out.append(enc(ids)[0].float().cpu())
+    return torch.cat(out)
+
+
+def encode_images(
+    components: SDComponents, examples: list[EmojiExample], batch: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images -> the VAE's latent distribution, scaled: mean and std, each ``(N, 4, H/8, W/8)``.
+
+    Both are multiplied by the VAE's ``scaling_factor`` (0.18215 for SD 1.5), so a
+    training latent is ``mean + std * noise`` with no further scaling.
+    """
+    vae = components.vae
+    scale = vae.config.scaling_factor
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(examples), batch):
+            pixels = images_to_tensor([e.image for e in examples[i : i + batch]])
+            dist = vae.encode(pixels.to(components.device, vae.dtype)).latent_dist
+            means.append((dist.mean * scale).float().cpu())
+            stds.append((dist.std * scale).float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's config and a sample of its weights (cheap, not cryptographic)."""
+    h = hashlib.sha256()
+    config = getattr(module, "config", {})
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, p in list(module.state_dict().items())[::7]:
+        h.update(name.encode())
+        flat = p.detach().float().flatten()
+        h.update(flat[:: max(1, flat.numel() // 64)].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_fingerprint(
+    components: SDComponents,
+    examples: list[EmojiExample],
+    resolution_px: int,
+    caption_template: str,
+    extra_prompts: list[str],
+) -> str:
+    """Fingerprint of model, data, resolution and captions (what the cache depends on)."""
+    h = hashlib.sha256()
+    parts = {
+        "version": CACHE_FORMAT_VERSION,
+        "vae": weights_fingerprint(components.vae),
+        "text_encoder": weights_fingerprint(components.text_encoder),
+        "resolution_px": resolution_px,
+        "caption_template": caption_template,
+        "captions": [e.caption for e in examples],
+        "extra_prompts": list(extra_prompts),
+    }
+    h.update(json.dumps(parts, sort_keys=True).encode())
+    for e in examples:
+        h.update(e.image.tobytes()[::97])
+    return h.hexdigest()[:20]
+
+
+def build_or_load_cache(
+    components: SDComponents,
+    examples: list[EmojiExample],
+    cache_folder: str | os.PathLike,
+    resolution_px: int,
+    caption_template: str,
+    extra_prompts: list[str] = (),
+    label: str = "train",
+) -> dict[str, torch.Tensor]:
+    """The encoded dataset, from disk if a matching cache exists, else computed and saved.
+
+    Returns:
+        ``{"latent_mean": (N,4,h,w), "latent_std": (N,4,h,w), "text": (N,77,D),
+        "extra_text": (P,77,D)}``, all fp32 on CPU; ``extra_text`` holds
+        ``extra_prompts`` (the empty prompt, validation prompts) in order.
+    """
+    extra_prompts = list(extra_prompts)
+    key = cache_fingerprint(components, examples, resolution_px, caption_template, extra_prompts)
+    path = Path(cache_folder) / f"{label}-{key}.safetensors"
+    if path.exists():
+        try:
+            return load_file(path)
+        except Exception:  # a damaged cache file is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    mean, std = encode_images(components, examples)
+    tensors = {
+        "latent_mean": mean.contiguous(),
+        "latent_std": std.contiguous(),
+        "text": encode_prompts(components, [e.caption for e in examples]).contiguous(),
+        "extra_text": encode_prompts(components, extra_prompts or [""]).contiguous(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file(tensors, tmp, metadata={"fingerprint": key, "examples": str(len(examples))})
+    tmp.replace(path)
+    return tensors

@@ -1,0 +1,767 @@
+"""LoRA training of the UNet on cached latents, with accelerate.
+
+The step itself (sample a timestep, noise the latent, predict the noise, MSE, backward
+into the LoRA weights) is :func:`training_loss`; :func:`train` is the loop around it:
+cache, precision, checkpoints and resume, validation, logging, guards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stableemote_utils.errors import StableEmoteError
+
+ORIGINAL_PROMPTS = (
+    "smiling face with open mouth",
+    "smiling cat",
+    "cat face",
+    "fairy",
+    "crying face",
+    "supervillain",
+    "robot face",
+    "winking face",
+)
+# Every random draw of step s on process r comes from a generator seeded with
+# seed * _SEED_STRIDE + s * _RANK_STRIDE + r: a resumed run draws the same numbers.
+_SEED_STRIDE = 1_000_003
+_RANK_STRIDE = 1_009
+HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
+HELDOUT_NOISE_SEED = 1234
+# Settings that must not change when a run is resumed.
+_RESUME_MUST_MATCH = (
+    "model",
+    "dataset",
+    "rank",
+    "alpha",
+    "resolution_px",
+    "caption_template",
+    "seed",
+)
+
+
+@dataclass
+class TrainConfig:
+    """A training run. The defaults are the original project's recipe on SD 1.5.
+
+    See :func:`recipe` for the named configs the notebook and the command share.
+    """
+
+    preset: str = "sd15"
+    model: str | None = None  # None: the preset's model
+    dataset: str | None = None  # None: the preset's dataset
+    output_dir: str = "outputs/lora"
+    steps: int = 4500
+    batch_size: int | None = None  # per process; None: the preset's
+    resolution_px: int | None = None  # None: the preset's
+    rank: int = 4
+    alpha: float | None = None  # None: equal to rank
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 0
+    caption_template: str = "An emoji of {name}"
+    caption_dropout: float = 0.0
+    min_snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    precision: str | None = None  # None: the precision policy
+    device: str | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    validate_every: int = 500
+    validation_prompts: tuple[str, ...] = ORIGINAL_PROMPTS[:4]
+    validation_seed: int = 0
+    validation_steps: int | None = None  # None: the preset's sampling steps
+    heldout_limit: int = 64
+    max_train_examples: int | None = None
+    report_to: str = "none"  # wandb | tensorboard | none
+    log_every: int = 10
+    gradient_checkpointing: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    use_8bit_adam: bool = False
+    push_to_hub: str | None = None
+    stop_after_steps: int | None = None  # end early as if disconnected (for resume demos)
+    progress_bar: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["validation_prompts"] = list(self.validation_prompts)
+        return d
+
+
+def recipe(name: str = "original", **overrides) -> TrainConfig:
+    """Named training configs shared by notebook 05 and ``stableemote train``.
+
+    ``original``: the original project's run (4,500 steps, batch 8, 256 px, rank 4,
+    alpha 4, AdamW 1e-4, cosine) on SD 1.5. ``tiny-quick``: a few minutes on a laptop
+    CPU with the tiny preset.
+    """
+    if name == "original":
+        base = TrainConfig()
+    elif name == "tiny-quick":
+        base = TrainConfig(
+            preset="tiny",
+            steps=200,
+            checkpoint_every=100,
+            validate_every=100,
+            learning_rate=1e-3,
+            lr_warmup_steps=10,
+            rank=4,
+        )
+    else:
+        raise StableEmoteError(f"Unknown recipe {name!r}; use 'original' or 'tiny-quick'.")
+    return dataclasses.replace(base, **overrides)
+
+
+def step_generator(
+    seed: int, step: int, rank: int = 0, device: str | torch.device = "cpu"
+) -> torch.Generator:
+    """The generator for every random draw of one step on one process (see ``_SEED_STRIDE``)."""
+    return torch.Generator(device=device).manual_seed(
+        seed * _SEED_STRIDE + step * _RANK_STRIDE + rank
+    )
+
+
+def batch_indices(
+    step: int, batch_size: int, num_examples: int, seed: int, rank: int = 0, world: int = 1
+) -> torch.Tensor:
+    """Which examples process ``rank`` trains on at ``step``: ``(batch_size,)`` indices.
+
+    The examples are shuffled once per epoch (seeded); the global batch of a step is the
+    next ``batch_size * world`` positions in that order and each process takes its own
+    slice, so processes see disjoint shards and any step can be recomputed on resume.
+    """
+    global_batch = batch_size * world
+    start = step * global_batch + rank * batch_size
+    positions = torch.arange(start, start + batch_size)
+    epochs = positions // num_examples
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(
+            num_examples, generator=torch.Generator().manual_seed(seed + 7919 * epoch)
+        )
+        mask = epochs == epoch
+        out[mask] = perm[positions[mask] % num_examples]
+    return out
+
+
+def min_snr_weights(
+    timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: ``min(SNR, gamma) / SNR``, ``(B,)``.
+
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Low-noise steps (huge SNR) are down-weighted
+    so they stop dominating the gradient (Hang et al., 2023: faster convergence at gamma = 5).
+    """
+    ac = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = ac / (1 - ac)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def training_loss(
+    unet: torch.nn.Module,
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    text: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator,
+    min_snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
+) -> torch.Tensor:
+    """One training step's loss, written out.
+
+    Args:
+        unet: the UNet with LoRA layers.
+        latent_mean, latent_std: cached VAE latent distribution ``(B, 4, h, w)``, scaled.
+        text: cached CLIP hidden states ``(B, 77, D)``.
+        alphas_cumprod: the noise schedule's cumulative alphas ``(1000,)``.
+        generator: the step's generator (on the latents' device).
+
+    Returns:
+        The scalar loss: MSE between the true noise and the UNet's prediction.
+    """
+    b = latent_mean.shape[0]
+    dev = latent_mean.device
+    # 1. a fresh sample of the latent distribution (the cache keeps mean and std)
+    latents = latent_mean + latent_std * torch.randn(
+        latent_mean.shape, generator=generator, device=dev
+    )
+    # 2. noise, and a random timestep per example
+    noise = torch.randn(latents.shape, generator=generator, device=dev)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(
+            (b, latents.shape[1], 1, 1), generator=generator, device=dev
+        )
+    t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator, device=dev)
+    # 3. forward noising: x_t = sqrt(a_bar) x_0 + sqrt(1 - a_bar) eps
+    a_bar = alphas_cumprod.to(dev)[t].view(b, 1, 1, 1)
+    noisy = a_bar.sqrt() * latents + (1 - a_bar).sqrt() * noise
+    # 4. predict the noise and compare
+    pred = unet(noisy, t, encoder_hidden_states=text).sample
+    per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        per_example = per_example * min_snr_weights(t, alphas_cumprod, min_snr_gamma)
+    return per_example.mean()
+
+
+@torch.no_grad()
+def heldout_loss(
+    unet: torch.nn.Module,
+    latent_mean: torch.Tensor,
+    text: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    timesteps: tuple[int, ...] = HELDOUT_TIMESTEPS,
+    batch_size: int = 16,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """Mean noise-prediction MSE on held-out emoji at fixed timesteps and fixed noise.
+
+    Every example is noised at every timestep in ``timesteps`` with noise from a fixed
+    seed, and the latent mean is used (no sampling), so the number is comparable across
+    steps and runs; training loss is too noisy to read.
+    """
+    dev = next(unet.parameters()).device
+    g = torch.Generator().manual_seed(HELDOUT_NOISE_SEED)
+    noise_all = torch.randn((len(timesteps), *latent_mean.shape), generator=g)
+    total, count = 0.0, 0
+    was_training = unet.training
+    unet.eval()
+    for ti, t in enumerate(timesteps):
+        a_bar = alphas_cumprod[t].float()
+        for i in range(0, latent_mean.shape[0], batch_size):
+            x0 = latent_mean[i : i + batch_size].to(dev)
+            eps = noise_all[ti, i : i + batch_size].to(dev)
+            noisy = a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * eps
+            tt = torch.full((x0.shape[0],), t, device=dev, dtype=torch.long)
+            with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                pred = unet(
+                    noisy, tt, encoder_hidden_states=text[i : i + batch_size].to(dev)
+                ).sample
+            total += F.mse_loss(pred.float(), eps, reduction="sum").item() / eps[0].numel()
+            count += x0.shape[0]
+    unet.train(was_training)
+    return total / max(count, 1)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        output_dir: the run folder.
+        adapter_path: the final ``pytorch_lora_weights.safetensors`` (None if stopped early).
+        step: optimizer steps done in total.
+        losses: training loss per step (whole run, resumed parts included).
+        heldout: ``{step: held-out loss}``, with step 0 measured before training.
+        seconds_per_step: median wall time of this session's steps.
+        stopped_early: True when ``stop_after_steps`` ended the run.
+    """
+
+    output_dir: Path
+    adapter_path: Path | None
+    step: int
+    losses: list[float]
+    heldout: dict[int, float]
+    seconds_per_step: float
+    stopped_early: bool
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder and check it is writable, before any model is loaded."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise StableEmoteError(
+            f"Cannot write to the output folder '{path}' ({err.strerror or err}). Choose a folder "
+            "you can write to with --output-dir (on Colab, mount Google Drive first to keep "
+            "checkpoints across disconnects)."
+        ) from err
+    return path
+
+
+def mixed_precision_for(dtype: torch.dtype) -> str:
+    """accelerate's mixed-precision name for a compute dtype."""
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+
+
+def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
+    from stableemote_utils.checkpoints import latest_checkpoint, verify_checkpoint
+
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = latest_checkpoint(checkpoint_dir)
+        if found is None:
+            print(
+                f"stableemote: no checkpoint in {checkpoint_dir}; starting from step 0",
+                file=sys.stderr,
+            )
+        return found
+    path = Path(resume).expanduser()
+    problem = verify_checkpoint(path) if path.is_dir() else "not a folder"
+    if problem:
+        raise StableEmoteError(
+            f"Cannot resume from '{resume}': {problem}. Pass --resume latest to pick the newest intact "
+            f"checkpoint in {checkpoint_dir}, or a checkpoint-NNNNNN folder."
+        )
+    return path
+
+
+def _check_resume_config(saved: dict, config: TrainConfig) -> None:
+    now = config.to_dict()
+    diff = [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in _RESUME_MUST_MATCH
+        if saved.get(k) != now.get(k)
+    ]
+    if diff:
+        raise StableEmoteError(
+            "The checkpoint was made with other settings, so resuming would not continue the same run: "
+            + "; ".join(diff)
+            + ". Use the original settings, or a new --output-dir to start a fresh run."
+        )
+
+
+def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, resolution_px, steps):
+    """Validation images: each prompt at the fixed validation seed, safety checker off."""
+    from stableemote_utils.images import image_grid
+    from stableemote_utils.loading import make_pipeline
+
+    pipe = make_pipeline(components)
+    pipe.unet = unet
+    images = []
+    for i in range(prompts_embeds.shape[0]):
+        g = torch.Generator(device="cpu").manual_seed(config.validation_seed + i)
+        out = pipe(
+            prompt_embeds=prompts_embeds[i : i + 1].to(components.device, unet.dtype),
+            negative_prompt_embeds=negative_embeds.to(components.device, unet.dtype),
+            num_inference_steps=steps,
+            height=resolution_px,
+            width=resolution_px,
+            generator=g,
+        )
+        images.append(out.images[0])
+    return image_grid(images, list(config.validation_prompts), cols=len(images))
+
+
+def _open_trackers(accelerator, config: TrainConfig, out: Path) -> None:
+    if config.report_to == "none":
+        return
+    init_kwargs = {}
+    if config.report_to == "wandb":
+        from stableemote_utils.hub import read_secret
+
+        key = read_secret("WANDB_API_KEY")
+        if key:
+            os.environ.setdefault("WANDB_API_KEY", key)
+        elif not os.environ.get("WANDB_MODE"):
+            print(
+                "stableemote: no WANDB_API_KEY found; logging to W&B offline (sync later with `wandb sync`)"
+            )
+            os.environ["WANDB_MODE"] = "offline"
+        init_kwargs = {"wandb": {"dir": str(out)}}
+    config_dict = {
+        k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))
+    }
+    accelerator.init_trackers("stableemote", config=config_dict, init_kwargs=init_kwargs)
+
+
+def _log_image(accelerator, name: str, image, step: int) -> None:
+    import numpy as np
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            import wandb
+
+            tracker.log({name: wandb.Image(image)}, step=step)
+        elif tracker.name == "tensorboard":
+            tracker.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
+
+
+def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
+    """Train a LoRA on the UNet. Runs the same on CPU, one GPU, or N GPUs via ``accelerate launch``.
+
+    Args:
+        config: the run's settings (see :func:`recipe`).
+        resume: ``None`` for a fresh run, ``"latest"`` for the newest intact checkpoint in
+            ``output_dir/checkpoints`` (a fresh start if there is none), or a checkpoint folder.
+
+    Returns:
+        A :class:`TrainResult`. Files written under ``output_dir``: ``checkpoints/``,
+        ``samples/``, ``pytorch_lora_weights.safetensors``, ``loss.png``, ``summary.json``,
+        ``README.md`` (model card).
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    from stableemote_utils.checkpoints import load_checkpoint, restore_rng, save_checkpoint
+    from stableemote_utils.data import load_emoji_dataset
+    from stableemote_utils.latent_cache import build_or_load_cache
+    from stableemote_utils.loading import load_components
+    from stableemote_utils.lora import add_lora, lora_state_dict, save_lora, set_lora_state_dict
+    from stableemote_utils.precision import choose_dtype, pick_device
+    from stableemote_utils.presets import cache_dir, get_preset
+
+    preset = get_preset(config.preset)
+    config = dataclasses.replace(
+        config,
+        model=config.model or preset.model,
+        dataset=config.dataset or preset.dataset,
+        batch_size=config.batch_size or preset.batch_size,
+        resolution_px=config.resolution_px or preset.resolution_px,
+        alpha=config.alpha if config.alpha is not None else float(config.rank),
+        validation_steps=config.validation_steps or preset.sample_steps,
+    )
+    if config.report_to not in ("none", "wandb", "tensorboard"):
+        raise StableEmoteError(
+            f"--report-to must be wandb, tensorboard or none, not {config.report_to!r}."
+        )
+    if config.steps < 1 or config.batch_size < 1 or config.rank < 1:
+        raise StableEmoteError("steps, batch size and rank must be positive integers.")
+    out = check_output_dir(config.output_dir)
+    ckpt_dir = out / "checkpoints"
+
+    device = pick_device(config.device)
+    dtype, reason = choose_dtype(device, config.precision)
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision_for(dtype),
+        cpu=device.type == "cpu",
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_dir=str(out),
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    say = print if main else (lambda *a, **k: None)
+    say(f"precision: {reason}")
+
+    # Data first: a missing dataset or one smaller than a batch fails before any model loads.
+    with accelerator.main_process_first():
+        train_set = load_emoji_dataset(
+            config.dataset,
+            config.resolution_px,
+            config.caption_template,
+            "train",
+            preset.heldout_fraction,
+            limit=config.max_train_examples,
+        )
+        heldout_set = load_emoji_dataset(
+            config.dataset,
+            config.resolution_px,
+            config.caption_template,
+            "heldout",
+            preset.heldout_fraction,
+            limit=config.heldout_limit,
+        )
+    if len(train_set) < config.batch_size * world:
+        raise StableEmoteError(
+            f"The dataset has {len(train_set)} training images, fewer than one batch "
+            f"({config.batch_size} x {world} processes). Lower --batch-size or add images."
+        )
+    resume_from = _resolve_resume(resume, ckpt_dir)
+    saved_state = None
+    if resume_from is not None:
+        saved_state, saved_lora, saved_opt, saved_rng = load_checkpoint(resume_from)
+        _check_resume_config(saved_state["config"], config)
+
+    # Models, then encode once and take the VAE and text encoder off the accelerator.
+    use_preset = preset.is_tiny and config.model == preset.model
+    components = load_components(
+        preset if use_preset else config.model, device=accelerator.device, dtype=dtype
+    )
+    extra_prompts = ["", *config.validation_prompts]
+    with accelerator.main_process_first():
+        cache_folder = Path(cache_dir()) / "latents"
+        train_cache = build_or_load_cache(
+            components,
+            train_set,
+            cache_folder,
+            config.resolution_px,
+            config.caption_template,
+            extra_prompts,
+            "train",
+        )
+        held_cache = build_or_load_cache(
+            components,
+            heldout_set,
+            cache_folder,
+            config.resolution_px,
+            config.caption_template,
+            (),
+            "heldout",
+        )
+    components.vae.to("cpu")
+    components.text_encoder.to("cpu")
+    dev = accelerator.device
+    latent_mean = train_cache["latent_mean"].to(dev)
+    latent_std = train_cache["latent_std"].to(dev)
+    text_all = train_cache["text"].to(dev)
+    empty_text = train_cache["extra_text"][0:1].to(dev)
+    scheduler = components.scheduler
+    alphas_cumprod = scheduler.alphas_cumprod.to(dev)
+
+    unet = components.unet
+    torch.manual_seed(config.seed)
+    add_lora(unet, config.rank, config.alpha)
+    if saved_state is not None:
+        set_lora_state_dict(unet, saved_lora)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if config.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise StableEmoteError(
+                "--use-8bit-adam needs bitsandbytes: pip install bitsandbytes"
+            ) from err
+        optimizer = bnb.optim.AdamW8bit(params, lr=config.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
+    lr_schedule = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.steps,
+    )
+    if config.compile:
+        unet = torch.compile(unet)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    raw_unet = accelerator.unwrap_model(unet)
+
+    step, losses, heldout = 0, [], {}
+    if saved_state is not None:
+        step = saved_state["step"]
+        losses = list(saved_state["losses"])
+        heldout = {int(k): v for k, v in saved_state["heldout"].items()}
+        optimizer.load_state_dict(saved_opt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if saved_state["config"]["steps"] == config.steps:
+                lr_schedule.load_state_dict(saved_state["lr_scheduler"])
+            else:  # a longer (or shorter) run: the schedule is redrawn over the new length
+                say(
+                    f"steps changed {saved_state['config']['steps']} -> {config.steps}: LR schedule redrawn"
+                )
+                for _ in range(step):
+                    lr_schedule.step()
+        if accelerator.scaler is not None and saved_state.get("scaler"):
+            accelerator.scaler.load_state_dict(saved_state["scaler"])
+        restore_rng(saved_rng)
+        if saved_state.get("world_size", 1) != world:
+            say(
+                f"note: the run was started on {saved_state.get('world_size')} processes, now {world}"
+            )
+        say(f"resumed from {resume_from} at step {step}")
+
+    autocast_dtype = dtype if dtype != torch.float32 else None
+
+    def measure_heldout(at_step: int) -> None:
+        if main:
+            heldout[at_step] = heldout_loss(
+                raw_unet,
+                held_cache["latent_mean"],
+                held_cache["text"],
+                scheduler.alphas_cumprod,
+                autocast_dtype=autocast_dtype,
+            )
+            accelerator.log({"heldout_loss": heldout[at_step]}, step=at_step)
+
+    def validate(at_step: int) -> None:
+        measure_heldout(at_step)
+        if main:
+            components.vae.to(dev)
+            grid = _sample_grid(
+                components,
+                raw_unet,
+                train_cache["extra_text"][1:],
+                train_cache["extra_text"][0:1],
+                config,
+                config.resolution_px,
+                config.validation_steps,
+            )
+            components.vae.to("cpu")
+            from stableemote_utils.images import save_image
+
+            save_image(grid, out / "samples" / f"step-{at_step:06d}.png")
+            _log_image(accelerator, "samples", grid, at_step)
+
+    def checkpoint(at_step: int) -> None:
+        if main:
+            state = {
+                "config": config.to_dict(),
+                "lr_scheduler": lr_schedule.state_dict(),
+                "scaler": accelerator.scaler.state_dict()
+                if accelerator.scaler is not None
+                else None,
+                "losses": losses,
+                "heldout": heldout,
+                "world_size": world,
+            }
+            save_checkpoint(
+                ckpt_dir,
+                at_step,
+                lora_state_dict(raw_unet),
+                optimizer.state_dict(),
+                state,
+                config.keep_checkpoints,
+            )
+        accelerator.wait_for_everyone()
+
+    _open_trackers(accelerator, config, out)
+    if 0 not in heldout:
+        measure_heldout(0)
+    end_step = (
+        config.steps
+        if config.stop_after_steps is None
+        else min(config.steps, config.stop_after_steps)
+    )
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        disable=not (main and config.progress_bar),
+        desc="training",
+        unit="step",
+    )
+    pending: list[torch.Tensor] = []
+    step_times: list[float] = []
+    unet.train()
+    last = time.perf_counter()
+    try:
+        while step < end_step:
+            idx = batch_indices(
+                step, config.batch_size, len(train_set), config.seed, rank, world
+            ).to(dev)
+            g = step_generator(config.seed, step, rank, dev)
+            text = text_all[idx]
+            if config.caption_dropout > 0:
+                drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
+                text = torch.where(drop.view(-1, 1, 1), empty_text.expand_as(text), text)
+            with accelerator.autocast():
+                loss = training_loss(
+                    unet,
+                    latent_mean[idx],
+                    latent_std[idx],
+                    text,
+                    alphas_cumprod,
+                    g,
+                    config.min_snr_gamma,
+                    config.noise_offset,
+                )
+            accelerator.backward(loss)
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            pending.append(loss.detach().float())
+            if step % config.log_every == 0 or step == end_step:
+                # One host sync per log interval, not per step.
+                values = accelerator.reduce(torch.stack(pending), reduction="mean").cpu()
+                pending.clear()
+                bad = (~torch.isfinite(values)).nonzero()
+                if len(bad):
+                    first_bad = step - len(values) + int(bad[0]) + 1
+                    raise _non_finite(first_bad, values[int(bad[0])].item(), ckpt_dir)
+                losses.extend(values.tolist())
+                now = time.perf_counter()
+                step_times.append((now - last) / len(values))
+                last = now
+                bar.update(len(values))
+                bar.set_postfix(loss=f"{values.mean():.4f}", s_per_step=f"{step_times[-1]:.3f}")
+                accelerator.log(
+                    {
+                        "loss": values.mean().item(),
+                        "lr": lr_schedule.get_last_lr()[0],
+                        "steps_per_second": 1.0 / max(step_times[-1], 1e-9),
+                    },
+                    step=step,
+                )
+            if step % config.validate_every == 0 or step == config.steps:
+                validate(step)
+            if step % config.checkpoint_every == 0 or step == end_step:
+                checkpoint(step)
+    except torch.OutOfMemoryError as err:
+        raise StableEmoteError(
+            f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. Lower "
+            "--batch-size, turn on --gradient-checkpointing, use --use-8bit-adam, or lower --resolution; "
+            f"resume with --resume latest. ({str(err)[:120]})"
+        ) from err
+    finally:
+        bar.close()
+
+    stopped_early = step < config.steps
+    adapter_path = None
+    if main and not stopped_early:
+        from stableemote_utils.hub import write_model_card
+        from stableemote_utils.plots import save_loss_plot
+
+        meta = {
+            "base_model": str(config.model),
+            "rank": str(config.rank),
+            "alpha": str(config.alpha),
+            "steps": str(step),
+            "resolution_px": str(config.resolution_px),
+            "dataset": str(config.dataset),
+        }
+        adapter_path = save_lora(raw_unet, out, meta)
+        save_loss_plot(losses, out / "loss.png")
+        summary = {
+            "config": config.to_dict(),
+            "steps": step,
+            "heldout_loss": heldout,
+            "seconds_per_step": _median(step_times),
+            "precision": reason,
+            "num_processes": world,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_model_card(out, config, heldout, preset)
+        if config.push_to_hub:
+            from stableemote_utils.hub import push_adapter
+
+            push_adapter(out, config.push_to_hub)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out, adapter_path, step, losses, heldout, _median(step_times), stopped_early)
+
+
+def _median(values: list[float]) -> float:
+    return float(sorted(values)[len(values) // 2]) if values else math.nan
+
+
+def _non_finite(step: int, value: float, ckpt_dir: Path) -> StableEmoteError:
+    from stableemote_utils.checkpoints import latest_checkpoint
+
+    last = latest_checkpoint(ckpt_dir)
+    where = (
+        f"The last good checkpoint is {last}; nothing after it was saved."
+        if last
+        else "No checkpoint was saved yet."
+    )
+    return StableEmoteError(
+        f"The training loss became {value} at step {step}; the run stopped. {where} Usual causes: a "
+        "learning rate too high for this rank/batch (try 1e-4 or lower, or warm-up steps), fp16 overflow "
+        "(try --precision bf16 on Ampere or newer, or fp32), or broken images in the data. Fix the cause "
+        "and continue with --resume latest."
+    )
