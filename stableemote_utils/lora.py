@@ -77,6 +77,11 @@ def add_lora(
         init_lora_weights=True,
         target_modules=list(target_modules),
     )
+    if not target_layer_shapes(unet, target_modules):
+        raise StableEmoteError(
+            f"No layer of the UNet matched the target modules {list(target_modules)}; the "
+            "attention projections of diffusers' UNet are named to_q, to_k, to_v and to_out.0."
+        )
     unet.requires_grad_(False)
     try:
         unet.add_adapter(config, adapter_name=adapter_name)
@@ -86,11 +91,6 @@ def add_lora(
             "or start again from a UNet without this adapter."
         ) from err
     params = _lora_parameters(unet, adapter_name)
-    if not params:
-        raise StableEmoteError(
-            f"No layer of the UNet matched the target modules {list(target_modules)}; the "
-            "attention projections of diffusers' UNet are named to_q, to_k, to_v and to_out.0."
-        )
     for _, p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
@@ -367,6 +367,20 @@ def _layer_problem(weight_shape: tuple[int, ...], parts: dict[str, torch.Tensor]
     return None
 
 
+def _resolve_layer(layer: str, kohya: bool, names: dict, underscored: dict[str, str]) -> str:
+    """The model's name for a layer named in a file (kohya ``a_b_c`` -> ``a.b.c``).
+
+    Text-encoder names are accepted with and without transformers' older ``text_model.``
+    level, which published adapters use.
+    """
+    for candidate in (layer, layer.removeprefix("text_model."), layer.removeprefix("text_model_")):
+        if kohya:
+            candidate = underscored.get(candidate, candidate)
+        if candidate in names:
+            return candidate
+    return layer
+
+
 def match_lora(
     state_dict: dict[str, torch.Tensor],
     models: dict[str, torch.nn.Module],
@@ -396,8 +410,9 @@ def match_lora(
             not_lora.append(key)
             continue
         component, layer, kohya, matrix, _ = split
-        if kohya:
-            layer = underscored.get(component, {}).get(layer, layer)
+        layer = _resolve_layer(
+            layer, kohya, known.get(component, {}), underscored.get(component, {})
+        )
         parts = layers.setdefault(component, {}).setdefault(layer, {})
         parts[matrix] = float(value.float().reshape(-1)[0]) if matrix == "alpha" else value
         keys_of.setdefault((component, layer), []).append(key)
@@ -780,6 +795,8 @@ def kohya_state_dict(result: dict, dtype: torch.dtype | None = None) -> dict[str
             if dtype is not None:
                 down, up = down.to(dtype), up.to(dtype)
             alpha = parts.get("alpha")
+            if component == "text_encoder" and not layer.startswith("text_model."):
+                layer = "text_model." + layer  # the web UIs expect CLIP's full layer names
             stem = KOHYA_PREFIXES[component] + layer.replace(".", "_")
             out[f"{stem}.lora_down.weight"] = down.contiguous()
             out[f"{stem}.lora_up.weight"] = up.contiguous()
