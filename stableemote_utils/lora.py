@@ -651,12 +651,23 @@ def lora_parameter_count(
 ) -> int:
     """Parameters of a rank-``rank`` adapter: ``rank * (d_in + d_out)`` summed over layers.
 
-    ``unet`` defaults to the SD 1.5 layout (meta device). Rank 4 on SD 1.5 gives 797,184.
+    For a conv layer ``A`` is a ``(rank, d_in, k, k)`` conv and ``B`` a 1x1 conv, so it
+    adds ``rank * (d_in * k * k + d_out)``. ``unet`` defaults to the SD 1.5 layout (meta
+    device). Rank 4 on SD 1.5's attention projections gives 797,184.
     """
     unet = unet if unet is not None else layout_models("sd15")["unet"]
     return sum(
-        rank * (shape[0] + shape[1]) for shape in target_layer_shapes(unet, target_modules).values()
+        sum(t.numel() for t in _lora_pair(rank, shape, torch.device("meta")))
+        for shape in target_layer_shapes(unet, target_modules).values()
     )
+
+
+def _lora_pair(rank: int, shape: tuple[int, ...], device, dtype=torch.float32):
+    """Zero ``A`` and ``B`` for a layer whose weight has ``shape`` (Linear or Conv2d)."""
+    d_out, d_in, *kernel = shape
+    down = torch.zeros(rank, d_in, *kernel, dtype=dtype, device=device)
+    up = torch.zeros(d_out, rank, *([1] * len(kernel)), dtype=dtype, device=device)
+    return down, up
 
 
 def lora_size_table(
@@ -680,9 +691,10 @@ def lora_size_table(
     rows = []
     for rank in ranks:
         tensors = {}
-        for name, (d_out, d_in, *_) in shapes.items():
-            tensors[f"{UNET_PREFIX}{name}.lora_A.weight"] = torch.zeros(rank, d_in, dtype=dtype)
-            tensors[f"{UNET_PREFIX}{name}.lora_B.weight"] = torch.zeros(d_out, rank, dtype=dtype)
+        for name, shape in shapes.items():
+            down, up = _lora_pair(rank, shape, "cpu", dtype)
+            tensors[f"{UNET_PREFIX}{name}.lora_A.weight"] = down
+            tensors[f"{UNET_PREFIX}{name}.lora_B.weight"] = up
         rows.append(
             {
                 "rank": int(rank),

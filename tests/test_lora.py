@@ -490,6 +490,16 @@ def test_parameter_count_and_size_table_match_a_real_adapter(trained, tmp_path):
     assert [r["parameters"] for r in rows] == [count // 4, count // 2, count * 2]
 
 
+def test_parameter_count_covers_feed_forward_and_conv_layers(tiny_components):
+    targets = ("to_q", "ff.net.2", "conv1")
+    unet = copy.deepcopy(tiny_components.unet)
+    assert L.add_lora(unet, rank=3, target_modules=targets) == L.lora_parameter_count(
+        3, unet=tiny_components.unet, target_modules=targets
+    )
+    (row,) = L.lora_size_table(ranks=(3,), unet=tiny_components.unet, target_modules=targets)
+    assert row["tensors"] == len(L.lora_state_dict(unet))
+
+
 def test_layout_models_are_on_the_meta_device():
     tiny = L.layout_models("tiny")
     assert next(tiny["unet"].parameters()).device.type == "meta"
