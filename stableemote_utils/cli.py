@@ -101,6 +101,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = recipe(args.recipe, **overrides)
     config = dataclasses.replace(config, **{k: True for k, v in flags.items() if v})
     result = train(config, resume=args.resume)
+    if not result.is_main_process:
+        return
     if result.adapter_path is not None:
         print(f"adapter: {result.adapter_path}")
     else:

@@ -268,6 +268,7 @@ class TrainResult:
         heldout: ``{step: held-out loss}``, with step 0 measured before training.
         seconds_per_step: median wall time of this session's steps.
         stopped_early: True when ``stop_after_steps`` ended the run.
+        is_main_process: False on the other processes of a distributed run.
     """
 
     output_dir: Path
@@ -277,6 +278,7 @@ class TrainResult:
     heldout: dict[int, float]
     seconds_per_step: float
     stopped_early: bool
+    is_main_process: bool = True
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -743,7 +745,9 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             push_adapter(out, config.push_to_hub)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(out, adapter_path, step, losses, heldout, _median(step_times), stopped_early)
+    return TrainResult(
+        out, adapter_path, step, losses, heldout, _median(step_times), stopped_early, main
+    )
 
 
 def _median(values: list[float]) -> float:

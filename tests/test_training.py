@@ -1,0 +1,182 @@
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stableemote_utils import training
+from stableemote_utils.checkpoints import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+)
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.training import batch_indices, min_snr_weights, recipe, train
+
+
+def _config(tmp_path, name="run", **kw):
+    base = recipe(
+        "tiny-quick",
+        output_dir=str(tmp_path / name),
+        steps=8,
+        checkpoint_every=4,
+        validate_every=1000,
+        max_train_examples=16,
+        heldout_limit=4,
+        validation_prompts=("cat face",),
+        validation_steps=2,
+        log_every=2,
+        progress_bar=False,
+        lr_warmup_steps=2,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def _weights(path):
+    return load_file(path)
+
+
+def test_batches_shard_the_data_without_overlap():
+    n, bs, world = 20, 3, 2
+    seen = []
+    for step in range(3):
+        a = batch_indices(step, bs, n, seed=0, rank=0, world=world)
+        b = batch_indices(step, bs, n, seed=0, rank=1, world=world)
+        assert not set(a.tolist()) & set(b.tolist())
+        seen += a.tolist() + b.tolist()
+    assert len(set(seen)) == len(seen) == 18  # one epoch: no example twice
+    assert torch.equal(batch_indices(2, bs, n, 0, 1, world), batch_indices(2, bs, n, 0, 1, world))
+
+
+def test_min_snr_weights_cap_low_noise_steps():
+    ac = torch.linspace(0.999, 0.001, 1000)
+    t = torch.tensor([0, 500, 999])
+    w = min_snr_weights(t, ac, gamma=5.0)
+    snr = ac[t] / (1 - ac[t])
+    assert w[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-5)  # SNR ~ 999 -> tiny weight
+    assert w[2] == pytest.approx(1.0)  # high noise: SNR < 5, weight 1
+
+
+def test_optimizer_state_round_trips_through_safetensors():
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    tensors, rest = optimizer_to_tensors(opt.state_dict())
+    json.dumps(rest)
+    back = optimizer_from_tensors(tensors, json.loads(json.dumps(rest)))
+    assert torch.equal(back["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    straight = train(_config(tmp_path, "straight"))
+    first = train(_config(tmp_path, "resumed", stop_after_steps=4))
+    assert first.stopped_early and first.adapter_path is None
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == [
+        "checkpoint-000004"
+    ]
+    second = train(_config(tmp_path, "resumed"), resume="latest")
+    assert second.step == 8
+    a, b = _weights(straight.adapter_path), _weights(second.adapter_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    assert second.losses == pytest.approx(straight.losses, abs=1e-6)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k), "training moved B"
+
+
+def test_raising_the_step_count_on_resume(tmp_path):
+    train(_config(tmp_path, steps=4))
+    result = train(_config(tmp_path, steps=8), resume="latest")
+    assert result.step == 8 and not result.stopped_early
+    state, *_ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert state["step"] == 8
+    assert len(state["losses"]) == 8
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    train(_config(tmp_path, stop_after_steps=4))
+    with pytest.raises(StableEmoteError, match="rank: 4 -> 8"):
+        train(_config(tmp_path, rank=8), resume="latest")
+
+
+def test_damaged_and_half_written_checkpoints_are_not_resumed(tmp_path, capsys):
+    train(_config(tmp_path, stop_after_steps=8, checkpoint_every=2, keep_checkpoints=5))
+    ckpts = tmp_path / "run" / "checkpoints"
+    newest = list_checkpoints(ckpts)[-1]
+    assert newest.name == "checkpoint-000008"
+    # A run killed while writing leaves a temporary folder; Drive sync can truncate a file.
+    half = ckpts / ".checkpoint-000010.tmp-999"
+    shutil.copytree(newest, half)
+    weights = newest / "pytorch_lora_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert latest_checkpoint(ckpts).name == "checkpoint-000006"
+    assert "skipping damaged checkpoint" in capsys.readouterr().err
+    result = train(_config(tmp_path, steps=8, checkpoint_every=2), resume="latest")
+    assert result.step == 8
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = training.training_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(training, "training_loss", flaky)
+    with pytest.raises(StableEmoteError, match=r"became nan at step 6.*checkpoint-000004"):
+        train(_config(tmp_path))
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["checkpoint-000004"]
+    assert not (tmp_path / "run" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_heldout_loss_goes_down_with_training(tmp_path):
+    result = train(_config(tmp_path, steps=40, checkpoint_every=40, max_train_examples=64))
+    assert result.heldout[40] < result.heldout[0]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "samples" / "step-000040.png").exists()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Held-out loss" in card and "noto" in card
+
+
+def test_wandb_offline_writes_its_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(_config(tmp_path, steps=2, checkpoint_every=2, report_to="wandb"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "the offline run should hold its log file"
+
+
+def test_unwritable_output_dir_fails_before_loading(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr(training, "train", training.train)
+    with pytest.raises(StableEmoteError, match="Cannot write to the output folder"):
+        train(_config(tmp_path, output_dir=str(blocker / "sub")))
+
+
+def test_dataset_smaller_than_a_batch(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(data / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"square {i}"}))
+    (data / "metadata.jsonl").write_text("\n".join(rows))
+    with pytest.raises(StableEmoteError, match="fewer than one batch"):
+        train(_config(tmp_path, dataset=str(data), max_train_examples=None))
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(StableEmoteError, match="not a folder|does not exist|Could not load"):
+        train(_config(tmp_path, dataset=str(tmp_path / "missing")))
