@@ -166,6 +166,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {png} and {js}")
 
 
+def cmd_figures(args: argparse.Namespace) -> None:
+    """Regenerate the figures in images/."""
+    from stableemote_utils.figures import make_figures
+    from stableemote_utils.images import IMAGES_DIR
+
+    for path in make_figures(args.out or IMAGES_DIR, args.only or None):
+        print(f"wrote {path}")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
@@ -316,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--out", default="outputs/compare/comparison.png")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("figures", help="regenerate the README's figures in images/")
+    p.add_argument("--out", default=None, help="folder (default: the repository's images/)")
+    p.add_argument("only", nargs="*", help="file names to make (default: all)")
+    p.set_defaults(func=cmd_figures)
 
     from stableemote_utils.lora_cli import add_lora_commands
 
