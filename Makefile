@@ -13,7 +13,7 @@ OPEN_CLIP := open_clip_torch==3.3.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test bench figures lint format clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ install: $(STAMP)
 
 demo: install
 	STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/stableemote quickstart --output-dir outputs/demo
+
+bench: install
+	$(OFFLINE) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/stableemote bench
+
+figures: install
+	$(BIN)/stableemote figures
 
 lint: install
 	$(BIN)/ruff check .

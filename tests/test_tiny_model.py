@@ -34,15 +34,19 @@ def test_scheduler_has_sd15_settings(tiny_components):
 def test_build_is_deterministic(tmp_path):
     a = build_tiny_model(tmp_path / "a")
     b = build_tiny_model(tmp_path / "b")
-    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+    for part in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ):
         wa, wb = load_file(a / part), load_file(b / part)
         assert wa.keys() == wb.keys()
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
     c = build_tiny_model(tmp_path / "c", seed=1)
     digest = hashlib.sha256((c / "unet/diffusion_pytorch_model.safetensors").read_bytes())
-    assert digest.hexdigest() != hashlib.sha256(
-        (a / "unet/diffusion_pytorch_model.safetensors").read_bytes()
-    ).hexdigest()
+    assert (
+        digest.hexdigest()
+        != hashlib.sha256((a / "unet/diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+    )
 
 
 def test_build_does_not_touch_global_rng(tmp_path):

@@ -1,0 +1,61 @@
+"""Repository-level checks: one repository slug everywhere, README commands, packaging."""
+
+import re
+import tomllib
+from pathlib import Path
+
+from stableemote_utils import REPO_SLUG
+
+ROOT = Path(__file__).resolve().parent.parent
+GITHUB_LINK = re.compile(
+    r"github(?:\.com)?/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+?)(?:\.git|/blob|\"|\)|$)"
+)
+
+
+def _files_with_links():
+    yield ROOT / "README.md"
+    yield from sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_every_colab_badge_and_install_uses_the_one_slug():
+    seen = 0
+    for path in _files_with_links():
+        for slug in GITHUB_LINK.findall(path.read_text()):
+            seen += 1
+            assert slug == REPO_SLUG, f"{path.name} links to {slug}, expected {REPO_SLUG}"
+    assert seen >= 12  # README badges + each notebook's badge and install line
+
+
+def test_readme_quick_start_has_exactly_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = quick.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def test_no_torchvision_dependency_and_one_dependency_list():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    assert not [d for d in deps if d.lower().startswith("torchvision")]
+    env = (ROOT / "environment.yml").read_text()
+    assert '-e ".[dev]"' in env  # conda installs the same package, no second list
+    for lib in ("diffusers", "transformers", "peft", "accelerate"):
+        assert any(d.startswith(f"{lib}==") for d in project["dependencies"]), (
+            f"{lib} is not pinned"
+        )
+
+
+def test_every_figure_in_the_readme_exists_and_is_made_by_code():
+    from stableemote_utils.figures import all_figures
+
+    readme = (ROOT / "README.md").read_text()
+    shown = set(re.findall(r"\(images/([^)]+\.png)\)", readme))
+    assert shown, "the README shows figures"
+    for name in shown:
+        assert (ROOT / "images" / name).exists(), name
+    made = set(all_figures())
+    missing = {n for n in shown if n not in made and not n.startswith("results_")}
+    assert not missing, f"figures with no code that makes them: {missing}"
