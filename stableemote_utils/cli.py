@@ -7,6 +7,7 @@ user can fix print a one-paragraph message (no traceback) and exit with status 2
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from collections.abc import Callable
@@ -339,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stableemote`` console command."""
+    # The libraries' own notices (e.g. about optional image backends) are noise on the
+    # command line; errors still show. Set TRANSFORMERS_VERBOSITY to see them.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
