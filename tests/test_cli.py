@@ -36,7 +36,7 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_bad_seeds_in_compare_are_explained(tmp_path, capsys):
+def test_compare_without_an_adapter_is_explained(capsys):
     with pytest.raises(SystemExit):
         main(["compare"])  # --lora is required: argparse explains and exits
     assert "--lora" in capsys.readouterr().err
