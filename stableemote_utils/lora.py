@@ -575,7 +575,16 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str = "default", scal
             f"The pipeline already has an adapter named '{adapter_name}'. Pass another "
             "adapter_name, or call unload_lora(pipe) first."
         )
-    pipe.load_lora_weights(canonical_lora_state_dict(result), adapter_name=adapter_name)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    if "text_encoder" not in result["components"]:
+        # diffusers warns that no text-encoder keys were found; that is expected here.
+        diffusers_logging.set_verbosity_error()
+    try:
+        pipe.load_lora_weights(canonical_lora_state_dict(result), adapter_name=adapter_name)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     set_lora_scale(pipe, scale, adapter_name)
     return pipe
 
