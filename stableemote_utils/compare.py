@@ -3,6 +3,11 @@
 Every image is recorded (prompt, seed, scheduler class and config, steps, guidance,
 resolution, LoRA file and scale) in a JSON file next to the grid, and
 :func:`regenerate` makes the same grid again from that record alone.
+
+Around it: a LoRA-scale sweep (:func:`scale_sweep`), the same prompt and seed at every
+saved checkpoint (:func:`checkpoint_progression`), adapters of different ranks side by
+side (:func:`adapter_comparison`), the prompt set (:func:`comparison_prompts`) and the
+two sizes to compare at (:func:`comparison_sizes_px`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.training import ORIGINAL_PROMPTS
 
 RECORD_VERSION = 1
+SWEEP_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# The second comparison size is this multiple of the training size (256 -> 512 for sd15).
+LARGER_SIZE_FACTOR = 2
 
 
 def _file_sha256(path: Path) -> str:
@@ -89,6 +97,7 @@ def fair_comparison(
                             "guidance": guidance,
                             "resolution_px": resolution_px,
                             "lora_scale": 0.0 if model == "base" else lora_scale,
+                            "generator": {"device": "cpu", "seed": seed},
                             "scheduler": scheduler,
                         }
                     )
@@ -144,4 +153,211 @@ def regenerate(record_path: str | os.PathLike, pipe):
         first["resolution_px"],
         record["caption_template"],
         lora_scale=next(e["lora_scale"] for e in record["images"] if e["model"] == "lora"),
+    )
+
+
+def comparison_prompts(preset=None, heldout_count: int = 4) -> tuple[list[str], list[str]]:
+    """The emoji names to compare on: the original project's eight, and held-out names.
+
+    Args:
+        preset: a :class:`~stableemote_utils.presets.Preset` or name (``None``: the
+            environment's preset); its data set and held-out fraction pick the names.
+        heldout_count: how many held-out names (emoji the LoRA never saw in training).
+
+    Returns:
+        ``(original, heldout)``: two lists of names, without the caption template.
+    """
+    from stableemote_utils.data import load_emoji_dataset
+    from stableemote_utils.presets import Preset, get_preset
+
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    heldout = load_emoji_dataset(
+        p.dataset,
+        p.resolution_px,
+        p.caption_template,
+        split="heldout",
+        heldout_fraction=p.heldout_fraction,
+        limit=heldout_count,
+    )
+    return list(ORIGINAL_PROMPTS), [e.name for e in heldout]
+
+
+def comparison_sizes_px(preset=None) -> tuple[int, int]:
+    """The two sizes to compare at: the training size and ``LARGER_SIZE_FACTOR`` times it.
+
+    ``(256, 512)`` for ``sd15`` (512 px is what SD 1.5 itself was trained at), ``(64, 128)``
+    for ``tiny``.
+    """
+    from stableemote_utils.presets import Preset, get_preset
+
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    return p.resolution_px, LARGER_SIZE_FACTOR * p.resolution_px
+
+
+def adapter_resolution_px(lora_path: str | os.PathLike, default: int | None = None) -> int | None:
+    """The resolution an adapter was trained at, from its file header (``resolution_px``).
+
+    Returns ``default`` when the header does not say (files from elsewhere, checkpoints).
+    """
+    from stableemote_utils.lora import read_lora_file
+
+    _, metadata = read_lora_file(lora_path)
+    value = metadata.get("resolution_px")
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def scale_sweep(
+    pipe,
+    lora_path: str | os.PathLike,
+    prompt: str,
+    seed: int = 0,
+    scales: list[float] | tuple[float, ...] = SWEEP_SCALES,
+    steps: int = 25,
+    guidance: float = 7.5,
+    resolution_px: int = 256,
+    caption_template: str = "An emoji of {name}",
+):
+    """One prompt and seed at several LoRA scales, as a labelled strip.
+
+    Scale 0 is the base model, 1 the adapter as trained; values in between blend the
+    low-rank update in linearly (``W + scale * (alpha / r) * B A``).
+
+    Returns:
+        A PIL strip, one column per scale, labelled ``scale 0.25`` etc.
+    """
+    from stableemote_utils.images import image_grid
+    from stableemote_utils.lora import load_lora, set_lora_scale, unload_lora
+
+    if not scales:
+        raise StableEmoteError("The scale sweep needs at least one scale, e.g. 0, 0.5, 1.")
+    text = caption_template.format(name=prompt)
+    load_lora(pipe, lora_path, adapter_name="sweep")
+    images = []
+    try:
+        for scale in scales:
+            set_lora_scale(pipe, float(scale), "sweep")
+            images.append(generate(pipe, text, seed, steps, guidance, resolution_px))
+    finally:
+        unload_lora(pipe)
+    return image_grid(
+        images,
+        cols=len(images),
+        row_labels=[prompt],
+        col_labels=[f"scale {s:g}" for s in scales],
+    )
+
+
+def list_adapter_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, adapter file)`` for every saved checkpoint of a training run, oldest first.
+
+    Looks in ``run_dir/checkpoints/checkpoint-NNNNNN/pytorch_lora_weights.safetensors`` and
+    adds the final ``run_dir/pytorch_lora_weights.safetensors`` (at the run's last step, read
+    from ``summary.json``) when it is not already a checkpoint.
+
+    Raises:
+        StableEmoteError: if the folder holds no adapter at all.
+    """
+    from stableemote_utils.checkpoints import CHECKPOINT_RE
+    from stableemote_utils.lora import LORA_WEIGHT_NAME
+
+    run = Path(os.path.expanduser(str(run_dir)))
+    found: dict[int, Path] = {}
+    for folder in sorted((run / "checkpoints").glob("checkpoint-*")):
+        match = CHECKPOINT_RE.match(folder.name)
+        if match and (folder / LORA_WEIGHT_NAME).is_file():
+            found[int(match.group(1))] = folder / LORA_WEIGHT_NAME
+    final = run / LORA_WEIGHT_NAME
+    summary = run / "summary.json"
+    if final.is_file() and summary.is_file():
+        final_step = int(json.loads(summary.read_text()).get("steps", 0))
+        found.setdefault(final_step, final)
+    if not found:
+        raise StableEmoteError(
+            f"No adapter in '{run}': expected checkpoints/checkpoint-NNNNNN/{LORA_WEIGHT_NAME} "
+            "(written by stableemote train) or a final adapter with its summary.json."
+        )
+    return sorted(found.items())
+
+
+def checkpoint_progression(
+    pipe,
+    run_dir: str | os.PathLike,
+    prompt: str,
+    seed: int = 0,
+    steps: int = 25,
+    guidance: float = 7.5,
+    resolution_px: int = 256,
+    caption_template: str = "An emoji of {name}",
+):
+    """The same prompt and seed at step 0 (the base model) and at every saved checkpoint.
+
+    Returns:
+        A PIL strip, one column per checkpoint, labelled ``step 0``, ``step 100``, ...
+    """
+    from stableemote_utils.images import image_grid
+    from stableemote_utils.lora import load_lora, unload_lora
+
+    checkpoints = list_adapter_checkpoints(run_dir)
+    text = caption_template.format(name=prompt)
+    images = [generate(pipe, text, seed, steps, guidance, resolution_px)]
+    labels = ["step 0"]
+    for step, file in checkpoints:
+        load_lora(pipe, file, adapter_name="progression")
+        try:
+            images.append(generate(pipe, text, seed, steps, guidance, resolution_px))
+        finally:
+            unload_lora(pipe)
+        labels.append(f"step {step}")
+    return image_grid(images, cols=len(images), row_labels=[prompt], col_labels=labels)
+
+
+def adapter_comparison(
+    pipe,
+    adapters: dict[str, str | os.PathLike],
+    prompts: list[str] | tuple[str, ...],
+    seed: int = 0,
+    steps: int = 25,
+    guidance: float = 7.5,
+    resolution_px: int = 256,
+    caption_template: str = "An emoji of {name}",
+):
+    """Several adapters (e.g. rank 2, 4, 8) against the base model, same prompt and seed.
+
+    Args:
+        adapters: column label -> adapter file or folder, e.g. ``{"rank 4": path}``.
+        prompts: one row per emoji name.
+
+    Returns:
+        A PIL grid: rows = prompts, columns = base, then each adapter.
+    """
+    from stableemote_utils.images import image_grid
+    from stableemote_utils.lora import load_lora, unload_lora
+
+    if not adapters or not prompts:
+        raise StableEmoteError("adapter_comparison needs at least one adapter and one prompt.")
+    columns: list[list] = [
+        [
+            generate(pipe, caption_template.format(name=n), seed, steps, guidance, resolution_px)
+            for n in prompts
+        ]
+    ]
+    for path in adapters.values():
+        load_lora(pipe, path, adapter_name="ranks")
+        try:
+            columns.append(
+                [
+                    generate(
+                        pipe, caption_template.format(name=n), seed, steps, guidance, resolution_px
+                    )
+                    for n in prompts
+                ]
+            )
+        finally:
+            unload_lora(pipe)
+    images = [columns[c][r] for r in range(len(prompts)) for c in range(len(columns))]
+    return image_grid(
+        images, cols=len(columns), row_labels=list(prompts), col_labels=["base", *adapters]
     )
