@@ -1,0 +1,111 @@
+"""Cross-attention recording: right shapes, probabilities, unchanged output, restored processors."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+import torch
+
+from stableemote_utils.attention import (
+    CrossAttentionRecorder,
+    cross_attention_maps,
+    mean_maps,
+    plot_attention_maps,
+    recording_cross_attention,
+    word_token_positions,
+)
+from stableemote_utils.errors import StableEmoteError
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    from stableemote_utils.loading import load_components, make_pipeline
+
+    return make_pipeline(load_components(str(tiny_model_dir)))
+
+
+def unet_inputs(pipe, batch=2):
+    unet = pipe.unet
+    side = unet.config.sample_size
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn((batch, unet.config.in_channels, side, side), generator=g)
+    text = torch.randn((batch, 77, unet.config.cross_attention_dim), generator=g)
+    return latents, torch.tensor(500), text
+
+
+def test_recording_keeps_the_output_and_restores_the_processors(pipe):
+    unet = pipe.unet
+    latents, t, text = unet_inputs(pipe)
+    before = dict(unet.attn_processors)
+    with torch.no_grad():
+        plain = unet(latents, t, encoder_hidden_states=text).sample
+        side = unet.config.sample_size
+        with recording_cross_attention(unet, side) as store:
+            swapped = unet.attn_processors
+            recorded = unet(latents, t, encoder_hidden_states=text).sample
+    assert torch.equal(plain, recorded)
+    n_cross = sum(".attn2." in n for n in before)
+    assert n_cross > 0
+    assert sum(isinstance(p, CrossAttentionRecorder) for p in swapped.values()) == n_cross
+    after = unet.attn_processors
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    assert side in store["seen_sides"] and len(store["seen_sides"]) > 1
+    maps = mean_maps(store)
+    assert list(maps) == [0]
+    probs = maps[0]
+    assert probs.shape == (latents.shape[0], side * side, 77)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]), atol=1e-5, rtol=0)
+    assert (probs >= 0).all()
+    layers_at_side = store["count"][0]
+    assert 1 <= layers_at_side < n_cross
+
+
+def test_processors_come_back_after_an_error(pipe):
+    unet = pipe.unet
+    before = dict(unet.attn_processors)
+    with pytest.raises(RuntimeError, match="boom"), recording_cross_attention(unet, 4):
+        raise RuntimeError("boom")
+    assert all(unet.attn_processors[k] is before[k] for k in before)
+
+
+def test_word_positions(pipe):
+    tok = pipe.tokenizer
+    prompt = "An emoji of cat face"
+    ids = tok(prompt).input_ids
+    pos = word_token_positions(tok, prompt, "cat")
+    assert [ids[i] for i in pos] == tok("cat", add_special_tokens=False).input_ids
+    assert pos[0] >= 1
+    assert word_token_positions(tok, prompt, "face")[0] > pos[-1]
+    with pytest.raises(StableEmoteError, match="not a word of the prompt"):
+        word_token_positions(tok, prompt, "dog")
+
+
+def test_cross_attention_maps_shapes_and_plot(pipe):
+    steps = 4
+    res = cross_attention_maps(
+        pipe, "An emoji of cat face", ["cat", "face"], seed=1, steps=steps, resolution_px=64
+    )
+    side = 64 // pipe.vae_scale_factor // 2
+    assert res["map_side"] == side
+    assert res["steps"] == [0, 2, 3]
+    assert res["maps"].shape == (3, 2, side, side)
+    assert ((res["maps"] > 0) & (res["maps"] <= 1)).all()
+    assert res["image"].size == (64, 64)
+    assert all(
+        not isinstance(p, CrossAttentionRecorder) for p in pipe.unet.attn_processors.values()
+    )
+    # The steps differ (the latents change as they are denoised), so the maps do too.
+    assert not torch.equal(res["maps"][0], res["maps"][-1])
+    fig = plot_attention_maps({"base": res, "LoRA": res}, title="t")
+    assert len(fig.axes) == 2 * 2 * (len(res["steps"]) + 1)
+    with pytest.raises(StableEmoteError, match="attention sides"):
+        cross_attention_maps(
+            pipe, "An emoji of cat", ["cat"], steps=2, resolution_px=64, map_side=3
+        )
+    with pytest.raises(StableEmoteError, match="at_steps"):
+        cross_attention_maps(
+            pipe, "An emoji of cat", ["cat"], steps=2, resolution_px=64, at_steps=[5]
+        )
