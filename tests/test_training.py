@@ -180,3 +180,8 @@ def test_dataset_smaller_than_a_batch(tmp_path):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(StableEmoteError, match="not a folder|does not exist|Could not load"):
         train(_config(tmp_path, dataset=str(tmp_path / "missing")))
+
+
+def test_tensorboard_logging_writes_events(tmp_path):
+    train(_config(tmp_path, steps=2, checkpoint_every=2, report_to="tensorboard"))
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
