@@ -28,11 +28,8 @@ def save_loss_plot(
     losses: list[float], path: str | os.PathLike, title: str = "LoRA training loss"
 ) -> Path:
     """Plot per-step loss, a moving average, and first/last-window means; save as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     from stableemote_utils.images import save_figure
 
@@ -40,7 +37,9 @@ def save_loss_plot(
     arr = np.asarray(losses, dtype=float)
     smooth_w = max(1, min(50, len(arr) // 10))
     smooth = np.convolve(arr, np.ones(smooth_w) / smooth_w, mode="valid")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    # A bare Figure, not pyplot: saving must not change the notebook's plotting backend.
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     ax.plot(np.arange(1, len(arr) + 1), arr, color="#bbb", lw=0.8, label="loss per step")
     ax.plot(
         np.arange(smooth_w, len(arr) + 1), smooth, color="C0", label=f"moving average ({smooth_w})"
@@ -52,6 +51,4 @@ def save_loss_plot(
     ax.set_xlabel("step")
     ax.set_ylabel("MSE (noise prediction)")
     ax.legend(fontsize=8)
-    path = save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

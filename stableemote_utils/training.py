@@ -487,7 +487,11 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     components = load_components(
         preset if use_preset else config.model, device=accelerator.device, dtype=dtype
     )
-    extra_prompts = ["", *config.validation_prompts]
+    # Validation prompts go through the same caption template as the training captions.
+    extra_prompts = [
+        "",
+        *(config.caption_template.format(name=n) for n in config.validation_prompts),
+    ]
     with accelerator.main_process_first():
         cache_folder = Path(cache_dir()) / "latents"
         train_cache = build_or_load_cache(
