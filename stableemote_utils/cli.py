@@ -332,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("only", nargs="*", help="file names to make (default: all)")
     p.set_defaults(func=cmd_figures)
 
+    from stableemote_utils.gradio_app import add_demo_command
     from stableemote_utils.lora_cli import add_lora_commands
 
+    add_demo_command(sub)
     add_lora_commands(sub)
     return parser
 
