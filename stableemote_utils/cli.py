@@ -54,7 +54,13 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     """Run the course's main job end to end on the chosen preset (``make demo``)."""
     from stableemote_utils.quickstart import run_quickstart
 
-    run_quickstart(preset=args.preset, output_dir=args.output_dir, device=args.device)
+    run_quickstart(
+        preset=args.preset,
+        output_dir=args.output_dir,
+        device=args.device,
+        steps=args.steps,
+        figures_dir=args.figures_dir,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -211,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument(
         "--output-dir", default="outputs/demo", help="where to write (default: %(default)s)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the preset's short run)"
+    )
+    p.add_argument(
+        "--figures-dir",
+        default=None,
+        help="also copy the grids and loss plot here as results_<preset>_*.png",
     )
     p.set_defaults(func=cmd_quickstart)
 

@@ -20,14 +20,23 @@ def run_quickstart(
     output_dir: str = "outputs/demo",
     device: str | None = None,
     steps: int | None = None,
+    figures_dir: str | None = None,
 ) -> TrainResult:
     """Train (short recipe), then write the fair base-vs-LoRA grid and the loss plot.
 
     Files under ``output_dir``: ``pytorch_lora_weights.safetensors``, ``loss.png``,
-    ``comparison.png`` + ``comparison.json``, ``samples/``, ``checkpoints/``.
+    ``comparison.png`` + ``comparison.json``, ``scale_sweep.png``, ``progression.png``,
+    ``samples/``, ``checkpoints/``. With ``figures_dir``, the grids and the loss plot are
+    also copied there as ``results_<preset>_*.png`` (how the README's results are made).
     """
-    from stableemote_utils.compare import fair_comparison, save_comparison
+    from stableemote_utils.compare import (
+        checkpoint_progression,
+        fair_comparison,
+        save_comparison,
+        scale_sweep,
+    )
     from stableemote_utils.data import load_emoji_dataset
+    from stableemote_utils.images import save_image
     from stableemote_utils.loading import load_components, make_pipeline
     from stableemote_utils.precision import choose_dtype, pick_device
     from stableemote_utils.presets import get_preset
@@ -69,6 +78,16 @@ def run_quickstart(
         caption_template=p.caption_template,
     )
     png, js = save_comparison(grid, record, out / "comparison.png")
+    common = dict(
+        steps=p.sample_steps, resolution_px=p.resolution_px, caption_template=p.caption_template
+    )
+    sweep = save_image(
+        scale_sweep(pipe, result.adapter_path, ORIGINAL_PROMPTS[2], **common),
+        out / "scale_sweep.png",
+    )
+    progression = save_image(
+        checkpoint_progression(pipe, out, ORIGINAL_PROMPTS[2], **common), out / "progression.png"
+    )
     held = result.heldout
     first, last = min(held), max(held)
     print("")
@@ -78,6 +97,15 @@ def run_quickstart(
     print(f"wrote {result.adapter_path}")
     print(f"wrote {out / 'loss.png'}")
     print(f"wrote {png} (+ {js.name}: every setting, to regenerate it)")
+    print(f"wrote {sweep} and {progression}")
+    if figures_dir is not None:
+        import shutil
+
+        for src in (png, out / "loss.png", sweep, progression):
+            dst = Path(figures_dir) / f"results_{p.name}_{src.name}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            print(f"wrote {dst}")
     if p.is_tiny:
         print(
             "note: the tiny preset's model has random weights, so its pictures are noise; the run "
