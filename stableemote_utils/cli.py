@@ -182,7 +182,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--preset`` and ``--device``, shared by every subcommand that loads a model."""
     p.add_argument(
         "--preset",
         default=None,
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("info", help="print versions, device, precision and preset")
-    _add_common(p)
+    add_common_args(p)
     p.add_argument("--precision", default=None, help="force fp32, fp16 or bf16")
     p.set_defaults(func=cmd_info)
 
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build or load the model, train a short LoRA, and write a base-vs-LoRA "
         "grid and a loss plot.",
     )
-    _add_common(p)
+    add_common_args(p)
     p.add_argument(
         "--output-dir", default="outputs/demo", help="where to write (default: %(default)s)"
     )
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_processes N $(which stableemote) train ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _add_common(p)
+    add_common_args(p)
     p.add_argument(
         "--recipe",
         default="original",
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Seconds per training step and peak memory of (a) the original recipe (VAE and "
         "text encoder every step, bf16) and (b) ours (cached latents and text), same model and batch.",
     )
-    _add_common(p)
+    add_common_args(p)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare", help="fair base-vs-LoRA grid (same prompts, seeds, scheduler, steps)"
     )
-    _add_common(p)
+    add_common_args(p)
     p.add_argument(
         "--base", default=None, help="base model: preset, id or folder (default: --preset)"
     )

@@ -217,15 +217,9 @@ def add_demo_command(subparsers) -> None:
         description="Start a Gradio app: prompt, seed, steps, guidance, LoRA scale, and the base "
         "model's picture next to the LoRA's. On Colab it prints a public link.",
     )
-    p.add_argument(
-        "--preset",
-        default=None,
-        help="sd15 (real model, GPU + network), tiny (offline, CPU), a Hub id or a folder. "
-        "Default: $STABLEEMOTE_PRESET, else sd15.",
-    )
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
-    )
+    from stableemote_utils.cli import add_common_args
+
+    add_common_args(p)
     p.add_argument(
         "--lora", default=None, help="adapter file, folder or Hub repo id (default: base only)"
     )

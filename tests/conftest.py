@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+# Before torch is imported: idle OpenMP threads sleep rather than spin (shared 2-core CI).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
