@@ -127,7 +127,9 @@ def _bench_setting(p, dev, dtype, original, pixels, captions, warmup, steps) -> 
     """Time one recipe: ``original`` re-encodes images and captions on every step."""
     from stableemote_utils.loading import load_components
     from stableemote_utils.lora import add_lora
+    from stableemote_utils.text import tokenize
     from stableemote_utils.training import step_generator, training_loss
+    from stableemote_utils.vae import encode_to_latent_dist
 
     # Frozen weights in half precision where the recipe computes in it; LoRA stays fp32.
     parts = load_components(p, device=dev, dtype=dtype if dev.type == "cuda" else torch.float32)
@@ -140,19 +142,12 @@ def _bench_setting(p, dev, dtype, original, pixels, captions, warmup, steps) -> 
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     ac = parts.scheduler.alphas_cumprod.to(dev)
     autocast = dict(device_type=dev.type, dtype=dtype, enabled=dtype != torch.float32)
-    tok = parts.tokenizer
-    ids = tok(
-        captions,
-        padding="max_length",
-        max_length=tok.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(dev)
+    ids = tokenize(parts.tokenizer, captions).to(dev)
     scale = parts.vae.config.scaling_factor
 
     def encode():
         with torch.no_grad(), torch.autocast(**autocast):
-            d = parts.vae.encode(pixels.to(parts.vae.dtype)).latent_dist
+            d = encode_to_latent_dist(parts.vae, pixels)
             return d.mean * scale, d.std * scale, parts.text_encoder(ids)[0]
 
     cached = encode()

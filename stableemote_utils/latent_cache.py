@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from stableemote_utils import text, vae
 from stableemote_utils.data import EmojiExample, images_to_tensor
 from stableemote_utils.loading import SDComponents
 
@@ -23,20 +24,15 @@ CACHE_FORMAT_VERSION = "1"
 
 
 def encode_prompts(components: SDComponents, prompts: list[str], batch: int = 64) -> torch.Tensor:
-    """Prompts -> CLIP last hidden states ``(N, 77, D)`` in fp32 on CPU (D = 768 for SD 1.5)."""
-    tok, enc = components.tokenizer, components.text_encoder
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(prompts), batch):
-            ids = tok(
-                prompts[i : i + batch],
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(components.device)
-            out.append(enc(ids)[0].float().cpu())
-    return torch.cat(out)
+    """Prompts -> CLIP last hidden states ``(N, 77, D)`` in fp32 on CPU (D = 768 for SD 1.5).
+
+    :func:`stableemote_utils.text.encode_prompts` in batches of ``batch`` prompts.
+    """
+    chunks = [
+        text.encode_prompts(components.tokenizer, components.text_encoder, prompts[i : i + batch])
+        for i in range(0, len(prompts), batch)
+    ]
+    return torch.cat([c.float().cpu() for c in chunks])
 
 
 def encode_images(
@@ -47,15 +43,13 @@ def encode_images(
     Both are multiplied by the VAE's ``scaling_factor`` (0.18215 for SD 1.5), so a
     training latent is ``mean + std * noise`` with no further scaling.
     """
-    vae = components.vae
-    scale = vae.config.scaling_factor
+    scale = components.vae.config.scaling_factor
     means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(examples), batch):
-            pixels = images_to_tensor([e.image for e in examples[i : i + batch]])
-            dist = vae.encode(pixels.to(components.device, vae.dtype)).latent_dist
-            means.append((dist.mean * scale).float().cpu())
-            stds.append((dist.std * scale).float().cpu())
+    for i in range(0, len(examples), batch):
+        pixels = images_to_tensor([e.image for e in examples[i : i + batch]])
+        dist = vae.encode_to_latent_dist(components.vae, pixels)
+        means.append((dist.mean * scale).float().cpu())
+        stds.append((dist.std * scale).float().cpu())
     return torch.cat(means), torch.cat(stds)
 
 
