@@ -31,11 +31,11 @@ def run_quickstart(
     """
     from stableemote_utils.compare import (
         checkpoint_progression,
+        comparison_prompts,
         fair_comparison,
         save_comparison,
         scale_sweep,
     )
-    from stableemote_utils.data import load_emoji_dataset
     from stableemote_utils.images import save_image
     from stableemote_utils.loading import load_components, make_pipeline
     from stableemote_utils.precision import choose_dtype, pick_device
@@ -61,13 +61,8 @@ def run_quickstart(
     dev = pick_device(device)
     dtype, _ = choose_dtype(dev)
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))
-    heldout = [
-        e.name
-        for e in load_emoji_dataset(
-            p.dataset, p.resolution_px, split="heldout", limit=HELDOUT_PROMPTS_SHOWN
-        )
-    ]
-    prompts = [*ORIGINAL_PROMPTS[:4], *heldout]
+    original, heldout = comparison_prompts(p, heldout_count=HELDOUT_PROMPTS_SHOWN)
+    prompts = [*original[:4], *heldout]
     grid, record = fair_comparison(
         pipe,
         result.adapter_path,
