@@ -282,6 +282,27 @@ def list_adapter_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path
     return sorted(found.items())
 
 
+def _generate_with_adapter(
+    pipe,
+    lora_path: str | os.PathLike | None,
+    texts: list[str],
+    seed: int,
+    steps: int,
+    guidance: float,
+    resolution_px: int,
+) -> list:
+    """One image per prompt text with ``lora_path`` loaded (``None``: the base model), then unloaded."""
+    from stableemote_utils.lora import load_lora, unload_lora
+
+    if lora_path is None:
+        return [generate(pipe, t, seed, steps, guidance, resolution_px) for t in texts]
+    load_lora(pipe, lora_path, adapter_name="compare-one")
+    try:
+        return [generate(pipe, t, seed, steps, guidance, resolution_px) for t in texts]
+    finally:
+        unload_lora(pipe)
+
+
 def checkpoint_progression(
     pipe,
     run_dir: str | os.PathLike,
@@ -298,18 +319,14 @@ def checkpoint_progression(
         A PIL strip, one column per checkpoint, labelled ``step 0``, ``step 100``, ...
     """
     from stableemote_utils.images import image_grid
-    from stableemote_utils.lora import load_lora, unload_lora
 
     checkpoints = list_adapter_checkpoints(run_dir)
-    text = caption_template.format(name=prompt)
-    images = [generate(pipe, text, seed, steps, guidance, resolution_px)]
+    texts = [caption_template.format(name=prompt)]
+    settings = (seed, steps, guidance, resolution_px)
+    images = _generate_with_adapter(pipe, None, texts, *settings)
     labels = ["step 0"]
     for step, file in checkpoints:
-        load_lora(pipe, file, adapter_name="progression")
-        try:
-            images.append(generate(pipe, text, seed, steps, guidance, resolution_px))
-        finally:
-            unload_lora(pipe)
+        images += _generate_with_adapter(pipe, file, texts, *settings)
         labels.append(f"step {step}")
     return image_grid(images, cols=len(images), row_labels=[prompt], col_labels=labels)
 
@@ -334,29 +351,14 @@ def adapter_comparison(
         A PIL grid: rows = prompts, columns = base, then each adapter.
     """
     from stableemote_utils.images import image_grid
-    from stableemote_utils.lora import load_lora, unload_lora
 
     if not adapters or not prompts:
         raise StableEmoteError("adapter_comparison needs at least one adapter and one prompt.")
-    columns: list[list] = [
-        [
-            generate(pipe, caption_template.format(name=n), seed, steps, guidance, resolution_px)
-            for n in prompts
-        ]
+    texts = [caption_template.format(name=n) for n in prompts]
+    settings = (seed, steps, guidance, resolution_px)
+    columns = [
+        _generate_with_adapter(pipe, path, texts, *settings) for path in [None, *adapters.values()]
     ]
-    for path in adapters.values():
-        load_lora(pipe, path, adapter_name="ranks")
-        try:
-            columns.append(
-                [
-                    generate(
-                        pipe, caption_template.format(name=n), seed, steps, guidance, resolution_px
-                    )
-                    for n in prompts
-                ]
-            )
-        finally:
-            unload_lora(pipe)
     images = [columns[c][r] for r in range(len(prompts)) for c in range(len(columns))]
     return image_grid(
         images, cols=len(columns), row_labels=list(prompts), col_labels=["base", *adapters]
