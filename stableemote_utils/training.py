@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,7 +94,6 @@ class TrainConfig:
     push_to_hub: str | None = None
     stop_after_steps: int | None = None  # end early as if disconnected (for resume demos)
     progress_bar: bool = True
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

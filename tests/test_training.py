@@ -155,10 +155,9 @@ def test_wandb_offline_writes_its_run(tmp_path, monkeypatch):
     assert list(runs[0].glob("*.wandb")), "the offline run should hold its log file"
 
 
-def test_unwritable_output_dir_fails_before_loading(tmp_path, monkeypatch):
+def test_unwritable_output_dir_fails_before_loading(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    monkeypatch.setattr(training, "train", training.train)
     with pytest.raises(StableEmoteError, match="Cannot write to the output folder"):
         train(_config(tmp_path, output_dir=str(blocker / "sub")))
 
