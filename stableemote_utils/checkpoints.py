@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE_FILE = "training_state.json"
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -80,16 +81,19 @@ def save_checkpoint(
     optimizer_state: dict,
     state: dict,
     keep_last: int | None = None,
+    weights_file: str = LORA_WEIGHTS_FILE,
 ) -> Path:
     """Write ``folder/checkpoint-{step:06d}`` atomically and prune old ones.
 
     Args:
         folder: the run's checkpoint folder.
         step: optimizer steps done.
-        lora_weights: LoRA state dict (CPU tensors).
+        lora_weights: the trained weights (CPU tensors): the LoRA state dict, or the
+            whole UNet's in full training.
         optimizer_state: ``optimizer.state_dict()``.
         state: JSON-able training state (config, LR scheduler, scaler, losses ...).
         keep_last: keep only this many newest checkpoints (``None`` keeps all).
+        weights_file: file name of the weights inside the checkpoint.
 
     Returns:
         The checkpoint folder.
@@ -102,14 +106,18 @@ def save_checkpoint(
     tmp.mkdir()
     save_file(
         {k: v.contiguous() for k, v in lora_weights.items()},
-        tmp / "pytorch_lora_weights.safetensors",
+        tmp / weights_file,
     )
     opt_tensors, opt_rest = optimizer_to_tensors(optimizer_state)
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     save_file(rng_tensors(), tmp / "rng.safetensors")
-    files = ("pytorch_lora_weights.safetensors", "optimizer.safetensors", "rng.safetensors")
+    files = (weights_file, "optimizer.safetensors", "rng.safetensors")
     record = dict(
-        state, step=step, optimizer=opt_rest, checksums={f: _sha256(tmp / f) for f in files}
+        state,
+        step=step,
+        optimizer=opt_rest,
+        weights_file=weights_file,
+        checksums={f: _sha256(tmp / f) for f in files},
     )
     with open(tmp / STATE_FILE, "w") as f:
         json.dump(record, f, indent=1)
@@ -164,11 +172,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns:
-        ``(state, lora_weights, optimizer_state, rng)``.
+        ``(state, weights, optimizer_state, rng)``.
     """
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
-    lora = load_file(path / "pytorch_lora_weights.safetensors")
+    lora = load_file(path / state.pop("weights_file", LORA_WEIGHTS_FILE))
     optimizer = optimizer_from_tensors(
         load_file(path / "optimizer.safetensors"), state.pop("optimizer")
     )

@@ -28,7 +28,7 @@ from stableemote_utils.errors import StableEmoteError
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_SEED = 0
 # Bump when the tiny architecture changes, so stale cached builds are rebuilt.
-TINY_BUILD_VERSION = "1"
+TINY_BUILD_VERSION = "2"
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # Wheels that ship the MIT-licensed CLIP vocabulary (their code is never imported).
 _VOCAB_WHEELS = ("open_clip_torch", "clip-anytorch")
@@ -208,11 +208,18 @@ def build_sd15_components(seed: int = 0):
     return unet, vae, text_encoder
 
 
-def build_tiny_model(folder: str | os.PathLike, seed: int = TINY_SEED) -> Path:
+def build_tiny_model(
+    folder: str | os.PathLike,
+    seed: int = TINY_SEED,
+    unet_config: dict | None = None,
+    vae_config: dict | None = None,
+) -> Path:
     """Build the tiny SD model into ``folder`` (deterministic, a few seconds, no network).
 
     The folder is written next to its final place and renamed into it, so an
-    interrupted build never leaves a half-written model behind.
+    interrupted build never leaves a half-written model behind. ``unet_config`` and
+    ``vae_config`` replace the default tiny sizes (TinyEmote's pretraining starts from
+    a larger random UNet); the text encoder is always the same seeded one.
 
     Returns:
         The folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
@@ -231,9 +238,9 @@ def build_tiny_model(folder: str | os.PathLike, seed: int = TINY_SEED) -> Path:
     try:
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+        unet = UNet2DConditionModel(**(unet_config or TINY_UNET_CONFIG))
+        vae = AutoencoderKL(**(vae_config or TINY_VAE_CONFIG))
         torch.random.set_rng_state(generator_state)
         scheduler = PNDMScheduler.from_config(sd15_config("scheduler"))
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / "_tokenizer"))

@@ -1,8 +1,10 @@
-"""LoRA training of the UNet on cached latents, with accelerate.
+"""Training of the UNet on cached latents, with accelerate: LoRA, or every weight.
 
 The step itself (sample a timestep, noise the latent, predict the noise, MSE, backward
 into the LoRA weights) is :func:`training_loss`; :func:`train` is the loop around it:
-cache, precision, checkpoints and resume, validation, logging, guards.
+cache, precision, checkpoints and resume, validation, logging, guards. ``mode="full"``
+trains every UNet weight instead of a LoRA (how TinyEmote's UNet is trained from
+scratch, see :mod:`stableemote_utils.pretrain`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 HELDOUT_NOISE_SEED = 1234
 # Settings that must not change when a run is resumed.
 _RESUME_MUST_MATCH = (
+    "mode",
     "model",
     "dataset",
     "rank",
@@ -58,6 +61,7 @@ class TrainConfig:
     """
 
     preset: str = "sd15"
+    mode: str = "lora"  # lora | full (every UNet weight)
     model: str | None = None  # None: the preset's model
     dataset: str | None = None  # None: the preset's dataset
     output_dir: str = "outputs/lora"
@@ -261,7 +265,8 @@ class TrainResult:
 
     Attributes:
         output_dir: the run folder.
-        adapter_path: the final ``pytorch_lora_weights.safetensors`` (None if stopped early).
+        adapter_path: the final ``pytorch_lora_weights.safetensors``, or in full training
+            ``unet/diffusion_pytorch_model.safetensors`` (None if stopped early).
         step: optimizer steps done in total.
         losses: training loss per step (whole run, resumed parts included).
         heldout: ``{step: held-out loss}``, with step 0 measured before training.
@@ -397,7 +402,9 @@ def _log_image(accelerator, name: str, image, step: int) -> None:
 
 
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Train a LoRA on the UNet. Runs the same on CPU, one GPU, or N GPUs via ``accelerate launch``.
+    """Train a LoRA on the UNet (or, with ``mode="full"``, every UNet weight).
+
+    Runs the same on CPU, one GPU, or N GPUs via ``accelerate launch``.
 
     Args:
         config: the run's settings (see :func:`recipe`).
@@ -434,6 +441,10 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         raise StableEmoteError(
             f"--report-to must be wandb, tensorboard or none, not {config.report_to!r}."
         )
+    if config.mode not in ("lora", "full"):
+        raise StableEmoteError(f"mode must be 'lora' or 'full', not {config.mode!r}.")
+    if config.mode == "full" and config.push_to_hub:
+        raise StableEmoteError("--push-to-hub uploads LoRA adapters; it is not for full training.")
     if config.steps < 1 or config.batch_size < 1 or config.rank < 1:
         raise StableEmoteError("steps, batch size and rank must be positive integers.")
     out = check_output_dir(config.output_dir)
@@ -523,9 +534,15 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
 
     unet = components.unet
     torch.manual_seed(config.seed)
-    add_lora(unet, config.rank, config.alpha)
-    if saved_state is not None:
-        set_lora_state_dict(unet, saved_lora)
+    full = config.mode == "full"
+    if full:  # every weight trains, kept in fp32 (autocast does the low-precision maths)
+        unet.to(torch.float32).requires_grad_(True)
+        if saved_state is not None:
+            unet.load_state_dict(saved_lora)
+    else:
+        add_lora(unet, config.rank, config.alpha)
+        if saved_state is not None:
+            set_lora_state_dict(unet, saved_lora)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if config.channels_last:
@@ -624,10 +641,13 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             save_checkpoint(
                 ckpt_dir,
                 at_step,
-                lora_state_dict(raw_unet),
+                {k: v.detach().cpu() for k, v in raw_unet.state_dict().items()}
+                if full
+                else lora_state_dict(raw_unet),
                 optimizer.state_dict(),
                 state,
                 config.keep_checkpoints,
+                weights_file="unet.safetensors" if full else "pytorch_lora_weights.safetensors",
             )
         accelerator.wait_for_everyone()
 
@@ -730,7 +750,11 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             "resolution_px": str(config.resolution_px),
             "dataset": str(config.dataset),
         }
-        adapter_path = save_lora(raw_unet, out, meta)
+        if full:
+            raw_unet.save_pretrained(out / "unet", safe_serialization=True)
+            adapter_path = out / "unet" / "diffusion_pytorch_model.safetensors"
+        else:
+            adapter_path = save_lora(raw_unet, out, meta)
         save_loss_plot(losses, out / "loss.png")
         summary = {
             "config": config.to_dict(),
@@ -741,8 +765,9 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             "num_processes": world,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        write_model_card(out, config, heldout, preset)
-        if config.push_to_hub:
+        if not full:
+            write_model_card(out, config, heldout, preset)
+        if config.push_to_hub and not full:
             from stableemote_utils.hub import push_adapter
 
             push_adapter(out, config.push_to_hub)
