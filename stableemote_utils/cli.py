@@ -349,9 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from stableemote_utils.gradio_app import add_demo_command
     from stableemote_utils.lora_cli import add_lora_commands
+    from stableemote_utils.pretrain_cli import add_pretrain_commands
 
     add_demo_command(sub)
     add_lora_commands(sub)
+    add_pretrain_commands(sub)
     return parser
 
 

@@ -1,0 +1,302 @@
+"""TinyEmote: pretrain the tiny SD-architecture model from scratch on the offline emoji.
+
+Three stages, each with this repo's own code, deterministic on one machine:
+
+1. **VAE.** A small ``AutoencoderKL`` (4 latent channels, 8x smaller per side, like SD
+   1.5's) learns to reconstruct 64 px emoji of both offline styles (Noto and OpenMoji,
+   training names only). Loss: L1 on pixels plus a tiny KL term, as in SD's VAE. Its
+   ``scaling_factor`` is then set so the scaled latents have unit standard deviation
+   (SD 1.5's 0.18215 was chosen the same way).
+2. **UNet.** A small ``UNet2DConditionModel`` is trained from random weights (every
+   weight, :func:`stableemote_utils.training.train` with ``mode="full"``) on the cached
+   latents of the Noto training split, conditioned on the frozen tiny CLIP text
+   encoder's hidden states of "An emoji of {name}". Captions are dropped 10% of the
+   time so classifier-free guidance works.
+3. **Export.** UNet, VAE and text encoder are written as fp16 safetensors in the
+   diffusers layout (about 20 MB), with a model card holding the metrics of
+   :mod:`stableemote_utils.tinyemote`.
+
+Held-out emoji (by name) are in none of the stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.tiny_model import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
+TINYEMOTE_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=[16, 32, 64, 64])
+TINYEMOTE_UNET_CONFIG = dict(TINY_UNET_CONFIG, block_out_channels=[64, 128, 128])
+VAE_KL_WEIGHT = 1e-6
+VAE_STYLES = ("noto", "openmoji")
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of ``stableemote pretrain-tiny``; the defaults made the shipped weights.
+
+    Attributes:
+        output_dir: where the stages and the final model are written.
+        vae_steps, vae_batch_size, vae_learning_rate: the VAE stage (AdamW, cosine).
+        unet_steps, unet_batch_size, unet_learning_rate: the UNet stage (AdamW, cosine).
+        caption_dropout: share of captions replaced by "" (for classifier-free guidance).
+        min_snr_gamma: Min-SNR loss weighting of the UNet stage.
+        seed: one seed for everything.
+        threads: CPU threads (fixed, so that runs on one machine repeat bit for bit).
+        device: ``None`` picks CUDA when available, else CPU.
+    """
+
+    output_dir: str = "outputs/tinyemote"
+    vae_steps: int = 3000
+    vae_batch_size: int = 16
+    vae_learning_rate: float = 1e-3
+    unet_steps: int = 5000
+    unet_batch_size: int = 32
+    unet_learning_rate: float = 5e-4
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    seed: int = 0
+    threads: int = 2
+    device: str | None = None
+
+
+def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, in dB.
+
+    Args:
+        reference, reconstruction: ``(N, 3, H, W)`` in [-1, 1].
+
+    Returns:
+        ``(N,)``: ``10 log10(1 / MSE)`` on pixels rescaled to [0, 1]; higher is better
+        (about 20 dB is blurry, 30 dB is hard to tell from the original).
+    """
+    a = (reference.float().clamp(-1, 1) + 1) / 2
+    b = (reconstruction.float().clamp(-1, 1) + 1) / 2
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1 / mse)
+
+
+def vae_training_pixels(resolution_px: int, heldout_fraction: float) -> torch.Tensor:
+    """The VAE's training images, both styles, training names only: ``(N, 3, H, W)``."""
+    from stableemote_utils.data import images_to_tensor, load_emoji_dataset
+
+    images = []
+    for style in VAE_STYLES:
+        examples = load_emoji_dataset(
+            style, resolution_px, split="train", heldout_fraction=heldout_fraction
+        )
+        images += [e.image for e in examples]
+    return images_to_tensor(images)
+
+
+def train_vae(
+    vae: torch.nn.Module,
+    pixels: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+    log_every: int = 100,
+) -> list[float]:
+    """Train an ``AutoencoderKL`` to reconstruct ``pixels`` ``(N, 3, H, W)`` in [-1, 1].
+
+    Each step draws its batch and its posterior sample from generators seeded by the
+    step number, so a run repeats exactly. Loss per step: mean L1 on pixels plus
+    ``VAE_KL_WEIGHT`` times the KL to N(0, 1) summed per image over pixel count.
+
+    Returns:
+        The loss of every step.
+    """
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from stableemote_utils.training import batch_indices, step_generator
+
+    vae.to(device).train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=min(100, steps // 10), num_training_steps=steps
+    )
+    losses: list[float] = []
+    pixels_per_image = pixels[0].numel()
+    bar = tqdm(range(steps), desc="vae", unit="step")
+    for step in bar:
+        idx = batch_indices(step, batch_size, len(pixels), seed)
+        x = pixels[idx].to(device)
+        g = step_generator(seed, step, device=device)
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=device)
+        recon = vae.decode(z).sample
+        kl = dist.kl().mean() / pixels_per_image
+        loss = F.l1_loss(recon, x) + VAE_KL_WEIGHT * kl
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise StableEmoteError(
+                f"The VAE loss became {losses[-1]} at step {step}; lower --vae-learning-rate."
+            )
+        if (step + 1) % log_every == 0:
+            bar.set_postfix(l1=f"{sum(losses[-log_every:]) / log_every:.4f}")
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def latent_scaling_factor(
+    vae: torch.nn.Module, pixels: torch.Tensor, seed: int, batch: int = 64
+) -> float:
+    """``1 / std`` of posterior samples of ``pixels``: scaled latents get unit variance."""
+    dev = next(vae.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(seed)
+    samples = []
+    for i in range(0, len(pixels), batch):
+        dist = vae.encode(pixels[i : i + batch].to(dev)).latent_dist
+        samples.append(dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=dev))
+    return float(1.0 / torch.cat(samples).float().std())
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: torch.nn.Module, pixels: torch.Tensor, batch: int = 64) -> float:
+    """Mean PSNR (dB) of ``pixels`` ``(N, 3, H, W)`` through the VAE (encode mean, decode)."""
+    dev = next(vae.parameters()).device
+    scores = []
+    for i in range(0, len(pixels), batch):
+        x = pixels[i : i + batch].to(dev)
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+        scores.append(psnr(x.cpu(), recon.cpu()))
+    return float(torch.cat(scores).mean())
+
+
+def export_fp16(model_dir: Path, target: Path) -> Path:
+    """Copy a diffusers model folder, storing UNet, VAE and text encoder weights in fp16.
+
+    fp16 halves the size; the loaders upcast to the dtype asked for. The tokenizer is
+    left out (it is written from CLIP's vocabulary when the model is installed).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(model_dir / "scheduler", tmp / "scheduler")
+    shutil.copy(model_dir / "model_index.json", tmp / "model_index.json")
+    for sub, cls in (
+        ("unet", UNet2DConditionModel),
+        ("vae", AutoencoderKL),
+        ("text_encoder", CLIPTextModel),
+    ):
+        kind = "dtype" if sub == "text_encoder" else "torch_dtype"
+        module = cls.from_pretrained(model_dir, subfolder=sub, **{kind: torch.float16})
+        module.save_pretrained(tmp / sub, safe_serialization=True)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
+    """Run the three stages; return the record written to ``output_dir/pretrain.json``.
+
+    A finished stage is kept and skipped when the command is run again (its folder is
+    complete); the UNet stage resumes from its newest intact checkpoint.
+    """
+    from diffusers import AutoencoderKL
+
+    from stableemote_utils.precision import pick_device
+    from stableemote_utils.presets import get_preset
+    from stableemote_utils.tiny_model import build_tiny_model
+    from stableemote_utils.training import TrainConfig, check_output_dir, train
+
+    out = check_output_dir(config.output_dir)
+    torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    preset = get_preset("tiny")
+    record: dict = {"config": dataclasses.asdict(config), "device": str(device)}
+    started = time.perf_counter()
+
+    # 1. VAE
+    vae_dir = out / "vae"
+    if not (vae_dir / "config.json").exists():
+        t0 = time.perf_counter()
+        pixels = vae_training_pixels(preset.resolution_px, preset.heldout_fraction)
+        torch.manual_seed(config.seed)
+        vae = AutoencoderKL(**TINYEMOTE_VAE_CONFIG)
+        losses = train_vae(
+            vae,
+            pixels,
+            config.vae_steps,
+            config.vae_batch_size,
+            config.vae_learning_rate,
+            config.seed,
+            device,
+        )
+        vae.register_to_config(scaling_factor=latent_scaling_factor(vae, pixels, config.seed))
+        vae.to("cpu").save_pretrained(str(vae_dir) + ".partial", safe_serialization=True)
+        os.replace(str(vae_dir) + ".partial", vae_dir)
+        (out / "vae_losses.json").write_text(json.dumps(losses))
+        record["vae_seconds"] = time.perf_counter() - t0
+        print(f"VAE trained in {record['vae_seconds']:.0f} s, final L1 {losses[-1]:.4f}")
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+
+    # 2. UNet from scratch, on latents of the trained VAE
+    start_dir = out / "start"
+    if not (start_dir / "STABLEEMOTE_TINY").exists():
+        build_tiny_model(start_dir, config.seed, TINYEMOTE_UNET_CONFIG, TINYEMOTE_VAE_CONFIG)
+        shutil.rmtree(start_dir / "vae")
+        vae.save_pretrained(start_dir / "vae", safe_serialization=True)
+    t0 = time.perf_counter()
+    result = train(
+        TrainConfig(
+            preset="tiny",
+            mode="full",
+            model=str(start_dir),
+            dataset="noto",
+            output_dir=str(out / "unet-run"),
+            steps=config.unet_steps,
+            batch_size=config.unet_batch_size,
+            learning_rate=config.unet_learning_rate,
+            lr_warmup_steps=min(200, config.unet_steps // 10),
+            caption_dropout=config.caption_dropout,
+            min_snr_gamma=config.min_snr_gamma,
+            seed=config.seed,
+            device=config.device,
+            precision="fp32",
+            checkpoint_every=500,
+            keep_checkpoints=2,
+            validate_every=1000,
+            validation_prompts=("grinning face", "red heart", "dog face", "thumbs up"),
+            heldout_limit=200,
+            log_every=50,
+        ),
+        resume="latest" if resume else None,
+    )
+    record["unet_seconds"] = time.perf_counter() - t0
+    record["unet_heldout_loss"] = result.heldout
+
+    # 3. Assemble and export
+    model_dir = out / "model-fp32"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.copytree(start_dir, model_dir)
+    shutil.rmtree(model_dir / "unet")
+    shutil.copytree(out / "unet-run" / "unet", model_dir / "unet")
+    export_fp16(model_dir, out / "tinyemote")
+    record["seconds"] = time.perf_counter() - started
+    (out / "pretrain.json").write_text(json.dumps(record, indent=1))
+    return record
