@@ -48,8 +48,11 @@ def write_model_card(out: Path, config, heldout: dict[int, float], preset) -> Pa
     samples = sorted((out / "samples").glob("*.png")) if (out / "samples").is_dir() else []
     sample_line = f"![samples](samples/{samples[-1].name})" if samples else ""
     cfg = json.dumps(config.to_dict(), indent=1, default=str)
+    base = {"tiny": "TinyEmote (shipped with StableEmote)", "tiny-random": "tiny-random"}.get(
+        preset.name, config.model
+    )
     text = f"""---
-base_model: {config.model if not preset.is_tiny else "stableemote-tiny (built offline)"}
+base_model: {base}
 library_name: diffusers
 tags: [stable-diffusion, lora, emoji, stableemote]
 ---

@@ -40,9 +40,13 @@ class SDComponents:
 
 
 def resolve_model_location(preset: Preset | str | None = None) -> str:
-    """The folder or Hub id to load for a preset; builds the tiny model if needed."""
+    """The folder or Hub id to load for a preset; installs or builds a tiny model if needed."""
     if not isinstance(preset, Preset):
         preset = get_preset(preset)
+    if preset.name == "tiny":
+        from stableemote_utils.tinyemote import ensure_tinyemote
+
+        return str(ensure_tinyemote(preset.model))
     if preset.is_tiny:
         from stableemote_utils.tiny_model import ensure_tiny_model
 

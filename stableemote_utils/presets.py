@@ -1,9 +1,11 @@
 """Presets: one name turns into everything the course needs to run.
 
 ``sd15`` is the real Stable Diffusion 1.5 from the Hub (for Colab and GPUs);
-``tiny`` is the same architecture at small size, built offline, with an emoji set
-rendered from a local font. Anything else is taken as a model id or a local folder
-and uses the ``sd15`` sizes.
+``tiny`` is TinyEmote, the same architecture at small size, pretrained on emoji by this
+repo and shipped with it, fine-tuned on OpenMoji's style (rendered from a local font);
+``tiny-random`` is the tiny architecture with random weights, built in seconds, for
+tests of the machinery. Anything else is taken as a model id or a local folder and uses
+the ``sd15`` sizes.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ class Preset:
     """Everything that differs between the real model and the tiny one.
 
     Attributes:
-        name: ``"sd15"``, ``"tiny"`` or ``"custom"``.
-        model: a Hub model id or a local folder in the diffusers layout. For ``tiny``
-            this is the folder the tiny model is built into on first use.
+        name: ``"sd15"``, ``"tiny"``, ``"tiny-random"`` or ``"custom"``.
+        model: a Hub model id or a local folder in the diffusers layout. For the tiny
+            presets this is the folder the model is installed or built into on first use.
         resolution_px: training and sampling resolution (square images).
         batch_size: default training batch size.
-        dataset: emoji data source (see :func:`stableemote_utils.data.load_emoji_dataset`).
+        dataset: the emoji set LoRA is trained on (see
+            :func:`stableemote_utils.data.load_emoji_dataset`).
         caption_template: how an emoji name becomes a caption; must contain ``{name}``.
         heldout_fraction: share of emoji names kept out of training.
         sample_steps: default number of denoising steps when sampling.
@@ -46,8 +49,8 @@ class Preset:
 
     @property
     def is_tiny(self) -> bool:
-        """True for the offline preset whose model is built from code."""
-        return self.name == "tiny"
+        """True for the offline presets (TinyEmote and the random tiny model)."""
+        return self.name in ("tiny", "tiny-random")
 
 
 def cache_dir() -> str:
@@ -60,15 +63,20 @@ def cache_dir() -> str:
 
 
 def tiny_model_dir() -> str:
-    """Where the tiny model is built on first use."""
+    """Where the random-weight tiny model is built on first use."""
     return os.path.join(cache_dir(), "tiny-sd")
+
+
+def tinyemote_dir() -> str:
+    """Where TinyEmote's shipped weights are installed on first use."""
+    return os.path.join(cache_dir(), "tinyemote")
 
 
 def get_preset(name_or_model: str | None = None) -> Preset:
     """Turn a preset name, a Hub model id or a local folder into a :class:`Preset`.
 
     Args:
-        name_or_model: ``"sd15"``, ``"tiny"``, a Hub id such as
+        name_or_model: ``"sd15"``, ``"tiny"``, ``"tiny-random"``, a Hub id such as
             ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` or a local folder. ``None``
             reads ``$STABLEEMOTE_PRESET`` and falls back to ``"sd15"``.
 
@@ -84,7 +92,7 @@ def get_preset(name_or_model: str | None = None) -> Preset:
     if not key:
         raise StableEmoteError(
             "The preset name is empty. Use 'sd15' (the real model, needs a GPU and network), "
-            "'tiny' (offline, CPU), or a model id / local folder."
+            "'tiny' (TinyEmote: offline, CPU), 'tiny-random', or a model id / local folder."
         )
     sd15 = Preset(
         name="sd15",
@@ -98,6 +106,15 @@ def get_preset(name_or_model: str | None = None) -> Preset:
     if key.lower() == "tiny":
         return Preset(
             name="tiny",
+            model=tinyemote_dir(),
+            resolution_px=64,
+            batch_size=4,
+            dataset="openmoji",
+            sample_steps=25,
+        )
+    if key.lower() == "tiny-random":
+        return Preset(
+            name="tiny-random",
             model=tiny_model_dir(),
             resolution_px=64,
             batch_size=4,

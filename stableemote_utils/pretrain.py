@@ -55,6 +55,7 @@ class PretrainConfig:
         seed: one seed for everything.
         threads: CPU threads (fixed, so that runs on one machine repeat bit for bit).
         device: ``None`` picks CUDA when available, else CPU.
+        max_examples: use only this many images per style and split (quick tests).
     """
 
     output_dir: str = "outputs/tinyemote"
@@ -69,6 +70,7 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 2
     device: str | None = None
+    max_examples: int | None = None
 
 
 def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -87,14 +89,16 @@ def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse)
 
 
-def vae_training_pixels(resolution_px: int, heldout_fraction: float) -> torch.Tensor:
+def vae_training_pixels(
+    resolution_px: int, heldout_fraction: float, limit: int | None = None
+) -> torch.Tensor:
     """The VAE's training images, both styles, training names only: ``(N, 3, H, W)``."""
     from stableemote_utils.data import images_to_tensor, load_emoji_dataset
 
     images = []
     for style in VAE_STYLES:
         examples = load_emoji_dataset(
-            style, resolution_px, split="train", heldout_fraction=heldout_fraction
+            style, resolution_px, split="train", heldout_fraction=heldout_fraction, limit=limit
         )
         images += [e.image for e in examples]
     return images_to_tensor(images)
@@ -235,7 +239,9 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
     vae_dir = out / "vae"
     if not (vae_dir / "config.json").exists():
         t0 = time.perf_counter()
-        pixels = vae_training_pixels(preset.resolution_px, preset.heldout_fraction)
+        pixels = vae_training_pixels(
+            preset.resolution_px, preset.heldout_fraction, config.max_examples
+        )
         torch.manual_seed(config.seed)
         vae = AutoencoderKL(**TINYEMOTE_VAE_CONFIG)
         losses = train_vae(
@@ -282,7 +288,8 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             keep_checkpoints=2,
             validate_every=1000,
             validation_prompts=("grinning face", "red heart", "dog face", "thumbs up"),
-            heldout_limit=200,
+            heldout_limit=200 if config.max_examples is None else config.max_examples,
+            max_train_examples=config.max_examples,
             log_every=50,
         ),
         resume="latest" if resume else None,

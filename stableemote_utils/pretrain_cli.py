@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+import shlex
 import shutil
+import sys
 from pathlib import Path
+
+
+def machine_description(threads: int) -> str:
+    """CPU model, thread count and torch version, for the training record."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {threads} threads{gpu}, torch {torch.__version__}"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -19,6 +37,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         device=args.device,
     )
     record = pretrain_tiny(config, resume=not args.fresh)
+    record["command"] = "stableemote " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    record["machine"] = machine_description(config.threads)
+    (Path(args.output_dir) / "pretrain.json").write_text(json.dumps(record, indent=1))
     model = Path(args.output_dir) / "tinyemote"
     print(f"TinyEmote written to {model} in {record['seconds'] / 60:.1f} min on {record['device']}")
     if args.install:
@@ -27,6 +48,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         tmp = SHIPPED_DIR.with_name(SHIPPED_DIR.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(model, tmp)
+        shutil.copy(Path(args.output_dir) / "pretrain.json", tmp / "pretrain.json")
         if SHIPPED_DIR.exists():
             shutil.rmtree(SHIPPED_DIR)
         tmp.rename(SHIPPED_DIR)
@@ -60,3 +82,40 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         help="copy the result over the package's shipped weights (what the tiny preset loads)",
     )
     p.set_defaults(func=cmd_pretrain)
+    add_evaluate_command(sub)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from stableemote_utils.tinyemote import (
+        SHIPPED_DIR,
+        evaluate_tinyemote,
+        format_metrics,
+        write_model_card,
+    )
+
+    record = evaluate_tinyemote(args.output_dir, args.lora_steps, args.per_category, args.device)
+    print(format_metrics(record))
+    print(f"wrote {Path(args.output_dir) / 'metrics.json'} and style_before_after.png")
+    if args.card:
+        (SHIPPED_DIR / "metrics.json").write_text(json.dumps(record, indent=1))
+        print(f"wrote {write_model_card(SHIPPED_DIR)}")
+
+
+def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate-tiny`` to the ``stableemote`` parser."""
+    p = sub.add_parser(
+        "evaluate-tiny",
+        help="measure TinyEmote: VAE PSNR, prompt following, LoRA style shift",
+        description="Print TinyEmote's three measurements: VAE reconstruction PSNR on held-out "
+        "emoji; nearest-category accuracy of generated images with its chance level; KID to "
+        "OpenMoji's and Noto's style before and after a short LoRA on OpenMoji.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--output-dir", default="outputs/tinyemote-eval")
+    p.add_argument("--lora-steps", type=int, default=200)
+    p.add_argument("--per-category", type=int, default=10, help="prompts per category")
+    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--card", action="store_true", help="record the figures in the shipped model card"
+    )
+    p.set_defaults(func=cmd_evaluate)

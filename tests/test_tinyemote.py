@@ -1,0 +1,123 @@
+"""TinyEmote: the shipped weights, their reproducibility, and the style LoRA lesson."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.pretrain import TINYEMOTE_UNET_CONFIG, TINYEMOTE_VAE_CONFIG
+from stableemote_utils.tinyemote import (
+    SHIPPED_DIR,
+    category_of,
+    ensure_tinyemote,
+    generate,
+    image_features,
+    nearest_category,
+    style_distances,
+    style_lora,
+    style_reference,
+)
+
+
+def test_shipped_weights_are_small_fp16_safetensors_with_a_card():
+    files = list(SHIPPED_DIR.rglob("*"))
+    assert not [f for f in files if f.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+    weights = [f for f in files if f.suffix == ".safetensors"]
+    assert {f.parent.name for f in weights} == {"unet", "vae", "text_encoder"}
+    assert sum(f.stat().st_size for f in weights) < 30e6
+    for f in weights:
+        with safe_open(str(f), "pt") as st:
+            key = next(iter(st.keys()))
+            assert st.get_tensor(key).dtype == torch.float16, f
+    card = (SHIPPED_DIR / "README.md").read_text(encoding="utf-8")
+    assert "license: cc-by-sa-4.0" in card
+    for needed in ("PSNR", "nearest-category accuracy", "chance", "KID", "pretrain-tiny"):
+        assert needed in card, needed
+
+
+def test_tiny_preset_loads_tinyemote(tinyemote_dir):
+    from stableemote_utils.loading import load_components, resolve_model_location
+
+    assert resolve_model_location("tiny") == str(tinyemote_dir)
+    parts = load_components("tiny")
+    assert list(parts.unet.config.block_out_channels) == TINYEMOTE_UNET_CONFIG["block_out_channels"]
+    assert list(parts.vae.config.block_out_channels) == TINYEMOTE_VAE_CONFIG["block_out_channels"]
+    assert parts.unet.dtype == torch.float32  # fp16 on disk, upcast on load
+    # the scaling factor was measured, not copied from SD 1.5
+    assert parts.vae.config.scaling_factor != pytest.approx(0.18215)
+
+
+def test_install_is_redone_when_the_shipped_weights_change(tmp_path):
+    import shutil
+
+    source = tmp_path / "shipped"
+    shutil.copytree(SHIPPED_DIR, source)
+    target = ensure_tinyemote(tmp_path / "installed", source)
+    assert (target / "tokenizer" / "vocab.json").exists()
+    (target / "sentinel").write_text("still the first install")
+    assert ensure_tinyemote(target, source) == target
+    assert (target / "sentinel").exists()  # reused
+    (source / "scheduler" / "scheduler_config.json").write_text(
+        (source / "scheduler" / "scheduler_config.json").read_text() + "\n"
+    )
+    ensure_tinyemote(target, source)
+    assert not (target / "sentinel").exists()  # reinstalled
+    assert (target / "tokenizer" / "vocab.json").exists()
+
+
+def test_missing_weights_give_a_clear_message(tmp_path):
+    with pytest.raises(StableEmoteError, match="pretrain-tiny"):
+        ensure_tinyemote(tmp_path / "installed", tmp_path / "nothing-here")
+
+
+def test_fixed_prompt_and_seed_give_the_same_picture(tinyemote_pipe):
+    import numpy as np
+
+    a = generate(tinyemote_pipe, ["An emoji of grinning face"], seed=3, steps=10)[0]
+    b = generate(tinyemote_pipe, ["An emoji of grinning face"], seed=3, steps=10)[0]
+    c = generate(tinyemote_pipe, ["An emoji of grinning face"], seed=4, steps=10)[0]
+    assert a.size == (64, 64)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_categories():
+    assert category_of("grinning face") == "face"
+    assert category_of("red heart") == "heart"
+    assert category_of("France", "\U0001f1eb\U0001f1f7") == "flag"
+    assert category_of("three o’clock") == "clock"
+    assert category_of("thumbs up") == "hand"
+    assert category_of("couple with heart") is None
+    assert category_of("pineapple") is None
+
+
+def test_nearest_category_and_features():
+    from PIL import Image
+
+    red, blue = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")
+    feats = image_features([red, blue])
+    assert feats.shape == (2, 768)
+    assert feats.min() >= 0 and feats.max() <= 1
+    assert nearest_category(image_features([blue, red]), feats, ["r", "b"]) == ["b", "r"]
+
+
+def test_a_short_lora_moves_pictures_toward_openmoji(tinyemote_pipe, tmp_path):
+    """A few dozen LoRA steps on OpenMoji lower the KID to OpenMoji's held-out emoji."""
+    from stableemote_utils.lora import load_lora, unload_lora
+
+    names, reference = style_reference(limit=24)
+    prompts = [f"An emoji of {n}" for n in names]
+    before = style_distances(generate(tinyemote_pipe, prompts, steps=10), reference)
+    result = style_lora(tmp_path / "lora", steps=40)
+    load_lora(tinyemote_pipe, result.adapter_path)
+    try:
+        after = style_distances(generate(tinyemote_pipe, prompts, steps=10), reference)
+    finally:
+        unload_lora(tinyemote_pipe)
+    assert after["openmoji"] < before["openmoji"], (before, after)
+    summary = json.loads((tmp_path / "lora" / "summary.json").read_text())
+    assert summary["config"]["dataset"] == "openmoji"
