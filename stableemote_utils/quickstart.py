@@ -101,10 +101,15 @@ def run_quickstart(
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             print(f"wrote {dst}")
-    if p.is_tiny:
+    if p.name == "tiny":
         print(
-            "note: the tiny preset's model has random weights, so its pictures are noise; the run "
-            "checks the machinery end to end. Use STABLEEMOTE_PRESET=sd15 on a GPU for real emoji."
+            f"TinyEmote draws Noto-style emoji; the LoRA on '{config.dataset or p.dataset}' moves "
+            f"them toward OpenMoji's flat, outlined style: compare the base and LoRA columns of {png}"
+        )
+    elif p.is_tiny:
+        print(
+            "note: the tiny-random preset's model has random weights, so its pictures are noise; "
+            "the run checks the machinery end to end."
         )
     (out / "quickstart.json").write_text(
         json.dumps({"heldout_loss": held, "comparison": str(png)}, indent=1)
