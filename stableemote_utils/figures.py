@@ -47,12 +47,48 @@ def figure_dataset_noto(path: str | os.PathLike) -> Path:
     return save_image(grid, path)
 
 
+STYLE_FIGURE_NAMES = (
+    "grinning face",
+    "cat face",
+    "red heart",
+    "rocket",
+    "pizza",
+    "rainbow",
+    "thumbs up",
+    "ghost",
+)
+
+
+def figure_dataset_styles(path: str | os.PathLike) -> Path:
+    """The same eight emoji in the two offline styles: Noto (top row), OpenMoji (bottom)."""
+    from stableemote_utils.data import load_emoji_dataset
+    from stableemote_utils.images import image_grid, save_image
+
+    rows = []
+    for style in ("noto", "openmoji"):
+        by_name = {e.name: e.image for e in load_emoji_dataset(style, 128, "{name}", split="all")}
+        missing = [n for n in STYLE_FIGURE_NAMES if n not in by_name]
+        if missing:
+            raise RuntimeError(f"emoji missing from the {style} set: {missing}")
+        rows += [by_name[n] for n in STYLE_FIGURE_NAMES]
+    grid = image_grid(
+        rows,
+        cols=len(STYLE_FIGURE_NAMES),
+        cell_px=96,
+        caption_lines=0,
+        row_labels=["Noto", "OpenMoji"],
+        col_labels=list(STYLE_FIGURE_NAMES),
+    )
+    return save_image(grid, path)
+
+
 def all_figures() -> dict[str, Callable[[Path], Path]]:
     """File name in ``images/`` -> the function that makes it."""
     from stableemote_utils import denoising, lora, text, vae
 
     return {
         "dataset_noto.png": figure_dataset_noto,
+        "dataset_styles.png": figure_dataset_styles,
         "vae_latent_vs_pixel_cost.png": vae.figure_latent_vs_pixel_cost,
         "clip_token_table.png": text.figure_token_table,
         "noise_schedule.png": denoising.figure_noise_schedule,

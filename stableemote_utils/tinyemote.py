@@ -161,12 +161,16 @@ def generate(
     return images
 
 
-def prompt_following(pipe, per_category: int = 10, caption: str = "An emoji of {name}") -> dict:
+def prompt_following(
+    pipe, per_category: int = 10, caption: str = "An emoji of {name}", grid_path=None
+) -> dict:
     """Nearest-category accuracy of generated images (see the module docstring).
 
     Args:
         pipe: a ``StableDiffusionPipeline`` (TinyEmote).
         per_category: prompts per category, taken in a fixed order from the training names.
+        grid_path: if given, save the generated images there, one row per category, each
+            captioned with its prompt's name and the category its nearest real emoji has.
 
     Returns:
         ``{"accuracy", "chance", "images", "heldout_accuracy", "heldout_images",
@@ -197,6 +201,12 @@ def prompt_following(pipe, per_category: int = 10, caption: str = "An emoji of {
         return sum(g == r[1] for g, r in zip(got, rows_, strict=True)) / len(rows_)
 
     gen = generate(pipe, [caption.format(name=r[0]) for r in prompts_rows])
+    if grid_path is not None:
+        from stableemote_utils.images import image_grid, save_image
+
+        got = nearest_category(image_features(gen), ref_feats, ref_labels)
+        labels = [f"{r[0]} -> {g}" for r, g in zip(prompts_rows, got, strict=True)]
+        save_image(image_grid(gen, labels, cols=per_category, cell_px=96), grid_path)
     held_gen = generate(pipe, [caption.format(name=r[0]) for r in held_rows], seed=EVAL_SEED + 500)
     counts = {c: sum(r[1] == c for r in held_rows) for c in CATEGORIES}
     return {
@@ -268,8 +278,9 @@ def evaluate_tinyemote(
 ) -> dict:
     """Measure TinyEmote (the ``tiny`` preset's model) three ways; see the module docstring.
 
-    Writes ``metrics.json`` and ``style_before_after.png`` (held-out prompts; top row the
-    base model, bottom row with the LoRA) under ``output_dir``.
+    Writes ``metrics.json``, ``samples_by_category.png`` and ``style_before_after.png``
+    (held-out prompts; top row the base model, bottom row with the LoRA) under
+    ``output_dir``.
 
     Returns:
         ``{"vae_psnr": {...}, "prompt_following": {...}, "style": {...}}``.
@@ -286,7 +297,9 @@ def evaluate_tinyemote(
     pipe = make_pipeline(components)
     record: dict = {"model": components.source, "feature_space": f"{FEATURE_PX}x{FEATURE_PX} RGB"}
     record["vae_psnr"] = evaluate_vae(components.vae)
-    record["prompt_following"] = prompt_following(pipe, per_category)
+    record["prompt_following"] = prompt_following(
+        pipe, per_category, grid_path=out / "samples_by_category.png"
+    )
 
     names, reference = style_reference()
     prompts = [f"An emoji of {n}" for n in names]
