@@ -32,7 +32,7 @@ demo: install
 	$(THREADS) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/stableemote quickstart --output-dir outputs/demo
 
 bench: install
-	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/stableemote bench
+	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny-random} $(BIN)/stableemote bench
 
 figures: install
 	$(BIN)/stableemote figures
