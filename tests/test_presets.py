@@ -18,8 +18,17 @@ def test_env_var_chooses_tiny(monkeypatch, tmp_path):
     monkeypatch.setenv("STABLEEMOTE_CACHE", str(tmp_path))
     preset = get_preset()
     assert preset.is_tiny
+    assert preset.dataset == "openmoji"  # TinyEmote learnt Noto; its LoRA lesson is OpenMoji
+    assert preset.model == str(tmp_path / "tinyemote")
+
+
+def test_tiny_random_is_the_random_builder(monkeypatch, tmp_path):
+    monkeypatch.setenv("STABLEEMOTE_CACHE", str(tmp_path))
+    preset = get_preset("tiny-random")
+    assert preset.is_tiny and preset.name == "tiny-random"
+    assert preset.model == str(tmp_path / "tiny-sd")
     assert preset.dataset == "noto"
-    assert preset.model.startswith(str(tmp_path))
+    assert get_preset("tiny").model != preset.model
 
 
 def test_argument_beats_env(monkeypatch):
