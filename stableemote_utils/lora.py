@@ -614,15 +614,17 @@ def unfuse_lora(pipe) -> None:
 # Layouts, sizes and inspection (from the architecture alone, on the meta device)
 # ---------------------------------------------------------------------------
 
-LAYOUT_NAMES = ("sd15", "tiny")
+# "tiny" is the random tiny model's UNet (the tiny-random preset); "tinyemote" the tiny preset's.
+LAYOUT_NAMES = ("sd15", "tiny", "tinyemote")
 
 
 @functools.lru_cache(maxsize=4)
 def layout_models(name: str = "sd15") -> dict[str, torch.nn.Module]:
-    """The UNet and text encoder of ``"sd15"`` or ``"tiny"`` on the meta device.
+    """The UNet and text encoder of ``"sd15"``, ``"tiny"`` or ``"tinyemote"`` on the meta device.
 
-    Built from the configs in ``stableemote_utils/configs`` (sd15) or
-    :mod:`stableemote_utils.tiny_model` (tiny) with no weights allocated, so it is fast
+    Built from the configs in ``stableemote_utils/configs`` (sd15),
+    :mod:`stableemote_utils.tiny_model` (tiny) or :mod:`stableemote_utils.pretrain`
+    (tinyemote) with no weights allocated, so it is fast
     and light; use it for names, shapes and parameter counts, not for running.
     """
     from accelerate import init_empty_weights
@@ -636,6 +638,10 @@ def layout_models(name: str = "sd15") -> dict[str, torch.nn.Module]:
         text_config = {k: v for k, v in sd15_config("text_encoder").items() if k != "architectures"}
     elif name == "tiny":
         unet_config, text_config = dict(TINY_UNET_CONFIG), dict(TINY_TEXT_CONFIG)
+    elif name == "tinyemote":
+        from stableemote_utils.pretrain import TINYEMOTE_UNET_CONFIG
+
+        unet_config, text_config = dict(TINYEMOTE_UNET_CONFIG), dict(TINY_TEXT_CONFIG)
     else:
         raise StableEmoteError(f"Unknown layout '{name}'; choose one of {', '.join(LAYOUT_NAMES)}.")
     with init_empty_weights():

@@ -13,7 +13,11 @@ EXPORT_DTYPES = ("keep", "fp16", "fp32")
 def format_lora_report(info: dict) -> str:
     """The text ``stableemote lora inspect`` prints for :func:`~stableemote_utils.lora.inspect_lora`."""
     fits = info["fits"]
-    layouts = {"sd15": "SD 1.x UNet (SD 1.5 layout)", "tiny": "the course's tiny model"}
+    layouts = {
+        "sd15": "SD 1.x UNet (SD 1.5 layout)",
+        "tiny": "the random tiny model (tiny-random)",
+        "tinyemote": "TinyEmote (the tiny preset)",
+    }
     fit_lines = [
         f"  {layouts.get(name, name):<29} {'yes' if why is None else 'no - ' + why}"
         for name, why in fits.items()
