@@ -377,6 +377,7 @@ def write_model_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
         else ("not measured yet: run `stableemote evaluate-tiny --card`")
     )
     cfg = pre["config"]
+    command = pre.get("command", "stableemote pretrain-tiny")
     counts = parameter_counts(folder)
     size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
     text = f"""---
@@ -414,8 +415,8 @@ CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji and icon
 
 ## Training
 
-Command: `stableemote pretrain-tiny --threads {cfg["threads"]}` (seed {cfg["seed"]}).
-Device: {pre["device"]} ({pre.get("machine", "")}). Time: {pre["seconds"] / 60:.0f} min
+Command: `{command}` (seed {cfg["seed"]}, {cfg["threads"]} threads).
+Device: {pre["device"]} ({pre.get("machine", "not recorded")}). Time: {pre["seconds"] / 60:.0f} min
 (VAE {pre.get("vae_seconds", float("nan")) / 60:.0f} min, UNet {pre["unet_seconds"] / 60:.0f} min).
 VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL. UNet: AdamW
 {cfg["unet_learning_rate"]}, cosine, epsilon prediction on SD 1.5's noise schedule, Min-SNR
@@ -435,9 +436,13 @@ nearest real emoji is in that category.
 
 ## Limits
 
-64 px pictures are blurry and small; held-out prompts are matched only by the words they
-share with training names; the text encoder is random, so synonyms mean nothing to it.
-This is a teaching model, not an emoji generator.
+Prompt following is weak: the frozen random text encoder gives nearly the same hidden
+states for every caption (cosine similarity about 0.98 between "An emoji of grinning face"
+and "An emoji of rocket": the shared words and the padding dominate), so the UNet has little
+to read. It draws faces best, the largest group of emoji; many other prompts come out as
+faces or flag-like blobs, and the same seed tends to give the same layout whatever the
+prompt. A trained text encoder is what SD has and this model lacks. 64 px pictures are
+blurry and small. This is a teaching model, not an emoji generator.
 """
     path = folder / "README.md"
     path.write_text(text, encoding="utf-8")
