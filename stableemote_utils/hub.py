@@ -14,6 +14,8 @@ DATASET_LICENCE_NOTES = {
     "valhalla/emoji-dataset": "has no stated licence and probably holds vendor emoji art; "
     "check the terms before publishing anything trained on it.",
     "noto": "is rendered from Google's Noto Color Emoji font (SIL Open Font License 1.1).",
+    "openmoji": "is OpenMoji 17 (CC BY-SA 4.0): an adapter trained on it is shared alike, and "
+    "credits 'All emojis designed by OpenMoji - the open-source emoji and icon project'.",
     "Norod78/microsoft-fluentui-emoji-512-whitebg": "is Microsoft's Fluent UI Emoji (MIT).",
 }
 

@@ -8,7 +8,7 @@ from stableemote_utils.loading import load_components, load_pipeline
 
 
 def test_loads_tiny_by_preset_name(tiny_model_dir):
-    parts = load_components("tiny")
+    parts = load_components("tiny-random")
     assert parts.source == str(tiny_model_dir)
     assert not any(p.requires_grad for p in parts.unet.parameters())
     assert parts.unet.training is False

@@ -143,7 +143,8 @@ def test_heldout_loss_goes_down_with_training(tmp_path):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "run" / "samples" / "step-000040.png").exists()
     card = (tmp_path / "run" / "README.md").read_text()
-    assert "Held-out loss" in card and "noto" in card
+    dataset = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["dataset"]
+    assert "Held-out loss" in card and f"Data: `{dataset}`" in card
 
 
 def test_wandb_offline_writes_its_run(tmp_path, monkeypatch):
