@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.tiny_model import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+from stableemote_utils.tiny_model import TINY_UNET_CONFIG, TINY_VAE_CONFIG, staged_folder
 
 TINYEMOTE_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=[16, 32, 64, 64])
 TINYEMOTE_UNET_CONFIG = dict(TINY_UNET_CONFIG, block_out_channels=[64, 128, 128])
@@ -196,22 +195,17 @@ def export_fp16(model_dir: Path, target: Path) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(model_dir / "scheduler", tmp / "scheduler")
-    shutil.copy(model_dir / "model_index.json", tmp / "model_index.json")
-    for sub, cls in (
-        ("unet", UNet2DConditionModel),
-        ("vae", AutoencoderKL),
-        ("text_encoder", CLIPTextModel),
-    ):
-        kind = "dtype" if sub == "text_encoder" else "torch_dtype"
-        module = cls.from_pretrained(model_dir, subfolder=sub, **{kind: torch.float16})
-        module.save_pretrained(tmp / sub, safe_serialization=True)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with staged_folder(target) as staging:
+        shutil.copytree(model_dir / "scheduler", staging / "scheduler")
+        shutil.copy(model_dir / "model_index.json", staging / "model_index.json")
+        for sub, cls in (
+            ("unet", UNet2DConditionModel),
+            ("vae", AutoencoderKL),
+            ("text_encoder", CLIPTextModel),
+        ):
+            kind = "dtype" if sub == "text_encoder" else "torch_dtype"
+            module = cls.from_pretrained(model_dir, subfolder=sub, **{kind: torch.float16})
+            module.save_pretrained(staging / sub, safe_serialization=True)
     return target
 
 
@@ -254,8 +248,8 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             device,
         )
         vae.register_to_config(scaling_factor=latent_scaling_factor(vae, pixels, config.seed))
-        vae.to("cpu").save_pretrained(str(vae_dir) + ".partial", safe_serialization=True)
-        os.replace(str(vae_dir) + ".partial", vae_dir)
+        with staged_folder(vae_dir) as staging:
+            vae.to("cpu").save_pretrained(staging, safe_serialization=True)
         (out / "vae_losses.json").write_text(json.dumps(losses))
         record["vae_seconds"] = time.perf_counter() - t0
         print(f"VAE trained in {record['vae_seconds']:.0f} s, final L1 {losses[-1]:.4f}")

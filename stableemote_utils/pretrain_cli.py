@@ -43,15 +43,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     model = Path(args.output_dir) / "tinyemote"
     print(f"TinyEmote written to {model} in {record['seconds'] / 60:.1f} min on {record['device']}")
     if args.install:
+        from stableemote_utils.tiny_model import staged_folder
         from stableemote_utils.tinyemote import SHIPPED_DIR
 
-        tmp = SHIPPED_DIR.with_name(SHIPPED_DIR.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(model, tmp)
-        shutil.copy(Path(args.output_dir) / "pretrain.json", tmp / "pretrain.json")
-        if SHIPPED_DIR.exists():
-            shutil.rmtree(SHIPPED_DIR)
-        tmp.rename(SHIPPED_DIR)
+        with staged_folder(SHIPPED_DIR) as staging:
+            shutil.copytree(model, staging)
+            shutil.copy(Path(args.output_dir) / "pretrain.json", staging / "pretrain.json")
         print(f"installed into {SHIPPED_DIR}; measure it with: stableemote evaluate-tiny --card")
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -208,6 +209,34 @@ def build_sd15_components(seed: int = 0):
     return unet, vae, text_encoder
 
 
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Write a folder aside and put it in place only when the writing succeeded.
+
+    Yields a path beside ``folder`` (not created yet) for the caller to fill; its parent
+    is scratch space. When the block ends without error the path replaces ``folder``;
+    on error, or after the rename, the scratch space is removed. So an interrupted write
+    never leaves a half-written folder, and the old folder stays until the new one is whole.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
+    try:
+        yield tmp / "folder"
+        if folder.exists():
+            shutil.rmtree(folder)
+        (tmp / "folder").rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_marker(path: str | os.PathLike) -> dict:
+    """A JSON marker file's contents, or ``{}`` when it is missing or unreadable."""
+    with contextlib.suppress(ValueError, OSError):
+        return json.loads(Path(path).read_text())
+    return {}
+
+
 def build_tiny_model(
     folder: str | os.PathLike,
     seed: int = TINY_SEED,
@@ -233,9 +262,7 @@ def build_tiny_model(
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
-    try:
+    with staged_folder(folder) as staging:
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
@@ -243,7 +270,9 @@ def build_tiny_model(
         vae = AutoencoderKL(**(vae_config or TINY_VAE_CONFIG))
         torch.random.set_rng_state(generator_state)
         scheduler = PNDMScheduler.from_config(sd15_config("scheduler"))
-        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / "_tokenizer"))
+        tokenizer = CLIPTokenizer.from_pretrained(
+            write_clip_tokenizer(staging.with_name("_tokenizer"))
+        )
         pipe = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
@@ -254,15 +283,10 @@ def build_tiny_model(
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipe.save_pretrained(tmp / "model", safe_serialization=True)
-        (tmp / "model" / "STABLEEMOTE_TINY").write_text(
+        pipe.save_pretrained(staging, safe_serialization=True)
+        (staging / "STABLEEMOTE_TINY").write_text(
             json.dumps({"build_version": TINY_BUILD_VERSION, "seed": seed}) + "\n"
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        (tmp / "model").rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -271,9 +295,6 @@ def ensure_tiny_model(folder: str | os.PathLike | None = None) -> Path:
     from stableemote_utils.presets import tiny_model_dir
 
     folder = Path(folder or tiny_model_dir())
-    marker = folder / "STABLEEMOTE_TINY"
-    if marker.exists():
-        with contextlib.suppress(ValueError, OSError):
-            if json.loads(marker.read_text()).get("build_version") == TINY_BUILD_VERSION:
-                return folder
+    if read_marker(folder / "STABLEEMOTE_TINY").get("build_version") == TINY_BUILD_VERSION:
+        return folder
     return build_tiny_model(folder)

@@ -22,13 +22,11 @@ categories and these two styles; it knows nothing of meaning.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -63,7 +61,7 @@ def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHI
         The model folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
     """
     from stableemote_utils.presets import tinyemote_dir
-    from stableemote_utils.tiny_model import write_clip_tokenizer
+    from stableemote_utils.tiny_model import read_marker, staged_folder, write_clip_tokenizer
 
     folder = Path(folder or tinyemote_dir())
     if not (source / "unet" / "diffusion_pytorch_model.safetensors").exists():
@@ -72,22 +70,12 @@ def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHI
             "-e .) or rebuild them with: stableemote pretrain-tiny --install"
         )
     digest = shipped_digest(source)
-    marker = folder / MARKER
-    if marker.exists():
-        with contextlib.suppress(ValueError, OSError):
-            if json.loads(marker.read_text()).get("digest") == digest:
-                return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
-    try:
-        shutil.copytree(source, tmp / "model", ignore=shutil.ignore_patterns("*.md"))
-        write_clip_tokenizer(tmp / "model" / "tokenizer")
-        (tmp / "model" / MARKER).write_text(json.dumps({"digest": digest}) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        (tmp / "model").rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if read_marker(folder / MARKER).get("digest") == digest:
+        return folder
+    with staged_folder(folder) as staging:
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.md"))
+        write_clip_tokenizer(staging / "tokenizer")
+        (staging / MARKER).write_text(json.dumps({"digest": digest}) + "\n")
     return folder
 
 
