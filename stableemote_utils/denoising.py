@@ -118,9 +118,6 @@ def plot_noise_schedule(scheduler):
 
 def figure_noise_schedule(path: str | os.PathLike) -> Path:
     """Save SD 1.5's noise-schedule plot (from the published scheduler config) as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     from stableemote_utils.images import save_figure
@@ -174,9 +171,6 @@ def figure_sd15_pipeline(path: str | os.PathLike, resolution_px: int = 512) -> P
 
     The shapes come from :func:`pipeline_shapes` over the published SD 1.5 configs.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 

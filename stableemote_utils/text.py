@@ -119,9 +119,6 @@ def figure_token_table(path: str | os.PathLike, tokenizer=None, prompt: str | No
     Uses the real CLIP BPE tokenizer (the one the tiny preset ships), so the figure
     shows exactly what SD 1.5 sees.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     from stableemote_utils.images import save_figure

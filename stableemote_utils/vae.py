@@ -195,9 +195,6 @@ def figure_latent_vs_pixel_cost(path: str | os.PathLike, resolutions_px=(256, 51
     Computed from the published SD 1.5 configs in ``stableemote_utils/configs`` on the meta
     device, so it needs no weights and no GPU.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     from stableemote_utils.images import save_figure

@@ -62,3 +62,38 @@ def test_every_figure_in_the_readme_exists_and_is_made_by_code():
     copied = ("results_", "tinyemote_")
     missing = {n for n in shown if n not in made and not n.startswith(copied)}
     assert not missing, f"figures with no code that makes them: {missing}"
+
+
+def test_library_code_never_switches_the_matplotlib_backend():
+    """Switching to Agg inside a helper makes every later ``plt.show()`` in a notebook blank."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "stableemote_utils").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value
+            name = owner.id if isinstance(owner, ast.Name) else ""
+            if node.func.attr == "switch_backend" or (
+                node.func.attr == "use" and name in ("matplotlib", "mpl")
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, f"library code switches the matplotlib backend at {offenders}"
+
+
+def test_figure_helpers_leave_the_learners_backend_alone(tmp_path):
+    import matplotlib
+
+    from stableemote_utils.figures import all_figures
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # stands in for a notebook's inline backend
+    try:
+        for name, make in all_figures().items():
+            if name.startswith("dataset_") or name == "vae_latent_vs_pixel_cost.png":
+                continue  # no matplotlib / 20 s of FLOP counting; the source scan above covers it
+            make(tmp_path / name)
+            assert matplotlib.get_backend() == "pdf", f"{name} switched the backend"
+    finally:
+        matplotlib.use(before)
