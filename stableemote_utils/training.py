@@ -567,6 +567,9 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     if config.compile:
         unet = torch.compile(unet)
     unet, optimizer = accelerator.prepare(unet, optimizer)
+    # Without DDP, but with accelerate's fp32-output wrapper (in place on the module the
+    # training forward uses): whatever runs it outside the training step does so under
+    # accelerator.autocast(), so its fp32 outputs never meet half-precision weights bare.
     raw_unet = accelerator.unwrap_model(unet)
 
     step, losses, heldout = 0, [], {}
@@ -607,24 +610,36 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             )
             accelerator.log({"heldout_loss": heldout[at_step]}, step=at_step)
 
-    def validate(at_step: int) -> None:
-        measure_heldout(at_step)
+    def sample_validation_grid(at_step: int) -> None:
         if main:
             components.vae.to(dev)
-            grid = _sample_grid(
-                components,
-                raw_unet,
-                train_cache["extra_text"][1:],
-                train_cache["extra_text"][0:1],
-                config,
-                config.resolution_px,
-                config.validation_steps,
-            )
-            components.vae.to("cpu")
+            try:
+                # Under the training autocast: the UNet, the VAE and the latents between them
+                # agree on a dtype whatever the precision (fp32 weights in full training
+                # included), as in the training step.
+                with accelerator.autocast():
+                    grid = _sample_grid(
+                        components,
+                        raw_unet,
+                        train_cache["extra_text"][1:],
+                        train_cache["extra_text"][0:1],
+                        config,
+                        config.resolution_px,
+                        config.validation_steps,
+                    )
+            finally:
+                components.vae.to("cpu")
             from stableemote_utils.images import save_image
 
             save_image(grid, out / "samples" / f"step-{at_step:06d}.png")
             _log_image(accelerator, "samples", grid, at_step)
+
+    def report_failure(what: str, at_step: int, err: Exception) -> None:
+        print(
+            f"stableemote: warning: {what} at step {at_step} failed ({type(err).__name__}: "
+            f"{str(err)[:200]}); training goes on.",
+            file=sys.stderr,
+        )
 
     def checkpoint(at_step: int) -> None:
         if main:
@@ -723,10 +738,22 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                     },
                     step=step,
                 )
-            if step % config.validate_every == 0 or step == config.steps:
-                validate(step)
+            # Validation is a picture for people: it must never cost the checkpoint of its
+            # step or kill the run it watches. The held-out loss goes into the checkpoint, so
+            # it is measured first; the sample grid comes after the checkpoint.
+            validating = step % config.validate_every == 0 or step == config.steps
+            if validating:
+                try:
+                    measure_heldout(step)
+                except Exception as err:  # noqa: BLE001 - reported, training goes on
+                    report_failure("the held-out loss", step, err)
             if step % config.checkpoint_every == 0 or step == end_step:
                 checkpoint(step)
+            if validating:
+                try:
+                    sample_validation_grid(step)
+                except Exception as err:  # noqa: BLE001 - reported, training goes on
+                    report_failure("the validation grid", step, err)
     except torch.OutOfMemoryError as err:
         raise StableEmoteError(
             f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. Lower "

@@ -1,0 +1,79 @@
+"""Training in half precision, and validation that never costs a checkpoint.
+
+bf16 on CPU goes through the same accelerate wrapper and autocast as fp16/bf16 on a GPU,
+so these runs reproduce on CPU what a learner's GPU run does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stableemote_utils import training
+from stableemote_utils.checkpoints import list_checkpoints
+from stableemote_utils.training import recipe, train
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one mixed-precision setting per process: these tests change it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _config(tmp_path, **kw):
+    base = recipe(
+        "tiny-quick",
+        preset="tiny-random",
+        dataset="openmoji",
+        device="cpu",
+        output_dir=str(tmp_path / "run"),
+        steps=2,
+        batch_size=2,
+        resolution_px=32,
+        checkpoint_every=2,
+        validate_every=2,
+        max_train_examples=4,
+        heldout_limit=2,
+        validation_prompts=("cat face",),
+        validation_steps=2,
+        log_every=1,
+        progress_bar=False,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def test_bf16_training_writes_its_checkpoint_and_validation_grid(tmp_path, capsys):
+    result = train(_config(tmp_path, precision="bf16"))
+    run = tmp_path / "run"
+    assert result.step == 2 and not result.stopped_early
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["checkpoint-000002"]
+    assert (run / "samples" / "step-000002.png").stat().st_size > 0
+    assert "stableemote: warning" not in capsys.readouterr().err
+    assert set(result.heldout) == {0, 2}
+
+
+def test_a_failing_validation_is_reported_after_the_checkpoint_and_training_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    seen = []
+
+    def broken_grid(*args, **kwargs):
+        seen.append([p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")])
+        raise RuntimeError("the sampler broke")
+
+    monkeypatch.setattr(training, "_sample_grid", broken_grid)
+    result = train(_config(tmp_path, steps=4))
+    assert result.step == 4 and result.adapter_path.exists()
+    # The checkpoint of a step is on disk before that step's validation runs.
+    assert seen == [["checkpoint-000002"], ["checkpoint-000002", "checkpoint-000004"]]
+    err = capsys.readouterr().err
+    assert "warning: the validation grid at step 2 failed (RuntimeError: the sampler broke)" in err
+    assert "training goes on" in err
+    assert not (tmp_path / "run" / "samples").exists()
