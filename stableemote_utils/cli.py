@@ -67,12 +67,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train a LoRA (see ``stableemote train --help``)."""
     import dataclasses
 
+    from stableemote_utils.presets import PRESET_ENV_VAR
     from stableemote_utils.training import recipe, train
 
     overrides = {
         k: v
         for k, v in {
-            "preset": args.preset,
+            # The help promises $STABLEEMOTE_PRESET as the default, over the recipe's own.
+            "preset": args.preset or os.environ.get(PRESET_ENV_VAR, "").strip() or None,
             "model": args.model,
             "dataset": args.dataset,
             "steps": args.steps,
@@ -143,9 +145,23 @@ def cmd_compare(args: argparse.Namespace) -> None:
     """Fair base-vs-LoRA grid."""
     from stableemote_utils.compare import fair_comparison, save_comparison
     from stableemote_utils.loading import load_components, make_pipeline
+    from stableemote_utils.lora import check_lora_file
+    from stableemote_utils.options import check_device, check_sampling_options
     from stableemote_utils.precision import choose_dtype, pick_device
     from stableemote_utils.presets import get_preset
 
+    check_sampling_options(args.steps, args.guidance, args.resolution)
+    check_device(args.device)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError as err:
+            raise StableEmoteError(
+                f"--seeds must be integers separated by commas, got {args.seeds!r}"
+            ) from err
+        check_sampling_options(seeds=seeds)
+    check_lora_file(args.lora)  # a broken adapter is refused before the model loads
     p = get_preset(args.base or args.preset)
     dev = pick_device(args.device)
     dtype, _ = choose_dtype(dev)
@@ -153,19 +169,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
     kwargs = {}
     if args.prompts:
         kwargs["prompts"] = [s.strip() for s in args.prompts.split(",") if s.strip()]
-    if args.seeds:
-        try:
-            kwargs["seeds"] = [int(s) for s in args.seeds.split(",")]
-        except ValueError as err:
-            raise StableEmoteError(
-                f"--seeds must be integers separated by commas, got {args.seeds!r}"
-            ) from err
+    if seeds:
+        kwargs["seeds"] = seeds
     grid, record = fair_comparison(
         pipe,
         args.lora,
-        steps=args.steps or p.sample_steps,
+        steps=p.sample_steps if args.steps is None else args.steps,
         guidance=args.guidance,
-        resolution_px=args.resolution or p.resolution_px,
+        resolution_px=p.resolution_px if args.resolution is None else args.resolution,
         caption_template=p.caption_template,
         **kwargs,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.options import check_sampling_options
 from stableemote_utils.training import ORIGINAL_PROMPTS
 
 RECORD_VERSION = 1
@@ -74,6 +75,7 @@ def fair_comparison(
 
     if not prompts or not seeds:
         raise StableEmoteError("The comparison needs at least one prompt and one seed.")
+    check_sampling_options(steps, guidance, resolution_px, list(seeds), lora_scale)
     lora_file = resolve_lora_file(lora_path)
     load_lora(pipe, lora_file, adapter_name="compare", scale=lora_scale)
     scheduler = {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)}

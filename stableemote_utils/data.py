@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.options import check_int
 
 NOTO_FONT_PATHS = (
     "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
@@ -300,7 +301,7 @@ def _finish(
     for name, data, where in raw:
         try:
             image = square_resize(to_rgb_on_white(_decode(data)), resolution_px)
-        except (OSError, ValueError, SyntaxError) as err:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             bad.append(where)
             print(f"stableemote: skipped unreadable image {where}: {err}", file=sys.stderr)
             continue
@@ -311,9 +312,23 @@ def _finish(
             raise StableEmoteError(
                 f"{len(bad)} of {len(raw)} images could not be read (more than "
                 f"{max_bad_fraction:.0%}), e.g. {', '.join(bad[:3])}. The data looks broken: "
-                "check the files, or raise max_bad_fraction if you accept the loss."
+                "check or replace those files, or remove their rows from the dataset."
             )
     return out
+
+
+def _inside(folder: Path, file_name: object, where: str) -> Path:
+    """``folder / file_name``, refusing names that lead out of the folder (``../x``, ``/x``)."""
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise StableEmoteError(f"{where} has an empty or non-text 'file_name'.")
+    root = os.path.normpath(os.path.abspath(folder))
+    path = os.path.normpath(os.path.join(root, file_name))
+    if os.path.isabs(file_name) or os.path.commonpath([root, path]) != root:
+        raise StableEmoteError(
+            f"{where} names the file {file_name!r}, which is outside the dataset folder; "
+            "file_name must be a path inside the folder that holds metadata.jsonl."
+        )
+    return Path(path)
 
 
 def _rows_from_folder(folder: Path) -> list[tuple[str, object, str]]:
@@ -336,8 +351,9 @@ def _rows_from_folder(folder: Path) -> list[tuple[str, object, str]]:
                 raise StableEmoteError(f"{where} is not valid JSON: {err}") from err
             if "file_name" not in row:
                 raise StableEmoteError(f"{where} has no 'file_name'.")
+            path = _inside(folder, row["file_name"], where)
             name = _caption_of(row, f"{where} (file_name '{row['file_name']}')")
-            rows.append((name, folder / row["file_name"], str(folder / row["file_name"])))
+            rows.append((name, path, str(path)))
     return rows
 
 
@@ -393,6 +409,9 @@ def load_emoji_dataset(
     """
     if split not in SPLITS:
         raise StableEmoteError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    check_int("--resolution", resolution_px, 1)
+    if limit is not None:
+        check_int("limit", limit, 1)
     if "{name}" not in caption_template:
         raise StableEmoteError(
             f"The caption template {caption_template!r} has no '{{name}}' placeholder."

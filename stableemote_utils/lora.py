@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +30,9 @@ UNET_PREFIX = "unet."
 TEXT_ENCODER_PREFIX = "text_encoder."
 # diffusers reads the adapter's peft config from this header entry when it loads a file.
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+# An adapter's update is scaled by alpha / rank; 1 is usual, a few is strong. Beyond this
+# the update swamps the base weights and the images degenerate (inspect flags it, loading refuses).
+ALPHA_OVER_RANK_MAX = 64.0
 # How many example keys an error message lists.
 _EXAMPLES_SHOWN = 4
 
@@ -544,6 +548,60 @@ def _apply_header_alpha(result: dict, metadata: dict[str, str]) -> None:
             parts["alpha"] = alpha
 
 
+def lora_weight_problems(
+    state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> list[str]:
+    """What makes an adapter's numbers unusable, as sentences (empty if nothing).
+
+    Two things render a degenerate grid however well the file fits: weights that are
+    NaN or infinite, and an alpha whose scale ``alpha / rank`` is not finite, not
+    positive, or larger than :data:`ALPHA_OVER_RANK_MAX`.
+    """
+    problems = []
+    bad = [k for k, t in state_dict.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        problems.append(
+            f"{len(bad)} of {len(state_dict)} tensors hold NaN or infinite values (e.g. {bad[0]})"
+        )
+    result = match_lora(state_dict, {})
+    _apply_header_alpha(result, metadata)
+    for component, layers in result["layers"].items():
+        for layer, parts in layers.items():
+            if parts.get("alpha") is None or "down" not in parts:
+                continue
+            rank = int(parts["down"].shape[0])
+            scale = parts["alpha"] / rank
+            if not math.isfinite(scale) or scale <= 0 or scale > ALPHA_OVER_RANK_MAX:
+                problems.append(
+                    f"alpha {parts['alpha']:g} at rank {rank} scales the update by {scale:g} "
+                    f"(sane adapters use a scale above 0 and at most {ALPHA_OVER_RANK_MAX:g}), "
+                    f"e.g. in {component}.{layer}"
+                )
+                return problems
+    return problems
+
+
+def check_lora_file(path: str | os.PathLike) -> Path:
+    """Refuse an adapter whose numbers are unusable (see :func:`lora_weight_problems`).
+
+    Returns:
+        The adapter file.
+
+    Raises:
+        StableEmoteError: missing, not safetensors, NaN/infinite weights or absurd alpha.
+    """
+    file = resolve_lora_file(path)
+    state_dict, metadata = read_lora_file(file)
+    problems = lora_weight_problems(state_dict, metadata)
+    if problems:
+        raise StableEmoteError(
+            f"The adapter '{file}' is unusable: {'; '.join(problems)}. It would draw noise or "
+            "flat colour; retrain it (a loss that became NaN stops training at the last good "
+            "checkpoint) or use an earlier checkpoint."
+        )
+    return file
+
+
 def _pipeline_models(pipe) -> dict[str, torch.nn.Module]:
     models = {"unet": pipe.unet}
     if getattr(pipe, "text_encoder", None) is not None:
@@ -565,7 +623,7 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str = "default", scal
     Raises:
         StableEmoteError: if the file is missing, not safetensors, or does not fit.
     """
-    file = resolve_lora_file(path)
+    file = check_lora_file(path)
     state_dict, metadata = read_lora_file(file)
     result = check_lora_fits(file, _pipeline_models(pipe), state_dict=state_dict)
     _apply_header_alpha(result, metadata)
@@ -793,6 +851,7 @@ def inspect_lora(path: str | os.PathLike) -> dict:
         "metadata": metadata,
         "fits": fits,
         "file_bytes": file.stat().st_size,
+        "problems": lora_weight_problems(state_dict, metadata),
     }
 
 

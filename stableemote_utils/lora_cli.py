@@ -37,6 +37,8 @@ def format_lora_report(info: dict) -> str:
     ]
     if header:
         lines.append("metadata       " + ", ".join(f"{k}={v}" for k, v in sorted(header.items())))
+    for problem in info.get("problems", ()):
+        lines.append(f"UNUSABLE       {problem}; compare and the demo refuse this adapter")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.options import check_device
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -21,7 +22,7 @@ _BF16_MIN_CAPABILITY = (8, 0)
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The device to run on: the one asked for, else CUDA when present, else CPU."""
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.options import check_train_options
 
 ORIGINAL_PROMPTS = (
     "smiling face with open mouth",
@@ -427,6 +428,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     from stableemote_utils.precision import choose_dtype, pick_device
     from stableemote_utils.presets import cache_dir, get_preset
 
+    check_train_options(config)
     preset = get_preset(config.preset)
     config = dataclasses.replace(
         config,
@@ -437,16 +439,6 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         alpha=config.alpha if config.alpha is not None else float(config.rank),
         validation_steps=config.validation_steps or preset.sample_steps,
     )
-    if config.report_to not in ("none", "wandb", "tensorboard"):
-        raise StableEmoteError(
-            f"--report-to must be wandb, tensorboard or none, not {config.report_to!r}."
-        )
-    if config.mode not in ("lora", "full"):
-        raise StableEmoteError(f"mode must be 'lora' or 'full', not {config.mode!r}.")
-    if config.mode == "full" and config.push_to_hub:
-        raise StableEmoteError("--push-to-hub uploads LoRA adapters; it is not for full training.")
-    if config.steps < 1 or config.batch_size < 1 or config.rank < 1:
-        raise StableEmoteError("steps, batch size and rank must be positive integers.")
     out = check_output_dir(config.output_dir)
     ckpt_dir = out / "checkpoints"
 
@@ -485,6 +477,13 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         raise StableEmoteError(
             f"The dataset has {len(train_set)} training images, fewer than one batch "
             f"({config.batch_size} x {world} processes). Lower --batch-size or add images."
+        )
+    if not heldout_set:
+        raise StableEmoteError(
+            f"--dataset {config.dataset}: none of its emoji names falls in the held-out split "
+            f"({preset.heldout_fraction:.0%} of names, chosen by a hash of the name), so the "
+            "held-out loss cannot be measured. Add images with more distinct names (a few dozen "
+            "at least)."
         )
     resume_from = _resolve_resume(resume, ckpt_dir)
     saved_state = None
