@@ -14,10 +14,12 @@ Sources:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +138,195 @@ def emoji_name(emoji_char: str) -> str:
     if data is None:
         raise StableEmoteError(f"{emoji_char!r} is not an emoji the emoji package knows.")
     return data["en"].strip(":").replace("_", " ")
+
+
+def _keywords(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(","))
+
+
+# Broad emoji categories for sampling a training subset, in the order they are tried:
+# the first category with a matching phrase wins, then the first with a matching word;
+# a name that matches nothing is an "object". Unicode's own groups are not in any wheel
+# we can use offline, so these are keyword lists over the English names: rough at the
+# edges (a few names land in a neighbouring category), right for the bulk.
+CATEGORY_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "face": _keywords(
+        "face, smiling, grinning, laughing, tears of joy, exploding head, skull, ghost, alien, "
+        "robot, clown, ogre, goblin, pile of poo, -no-evil"
+    ),
+    "food & drink": _keywords(
+        "grapes, melon, tangerine, lemon, lime, banana, pineapple, mango, apple, pear, peach, "
+        "cherries, strawberry, blueberries, kiwi, tomato, olive, coconut, avocado, eggplant, "
+        "potato, carrot, corn, pepper, cucumber, broccoli, garlic, onion, peanuts, beans, "
+        "chestnut, ginger, pea pod, bread, croissant, pretzel, bagel, pancakes, waffle, cheese, "
+        "meat, poultry, bacon, hamburger, french fries, pizza, hot dog, sandwich, taco, "
+        "burrito, tamale, falafel, egg, cooking, pot of food, fondue, salad, popcorn, butter, "
+        "salt, canned food, bento, rice, curry, spaghetti, oden, sushi, dango, dumpling, "
+        "fortune cookie, takeout, ice cream, shaved ice, doughnut, cookie, cake, shortcake, "
+        "cupcake, pie, chocolate, candy, lollipop, custard, honey pot, milk, beverage, teapot, "
+        "teacup, sake, champagne, wine, cocktail, tropical drink, beer, tumbler, cup with "
+        "straw, bubble tea, mate, chopsticks, fork and knife, spoon, kitchen knife, fish cake, "
+        "moon cake, oyster, drumstick, cut of meat, baby bottle, clinking, pouring liquid, "
+        "shrimp, pickle, mushroom"
+    ),
+    "animal & plant": _keywords(
+        "cat, dog, monkey, gorilla, orangutan, poodle, wolf, fox, raccoon, lion, tiger, "
+        "leopard, horse, unicorn, zebra, deer, moose, donkey, bison, cow, ox, buffalo, pig, "
+        "boar, ram, ewe, goat, camel, llama, giraffe, elephant, mammoth, rhinoceros, "
+        "hippopotamus, mouse, rat, hamster, rabbit, chipmunk, beaver, hedgehog, bat, bear, "
+        "koala, panda, sloth, otter, skunk, kangaroo, badger, paw prints, turkey, chicken, "
+        "rooster, chick, bird, penguin, dove, eagle, duck, swan, owl, dodo, feather, flamingo, "
+        "peacock, parrot, goose, wing, phoenix, frog, crocodile, turtle, lizard, snake, dragon, "
+        "sauropod, t-rex, whale, dolphin, seal, fish, blowfish, shark, octopus, spiral shell, "
+        "coral, jellyfish, snail, butterfly, bug, ant, honeybee, beetle, cricket, cockroach, "
+        "spider, spider web, scorpion, mosquito, fly, worm, microbe, crab, lobster, squid, "
+        "bouquet, blossom, flower, rosette, rose, hibiscus, sunflower, tulip, hyacinth, lotus, "
+        "seedling, potted plant, tree, cactus, sheaf of rice, herb, shamrock, clover, leaf, "
+        "leaves, fungus, nest, root vegetable"
+    ),
+    "person": _keywords(
+        "person, man, woman, men, women, boy, girl, baby, people, family, couple, kiss, hand, "
+        "hands, thumbs, finger, fingers, fist, palm, index, nail polish, selfie, muscle, leg, "
+        "foot, ear, nose, brain, anatomical heart, lungs, tooth, bone, eye, eyes, tongue, "
+        "mouth, biting lip, child, adult, prince, princess, santa, claus, mage, fairy, vampire, "
+        "merperson, mermaid, merman, elf, genie, zombie, troll, ninja, superhero, supervillain, "
+        "guard, construction worker, detective, pilot, astronaut, firefighter, cook, mechanic, "
+        "technologist, scientist, teacher, student, singer, artist, judge, farmer, office "
+        "worker, factory worker, health worker, footprints, speaking head, bust, busts, "
+        "pregnant, breast-feeding, angel, handshake, victory, love-you gesture, call me, "
+        "vulcan, sign of the horns, ok hand"
+    ),
+    "activity": _keywords(
+        "teddy bear, jack-o-lantern, christmas tree, fireworks, sparkler, firecracker, balloon, "
+        "party popper, confetti, tanabata, pine decoration, carp streamer, wind chime, moon "
+        "viewing, red envelope, ribbon, wrapped gift, ticket, admission tickets, medal, trophy, "
+        "ball, baseball, softball, basketball, volleyball, football, tennis, flying disc, "
+        "bowling, field hockey, ice hockey, lacrosse, ping pong, badminton, boxing glove, "
+        "martial arts, goal net, flag in hole, ice skate, fishing pole, diving mask, running "
+        "shirt, skis, sled, curling stone, bullseye, yo-yo, kite, crystal ball, magic wand, "
+        "video game, joystick, slot machine, game die, puzzle piece, piñata, mirror ball, "
+        "nesting dolls, suit, chess pawn, joker, mahjong, playing cards, performing arts, "
+        "framed picture, artist palette, thread, sewing needle, yarn, knot"
+    ),
+    "travel & place": _keywords(
+        "globe, map, mountain, volcano, camping, beach, desert, island, national park, stadium, "
+        "building, house, houses, office, post office, hospital, bank, hotel, school, store, "
+        "factory, castle, wedding, tower, statue, church, mosque, temple, synagogue, shrine, "
+        "kaaba, fountain, tent, foggy, night, cityscape, sunrise, sunset, bridge, springs, "
+        "carousel, playground, ferris, roller coaster, barber pole, circus, locomotive, "
+        "railway, train, tram, metro, monorail, station, bus, trolleybus, minibus, ambulance, "
+        "fire engine, police car, taxi, automobile, sport utility, pickup, truck, tractor, "
+        "racing car, motorcycle, scooter, wheelchair, rickshaw, bicycle, skateboard, roller "
+        "skate, fuel pump, wheel, traffic light, construction, anchor, ring buoy, sailboat, "
+        "canoe, speedboat, ship, ferry, boat, airplane, parachute, seat, helicopter, railway, "
+        "cableway, tramway, satellite, rocket, flying saucer, bellhop, luggage, hourglass, "
+        "watch, clock, stopwatch, timer, o’clock, -thirty, moon, sun, star, comet, cloud, rain, "
+        "snow, lightning, tornado, fog, wind, cyclone, rainbow, umbrella, high voltage, "
+        "snowflake, snowman, fire, droplet, water wave, thermometer, ringed planet, milky way, "
+        "brick, rock, wood, hut, derelict, motorway, oil drum, hook"
+    ),
+    "symbol": _keywords(
+        "heart, arrow, button, sign, mark, symbol, keycap, circle, square, triangle, diamond, "
+        "star of david, wheel of dharma, yin yang, cross, menorah, six-pointed star, aries, "
+        "taurus, gemini, cancer, leo, virgo, libra, scorpio, sagittarius, capricorn, aquarius, "
+        "pisces, ophiuchus, shuffle tracks, repeat, play, pause, record, eject, dim, bright, "
+        "wireless, vibration, phone off, female, male, transgender, multiply, plus, minus, "
+        "divide, infinity, exclamation, question, wavy dash, currency, dollar, recycling, "
+        "fleur-de-lis, trident, badge, beginner, check, curly loop, part alternation, "
+        "eight-spoked, eight-pointed, sparkle, sparkles, copyright, registered, trade mark, "
+        "splatter, input, hundred points, anger, collision, dizzy, sweat droplets, dashing "
+        "away, hole, speech balloon, thought balloon, zzz, love letter, atom, om, peace, place "
+        "of worship, radioactive, biohazard, prohibited, cinema, antenna bars, khanda, "
+        "orthodox, latin cross, star and crescent, flag, sos, vs, cool, free, new, ng, ok, up!, "
+        "japanese, litter, potable, baggage claim, left luggage, customs, passport control, "
+        "restroom, water closet, warning, children crossing, no entry"
+    ),
+}
+CATEGORIES = ("flag", *CATEGORY_KEYWORDS, "object")
+_FLAG_TAG_START = "\U0001f3f4\U000e0067"  # black flag + tag "g": England, Scotland, Wales
+_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+
+
+def _is_phrase(keyword: str) -> bool:
+    return any(c in keyword for c in " -’")
+
+
+def emoji_category(name: str, char: str = "") -> str:
+    """The broad category of an emoji, one of :data:`CATEGORIES`.
+
+    Args:
+        name: the emoji's English name, e.g. ``"smiling cat with heart-eyes"``.
+        char: the emoji itself if known; country flags are recognised by their
+            regional-indicator letters, since their names are just the country.
+
+    Returns:
+        ``"flag"``, a category of :data:`CATEGORY_KEYWORDS` (phrases are matched before
+        single words, so "teddy bear" is an activity, not an animal), or ``"object"``.
+    """
+    n = name.strip().lower()
+    if char and (
+        all(ord(c) in _REGIONAL_INDICATORS for c in char) or char.startswith(_FLAG_TAG_START)
+    ):
+        return "flag"
+    if n.startswith("flag:") or n.startswith("flag for ") or n.startswith("flag of "):
+        return "flag"
+    for category, keywords in CATEGORY_KEYWORDS.items():
+        if any(k in n for k in keywords if _is_phrase(k)):
+            return category
+    words = set(re.findall(r"[\w!]+", n))
+    for category, keywords in CATEGORY_KEYWORDS.items():
+        if any(k in words for k in keywords if not _is_phrase(k)):
+            return category
+    return "object"
+
+
+@functools.cache
+def _emoji_char_by_name() -> dict[str, str]:
+    import emoji
+
+    status = emoji.STATUS["fully_qualified"]
+    return {
+        emoji_name(e).lower(): e
+        for e, data in emoji.EMOJI_DATA.items()
+        if data.get("status") == status
+    }
+
+
+def balanced_sample(names: list[str], count: int, seed: int = 0) -> list[int]:
+    """Indices of a seeded subset of ``count`` emoji, every category in proportion.
+
+    Taking the first rows of an alphabetical emoji list gives medals and dozens of country
+    flags; this draws from each :func:`emoji_category` a share proportional to its size
+    (largest remainders round), at random within the category.
+
+    Args:
+        names: emoji names, e.g. the rows of a dataset.
+        count: how many to keep; at least ``len(names)`` keeps them all.
+        seed: the same seed and names give the same subset on every machine.
+
+    Returns:
+        Sorted indices into ``names`` (``count`` of them, or all).
+    """
+    import random
+
+    if count >= len(names):
+        return list(range(len(names)))
+    chars = _emoji_char_by_name()
+    by_category: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        category = emoji_category(name, chars.get(name.strip().lower(), ""))
+        by_category.setdefault(category, []).append(i)
+    exact = {c: count * len(ix) / len(names) for c, ix in by_category.items()}
+    quota = {c: int(x) for c, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda c: (quota[c] - exact[c], CATEGORIES.index(c)))
+    for c in by_remainder[: count - sum(quota.values())]:
+        quota[c] += 1
+    rng = random.Random(seed)
+    chosen = []
+    for c in CATEGORIES:  # a fixed order, so the draws do not depend on dict order
+        if c in by_category:
+            chosen += rng.sample(by_category[c], quota[c])
+    return sorted(chosen)
 
 
 def find_emoji_font() -> str:
@@ -388,6 +579,7 @@ def load_emoji_dataset(
     heldout_fraction: float = 0.05,
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     limit: int | None = None,
+    seed: int = 0,
 ) -> list[EmojiExample]:
     """Load an emoji set as a list of :class:`EmojiExample`.
 
@@ -399,7 +591,10 @@ def load_emoji_dataset(
         split: ``"train"``, ``"heldout"`` (names never in train) or ``"all"``.
         heldout_fraction: share of names held out.
         max_bad_fraction: stop if more than this share of images cannot be read.
-        limit: keep at most this many examples (after the split), for quick runs.
+        limit: keep at most this many examples (after the split), for quick runs: a
+            seeded subset with every category in proportion (:func:`balanced_sample`),
+            not the first rows (alphabetical order puts dozens of flags first).
+        seed: which balanced subset ``limit`` draws.
 
     Returns:
         Examples in a fixed order. Images are RGB ``resolution_px`` squares on white.
@@ -431,5 +626,5 @@ def load_emoji_dataset(
         want_heldout = split == "heldout"
         rows = [r for r in rows if is_heldout(r[0], heldout_fraction) == want_heldout]
     if limit is not None:
-        rows = rows[:limit]
+        rows = [rows[i] for i in balanced_sample([r[0] for r in rows], limit, seed)]
     return _finish(rows, resolution_px, caption_template, max_bad_fraction)

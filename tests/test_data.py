@@ -6,10 +6,15 @@ import torch
 from PIL import Image
 
 from stableemote_utils.data import (
+    CATEGORIES,
+    balanced_sample,
+    emoji_category,
+    emoji_name,
     image_to_tensor,
     images_to_tensor,
     is_heldout,
     load_emoji_dataset,
+    noto_emoji_chars,
     square_resize,
     tensor_to_images,
     to_rgb_on_white,
@@ -181,3 +186,68 @@ def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(StableEmoteError, match="--dataset noto"):
         load_emoji_dataset("no-such-owner/no-such-emoji-set", 16)
+
+
+@pytest.mark.parametrize(
+    ("name", "char", "category"),
+    [
+        ("Afghanistan", "\U0001f1e6\U0001f1eb", "flag"),  # a country flag's name is the country
+        (
+            "Scotland",
+            "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+            "flag",
+        ),
+        ("flag: Japan", "", "flag"),  # a Hub set's name, no character
+        ("grinning face", "", "face"),
+        ("cat with tears of joy", "", "face"),
+        ("smiling cat", "", "face"),
+        ("teddy bear", "", "activity"),  # the phrase wins over the word "bear"
+        ("polar bear", "", "animal & plant"),
+        ("poultry leg", "", "food & drink"),
+        ("woman running", "", "person"),
+        ("rocket", "", "travel & place"),
+        ("red heart", "", "symbol"),
+        ("1st place medal", "", "activity"),
+        ("magnet", "", "object"),
+    ],
+)
+def test_emoji_category(name, char, category):
+    assert emoji_category(name, char) == category
+
+
+def _noto_names() -> list[str]:
+    return [emoji_name(e) for e in noto_emoji_chars()]
+
+
+def test_first_rows_are_flags_but_the_balanced_sample_is_proportional():
+    from collections import Counter
+
+    names = _noto_names()
+    chars = dict(zip(names, noto_emoji_chars(), strict=True))
+
+    def shares(indices):
+        got = Counter(emoji_category(names[i], chars[names[i]]) for i in indices)
+        return {c: got[c] / len(indices) for c in CATEGORIES}
+
+    everything = shares(range(len(names)))
+    first = shares(range(256))  # what rows[:256] used to train on
+    assert first["flag"] > 2 * everything["flag"]
+    chosen = balanced_sample(names, 256, seed=0)
+    assert len(set(chosen)) == 256 and chosen == sorted(chosen)
+    got = shares(chosen)
+    for c in CATEGORIES:  # every category within one emoji of its exact share
+        assert abs(got[c] - everything[c]) * 256 <= 1, (c, got[c], everything[c])
+    assert balanced_sample(names, 256, seed=0) == chosen
+    assert balanced_sample(names, 256, seed=1) != chosen
+    assert balanced_sample(names[:10], 256) == list(range(10))
+
+
+def test_limit_draws_a_balanced_subset_not_the_first_rows(tmp_path):
+    names = [f"Country {i}" for i in range(8)] + ["grinning face", "pizza", "cat", "rocket"]
+    images = {f"{i}.png": Image.new("RGB", (8, 8), "white") for i in range(len(names))}
+    rows = [{"file_name": f"{i}.png", "text": n} for i, n in enumerate(names)]
+    folder = _folder(tmp_path, rows, images)
+    got = [e.name for e in load_emoji_dataset(str(folder), 8, split="all", limit=6)]
+    assert len(got) == 6
+    assert {"grinning face", "pizza", "cat", "rocket"} & set(got)
+    assert got != names[:6]
