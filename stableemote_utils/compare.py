@@ -109,10 +109,8 @@ def fair_comparison(
     grid = image_grid(images, cols=2 * len(seeds), row_labels=list(prompts), col_labels=col_labels)
     record = {
         "version": RECORD_VERSION,
-        "base_model": str(
-            getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", "")
-        ),
-        "lora_file": str(lora_file),
+        "base_model": base_model_location(pipe),
+        "lora_file": str(Path(lora_file).resolve()),
         "lora_sha256": _file_sha256(lora_file),
         "prompts": list(prompts),
         "seeds": list(seeds),
@@ -120,6 +118,18 @@ def fair_comparison(
         "images": entries,
     }
     return grid, record
+
+
+def base_model_location(pipe) -> str:
+    """The Hub id, or the absolute folder, that the pipeline's model was loaded from.
+
+    Read from the pipeline (set by :func:`stableemote_utils.loading.make_pipeline`), else
+    from its UNet's config; a local folder is made absolute so that a record written here
+    can be reproduced from any other folder. ``""`` when neither says.
+    """
+    name = str(getattr(pipe, "name_or_path", None) or pipe.unet.config.get("_name_or_path") or "")
+    local = Path(os.path.expanduser(name))
+    return str(local.resolve()) if name and local.exists() else name
 
 
 def save_comparison(grid, record: dict, out_png: str | os.PathLike) -> tuple[Path, Path]:

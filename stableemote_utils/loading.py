@@ -182,6 +182,7 @@ def make_pipeline(components: SDComponents, scheduler: object | None = None):
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    pipe.register_to_config(_name_or_path=components.source)  # pipe.name_or_path
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -72,6 +72,24 @@ def choose_dtype(
     )
 
 
+def check_training_precision(device: str | torch.device, dtype: torch.dtype) -> None:
+    """Refuse, in one line, a precision that training cannot run in on this device.
+
+    accelerate runs fp16 mixed precision (autocast plus a gradient scaler) only on GPUs
+    and other accelerators; on CPU it would leave fp16 weights to meet fp32 inputs. bf16
+    takes the same half-precision path on CPU as on a GPU, so it is what to use there.
+
+    Raises:
+        StableEmoteError: for fp16 on CPU.
+    """
+    if torch.device(device).type == "cpu" and dtype == torch.float16:
+        raise StableEmoteError(
+            "fp16 training needs a GPU: accelerate runs fp16 mixed precision only on "
+            "accelerators, not on CPU. On CPU use --precision bf16 (the same half-precision "
+            "code path a GPU takes) or --precision fp32."
+        )
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """Short name of a dtype: ``torch.float16`` -> ``"fp16"``."""
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(

@@ -425,7 +425,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     from stableemote_utils.latent_cache import build_or_load_cache
     from stableemote_utils.loading import load_components
     from stableemote_utils.lora import add_lora, lora_state_dict, save_lora, set_lora_state_dict
-    from stableemote_utils.precision import choose_dtype, pick_device
+    from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
     from stableemote_utils.presets import cache_dir, get_preset
 
     check_train_options(config)
@@ -444,6 +444,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
 
     device = pick_device(config.device)
     dtype, reason = choose_dtype(device, config.precision)
+    check_training_precision(device, dtype)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(dtype),
         cpu=device.type == "cpu",

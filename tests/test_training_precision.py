@@ -77,3 +77,27 @@ def test_a_failing_validation_is_reported_after_the_checkpoint_and_training_goes
     assert "warning: the validation grid at step 2 failed (RuntimeError: the sampler broke)" in err
     assert "training goes on" in err
     assert not (tmp_path / "run" / "samples").exists()
+
+
+def test_fp16_training_on_cpu_is_a_one_line_error(tmp_path, capsys):
+    from stableemote_utils.cli import main
+
+    code = main(
+        [
+            "train",
+            "--preset",
+            "tiny-random",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp16",
+            "--steps",
+            "2",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "stableemote: error: fp16 training needs a GPU" in err
+    assert "--precision bf16" in err and "Traceback" not in err

@@ -1,0 +1,49 @@
+"""What users keep and share: the comparison record reproduces from anywhere."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+
+from stableemote_utils.compare import fair_comparison
+from stableemote_utils.lora import add_lora, save_lora
+
+
+def _adapter(unet, folder: Path) -> Path:
+    unet = copy.deepcopy(unet)
+    torch.manual_seed(0)
+    add_lora(unet, rank=2)
+    return save_lora(unet, folder)
+
+
+def test_comparison_record_names_the_base_model_and_the_adapter_absolutely(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from stableemote_utils.loading import load_components, make_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    # Relative paths, as a user types them on the command line.
+    relative_model = os.path.relpath(tiny_model_dir, tmp_path)
+    pipe = make_pipeline(load_components(relative_model))
+    _adapter(pipe.unet, tmp_path / "adapter")
+    _, record = fair_comparison(
+        pipe, "adapter", prompts=["cat face"], steps=1, resolution_px=32, guidance=1.0
+    )
+    assert record["base_model"] == str(Path(tiny_model_dir).resolve())
+    assert record["lora_file"] == str(tmp_path / "adapter" / "pytorch_lora_weights.safetensors")
+    # From another folder, both still point at what made the grid.
+    monkeypatch.chdir(tmp_path.parent)
+    assert (Path(record["base_model"]) / "unet").is_dir()
+    assert Path(record["lora_file"]).is_file()
+
+
+def test_a_hub_id_stays_a_hub_id(tiny_components):
+    from stableemote_utils.compare import base_model_location
+    from stableemote_utils.loading import make_pipeline
+
+    pipe = make_pipeline(copy.copy(tiny_components))
+    pipe.register_to_config(_name_or_path="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert base_model_location(pipe) == "stable-diffusion-v1-5/stable-diffusion-v1-5"
