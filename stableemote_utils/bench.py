@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
-from stableemote_utils.precision import dtype_name
+from stableemote_utils.data import images_to_tensor, load_emoji_dataset
+from stableemote_utils.loading import load_components
+from stableemote_utils.lora import add_lora
+from stableemote_utils.precision import choose_dtype, dtype_name, pick_device
+from stableemote_utils.presets import get_preset
+from stableemote_utils.text import tokenize
+from stableemote_utils.training import step_generator, training_loss
+from stableemote_utils.vae import encode_to_latent_dist
 
 
 @dataclass
@@ -77,9 +84,6 @@ def run_bench(
         that differs from the original's); ``ratio_to_original`` is the first row's s/step
         over this row's.
     """
-    from stableemote_utils.data import images_to_tensor, load_emoji_dataset
-    from stableemote_utils.precision import choose_dtype, pick_device
-    from stableemote_utils.presets import get_preset
 
     p = get_preset(preset)
     dev = pick_device(device)
@@ -125,11 +129,6 @@ def format_table(rows: list[BenchRow], device: str, batch_size: int, resolution_
 
 def _bench_setting(p, dev, dtype, original, pixels, captions, warmup, steps) -> tuple[float, float]:
     """Time one recipe: ``original`` re-encodes images and captions on every step."""
-    from stableemote_utils.loading import load_components
-    from stableemote_utils.lora import add_lora
-    from stableemote_utils.text import tokenize
-    from stableemote_utils.training import step_generator, training_loss
-    from stableemote_utils.vae import encode_to_latent_dist
 
     # Frozen weights in half precision where the recipe computes in it; LoRA stays fp32.
     parts = load_components(p, device=dev, dtype=dtype if dev.type == "cuda" else torch.float32)

@@ -19,8 +19,14 @@ from pathlib import Path
 
 import torch
 
+from stableemote_utils.checkpoints import CHECKPOINT_RE
+from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.images import image_grid, save_image
+from stableemote_utils.lora import load_lora, set_lora_scale, unload_lora
+from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.options import check_sampling_options
+from stableemote_utils.presets import Preset, get_preset
 from stableemote_utils.training import ORIGINAL_PROMPTS
 
 RECORD_VERSION = 1
@@ -70,8 +76,6 @@ def fair_comparison(
         ``(grid, record)``: a PIL grid with rows = prompts and columns = base/LoRA per
         seed, and the JSON-able record of every setting.
     """
-    from stableemote_utils.images import image_grid
-    from stableemote_utils.lora import load_lora, resolve_lora_file, unload_lora
 
     if not prompts or not seeds:
         raise StableEmoteError("The comparison needs at least one prompt and one seed.")
@@ -134,7 +138,6 @@ def base_model_location(pipe) -> str:
 
 def save_comparison(grid, record: dict, out_png: str | os.PathLike) -> tuple[Path, Path]:
     """Write the grid PNG and its record (same name, ``.json``)."""
-    from stableemote_utils.images import save_image
 
     png = save_image(grid, out_png)
     js = png.with_suffix(".json")
@@ -179,8 +182,6 @@ def comparison_prompts(preset=None, heldout_count: int = 4) -> tuple[list[str], 
     Returns:
         ``(original, heldout)``: two lists of names, without the caption template.
     """
-    from stableemote_utils.data import load_emoji_dataset
-    from stableemote_utils.presets import Preset, get_preset
 
     p = preset if isinstance(preset, Preset) else get_preset(preset)
     heldout = load_emoji_dataset(
@@ -200,7 +201,6 @@ def comparison_sizes_px(preset=None) -> tuple[int, int]:
     ``(256, 512)`` for ``sd15`` (512 px is what SD 1.5 itself was trained at), ``(64, 128)``
     for ``tiny``.
     """
-    from stableemote_utils.presets import Preset, get_preset
 
     p = preset if isinstance(preset, Preset) else get_preset(preset)
     return p.resolution_px, LARGER_SIZE_FACTOR * p.resolution_px
@@ -211,7 +211,6 @@ def adapter_resolution_px(lora_path: str | os.PathLike, default: int | None = No
 
     Returns ``default`` when the header does not say (files from elsewhere, checkpoints).
     """
-    from stableemote_utils.lora import read_lora_file
 
     _, metadata = read_lora_file(lora_path)
     value = metadata.get("resolution_px")
@@ -240,8 +239,6 @@ def scale_sweep(
     Returns:
         A PIL strip, one column per scale, labelled ``scale 0.25`` etc.
     """
-    from stableemote_utils.images import image_grid
-    from stableemote_utils.lora import load_lora, set_lora_scale, unload_lora
 
     if not scales:
         raise StableEmoteError("The scale sweep needs at least one scale, e.g. 0, 0.5, 1.")
@@ -272,8 +269,6 @@ def list_adapter_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path
     Raises:
         StableEmoteError: if the folder holds no adapter at all.
     """
-    from stableemote_utils.checkpoints import CHECKPOINT_RE
-    from stableemote_utils.lora import LORA_WEIGHT_NAME
 
     run = Path(os.path.expanduser(str(run_dir)))
     found: dict[int, Path] = {}
@@ -304,7 +299,6 @@ def _generate_with_adapter(
     resolution_px: int,
 ) -> list:
     """One image per prompt text with ``lora_path`` loaded (``None``: the base model), then unloaded."""
-    from stableemote_utils.lora import load_lora, unload_lora
 
     if lora_path is None:
         return [generate(pipe, t, seed, steps, guidance, resolution_px) for t in texts]
@@ -330,7 +324,6 @@ def checkpoint_progression(
     Returns:
         A PIL strip, one column per checkpoint, labelled ``step 0``, ``step 100``, ...
     """
-    from stableemote_utils.images import image_grid
 
     checkpoints = list_adapter_checkpoints(run_dir)
     texts = [caption_template.format(name=prompt)]
@@ -362,7 +355,6 @@ def adapter_comparison(
     Returns:
         A PIL grid: rows = prompts, columns = base, then each adapter.
     """
-    from stableemote_utils.images import image_grid
 
     if not adapters or not prompts:
         raise StableEmoteError("adapter_comparison needs at least one adapter and one prompt.")

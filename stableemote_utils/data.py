@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_int
+from stableemote_utils.presets import cache_dir
 
 NOTO_FONT_PATHS = (
     "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
@@ -417,7 +418,6 @@ def build_font_folder(
         folder is renamed into place when complete). Emoji the font lacks (drawn as its
         "missing glyph" box) are left out.
     """
-    from stableemote_utils.presets import cache_dir
 
     if source not in FONT_SOURCES:
         raise StableEmoteError(f"Unknown font source {source!r}; use one of {FONT_SOURCES}.")

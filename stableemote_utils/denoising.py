@@ -10,12 +10,11 @@ signal's variance left at timestep ``t``; ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.tiny_model import sd15_config
+from stableemote_utils.vae import latent_shape
 
 # Batch size of one classifier-free-guidance UNet call: unconditional + conditional.
 CFG_BATCH = 2
@@ -78,8 +77,6 @@ def sd15_scheduler():
     """SD 1.5's noise scheduler (PNDM, scaled_linear betas), built from the published config."""
     from diffusers import PNDMScheduler
 
-    from stableemote_utils.tiny_model import sd15_config
-
     return PNDMScheduler.from_config(sd15_config("scheduler"))
 
 
@@ -116,18 +113,6 @@ def plot_noise_schedule(scheduler):
     return fig
 
 
-def figure_noise_schedule(path: str | os.PathLike) -> Path:
-    """Save SD 1.5's noise-schedule plot (from the published scheduler config) as PNG."""
-    import matplotlib.pyplot as plt
-
-    from stableemote_utils.images import save_figure
-
-    fig = plot_noise_schedule(sd15_scheduler())
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
-
-
 def pipeline_shapes(
     unet_config: dict,
     vae_config: dict,
@@ -141,7 +126,6 @@ def pipeline_shapes(
     tiny preset. Keys, in order: ``token_ids``, ``text_embeddings``, ``initial_noise``,
     ``unet_input``, ``noise_pred``, ``latents``, ``image``.
     """
-    from stableemote_utils.vae import latent_shape
 
     channels, h, w = latent_shape(vae_config, resolution_px)
     if unet_config["in_channels"] != channels or unet_config["out_channels"] != channels:
@@ -164,111 +148,3 @@ def pipeline_shapes(
         "latents": (1, channels, h, w),
         "image": (1, int(vae_config["out_channels"]), resolution_px, resolution_px),
     }
-
-
-def figure_sd15_pipeline(path: str | os.PathLike, resolution_px: int = 512) -> Path:
-    """A box diagram of SD 1.5 sampling with the tensor shape on every arrow, saved as PNG.
-
-    The shapes come from :func:`pipeline_shapes` over the published SD 1.5 configs.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
-
-    from stableemote_utils.images import save_figure
-    from stableemote_utils.tiny_model import sd15_config
-
-    shapes = pipeline_shapes(
-        sd15_config("unet"), sd15_config("vae"), sd15_config("text_encoder"), resolution_px
-    )
-    steps = sd15_scheduler().config.num_train_timesteps
-
-    def fmt(key: str) -> str:
-        return "(" + ", ".join(str(s) for s in shapes[key]) + ")"
-
-    fig, ax = plt.subplots(figsize=(14, 4.8))
-    ax.set_xlim(0, 13.6)
-    ax.set_ylim(-0.1, 4.5)
-    ax.axis("off")
-    boxes = {
-        "prompt": (0.2, 3.3, 'prompt and ""\n(text)', "#eeeeee"),
-        "tokenizer": (3.0, 3.3, "CLIP tokenizer", "#fde2c8"),
-        "text": (5.8, 3.3, "CLIP text encoder", "#fde2c8"),
-        "noise": (0.2, 1.5, "seeded Gaussian\nnoise x_T", "#eeeeee"),
-        "unet": (5.8, 1.5, "UNet\n(predicts noise)", "#cfe0fa"),
-        "cfg": (8.6, 1.5, "guidance\nu + s (c - u)", "#d6f0dd"),
-        "sched": (8.6, 0.0, "scheduler.step\nx_t -> x_t-1", "#d6f0dd"),
-        "vae": (11.4, 1.5, "VAE decoder", "#f6d0d0"),
-        "image": (11.4, 3.3, "image", "#eeeeee"),
-    }
-    w, h = 1.9, 0.9
-    for x, y, label, colour in boxes.values():
-        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="#555"))
-        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
-
-    def arrow(a, b, text, start=None, end=None, dx=0.0, dy=0.25):
-        xa, ya = start or (boxes[a][0] + w, boxes[a][1] + h / 2)
-        xb, yb = end or (boxes[b][0], boxes[b][1] + h / 2)
-        ax.annotate("", (xb, yb), (xa, ya), arrowprops={"arrowstyle": "->", "color": "#333"})
-        if text:
-            ax.text(
-                (xa + xb) / 2 + dx,
-                (ya + yb) / 2 + dy,
-                text,
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="#1a4d99",
-                bbox={"fc": "white", "ec": "none", "pad": 1},
-            )
-
-    arrow("prompt", "tokenizer", f"ids {fmt('token_ids')}")
-    arrow("tokenizer", "text", "")
-    arrow(
-        "text",
-        "unet",
-        f"text embeddings\n{fmt('text_embeddings')}",
-        start=(6.75, 3.25),
-        end=(6.75, 2.45),
-        dx=1.0,
-        dy=0.0,
-    )
-    arrow(
-        "noise", "unet", f"latents {fmt('initial_noise')}, doubled:\n{fmt('unet_input')}", dy=0.35
-    )
-    arrow("unet", "cfg", f"{fmt('noise_pred')}", dy=0.45)
-    arrow("cfg", "sched", "", start=(9.55, 1.45), end=(9.55, 0.95))
-    arrow(
-        "sched",
-        "unet",
-        f"repeat for each step\n(of {steps} training timesteps)",
-        start=(8.55, 0.45),
-        end=(6.75, 1.45),
-        dx=-0.9,
-        dy=-0.25,
-    )
-    arrow(
-        "sched",
-        "vae",
-        f"final latents\n{fmt('latents')}",
-        start=(10.55, 0.45),
-        end=(12.35, 1.45),
-        dx=0.9,
-        dy=-0.25,
-    )
-    arrow(
-        "vae",
-        "image",
-        f"{fmt('image')}\nin [-1, 1]",
-        start=(12.35, 2.45),
-        end=(12.35, 3.25),
-        dx=-1.0,
-        dy=0.0,
-    )
-    ax.set_title(
-        f"Stable Diffusion 1.5 at {resolution_px} px: the tensors between the parts "
-        "(batch of 2 = unconditional + conditional)",
-        fontsize=10,
-    )
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out

@@ -10,7 +10,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from stableemote_utils.images import IMAGES_DIR
+import numpy as np
+
+from stableemote_utils.data import load_emoji_dataset
+from stableemote_utils.denoising import pipeline_shapes, plot_noise_schedule, sd15_scheduler
+from stableemote_utils.images import IMAGES_DIR, image_grid, save_figure, save_image
+from stableemote_utils.lora import lora_size_table
+from stableemote_utils.lora_files import layout_models
+from stableemote_utils.text import clip_tokenizer, token_table
+from stableemote_utils.tiny_model import sd15_config
+from stableemote_utils.vae import unet_cost_estimate
 
 # A spread of faces, animals, objects and symbols for the dataset figure.
 DATASET_FIGURE_NAMES = (
@@ -35,8 +44,6 @@ DATASET_FIGURE_NAMES = (
 
 def figure_dataset_noto(path: str | os.PathLike) -> Path:
     """A labelled grid of 16 emoji from the offline ``noto`` set, at 128 px."""
-    from stableemote_utils.data import load_emoji_dataset
-    from stableemote_utils.images import image_grid, save_image
 
     by_name = {e.name: e for e in load_emoji_dataset("noto", 128, "{name}", split="all")}
     missing = [n for n in DATASET_FIGURE_NAMES if n not in by_name]
@@ -61,8 +68,6 @@ STYLE_FIGURE_NAMES = (
 
 def figure_dataset_styles(path: str | os.PathLike) -> Path:
     """The same eight emoji in the two offline styles: Noto (top row), OpenMoji (bottom)."""
-    from stableemote_utils.data import load_emoji_dataset
-    from stableemote_utils.images import image_grid, save_image
 
     rows = []
     for style in ("noto", "openmoji"):
@@ -82,18 +87,268 @@ def figure_dataset_styles(path: str | os.PathLike) -> Path:
     return save_image(grid, path)
 
 
+def figure_latent_vs_pixel_cost(path: str | os.PathLike, resolutions_px=(256, 512)) -> Path:
+    """Bar chart: SD 1.5's UNet forward cost (TFLOPs, log scale) in latent vs pixel space.
+
+    Computed from the published SD 1.5 configs in ``stableemote_utils/configs`` on the meta
+    device, so it needs no weights and no GPU.
+    """
+    import matplotlib.pyplot as plt
+
+    unet_config, vae_config = sd15_config("unet"), sd15_config("vae")
+    rows = [unet_cost_estimate(unet_config, vae_config, r) for r in resolutions_px]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(rows))
+    width = 0.38
+    latent = [r["latent_gflops"] / 1e3 for r in rows]
+    pixel = [r["pixel_gflops"] / 1e3 for r in rows]
+    ax.bar(
+        x - width / 2, latent, width, label="UNet on latents (what SD 1.5 does)", color="#3b7dd8"
+    )
+    ax.bar(x + width / 2, pixel, width, label="same UNet on pixels", color="#d8703b")
+    for i, r in enumerate(rows):
+        c, h, w = r["latent_shape"]
+        pc, ph, pw = r["pixel_shape"]
+        ax.text(
+            i - width / 2,
+            latent[i] * 1.15,
+            f"{latent[i]:.2f}\n{c}x{h}x{w}",
+            ha="center",
+            fontsize=8,
+        )
+        ax.text(
+            i + width / 2,
+            pixel[i] * 1.15,
+            f"{pixel[i]:.0f}\n{pc}x{ph}x{pw}",
+            ha="center",
+            fontsize=8,
+        )
+        ax.text(
+            i, pixel[i] * 6, f"{r['ratio']:.0f}x cheaper", ha="center", fontsize=9, weight="bold"
+        )
+    ax.set_yscale("log")
+    ax.set_ylim(min(latent) / 3, max(pixel) * 40)
+    ax.set_xticks(x, [f"{r} px image" for r in resolutions_px])
+    ax.set_ylabel("TFLOPs per UNet forward (log scale)")
+    ax.set_title("Why latent diffusion: one SD 1.5 UNet call, latents vs pixels")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def figure_token_table(path: str | os.PathLike, tokenizer=None, prompt: str | None = None) -> Path:
+    """A table of CLIP's tokens for an emoji prompt, drawn with matplotlib and saved as PNG.
+
+    Uses the real CLIP BPE tokenizer (the one the tiny preset ships), so the figure
+    shows exactly what SD 1.5 sees.
+    """
+    import matplotlib.pyplot as plt
+
+    if tokenizer is None:
+        tokenizer = clip_tokenizer()
+    prompt = prompt or "An emoji of \N{GRINNING FACE} grinning face, supercalifragilistic"
+    rows = token_table(tokenizer, prompt)
+    padding = tokenizer.model_max_length - len(rows)
+    cells = [[str(p), str(i), t] for p, i, t in rows]
+    cells.append(
+        [
+            f"{len(rows)}-{tokenizer.model_max_length - 1}",
+            str(tokenizer.pad_token_id),
+            f"{tokenizer.pad_token} x {padding} (padding)",
+        ]
+    )
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(cells) + 0.8))
+    ax.axis("off")
+    table = ax.table(
+        cellText=cells,
+        colLabels=["position", "id", "token"],
+        loc="center",
+        cellLoc="left",
+        colWidths=[0.2, 0.2, 0.6],
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1, 1.25)
+    ax.set_title(
+        f"CLIP tokens of: {prompt!r}\n(padded to {tokenizer.model_max_length})", fontsize=9
+    )
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def figure_noise_schedule(path: str | os.PathLike) -> Path:
+    """Save SD 1.5's noise-schedule plot (from the published scheduler config) as PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_noise_schedule(sd15_scheduler())
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def figure_sd15_pipeline(path: str | os.PathLike, resolution_px: int = 512) -> Path:
+    """A box diagram of SD 1.5 sampling with the tensor shape on every arrow, saved as PNG.
+
+    The shapes come from :func:`pipeline_shapes` over the published SD 1.5 configs.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    shapes = pipeline_shapes(
+        sd15_config("unet"), sd15_config("vae"), sd15_config("text_encoder"), resolution_px
+    )
+    steps = sd15_scheduler().config.num_train_timesteps
+
+    def fmt(key: str) -> str:
+        return "(" + ", ".join(str(s) for s in shapes[key]) + ")"
+
+    fig, ax = plt.subplots(figsize=(14, 4.8))
+    ax.set_xlim(0, 13.6)
+    ax.set_ylim(-0.1, 4.5)
+    ax.axis("off")
+    boxes = {
+        "prompt": (0.2, 3.3, 'prompt and ""\n(text)', "#eeeeee"),
+        "tokenizer": (3.0, 3.3, "CLIP tokenizer", "#fde2c8"),
+        "text": (5.8, 3.3, "CLIP text encoder", "#fde2c8"),
+        "noise": (0.2, 1.5, "seeded Gaussian\nnoise x_T", "#eeeeee"),
+        "unet": (5.8, 1.5, "UNet\n(predicts noise)", "#cfe0fa"),
+        "cfg": (8.6, 1.5, "guidance\nu + s (c - u)", "#d6f0dd"),
+        "sched": (8.6, 0.0, "scheduler.step\nx_t -> x_t-1", "#d6f0dd"),
+        "vae": (11.4, 1.5, "VAE decoder", "#f6d0d0"),
+        "image": (11.4, 3.3, "image", "#eeeeee"),
+    }
+    w, h = 1.9, 0.9
+    for x, y, label, colour in boxes.values():
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="#555"))
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
+
+    def arrow(a, b, text, start=None, end=None, dx=0.0, dy=0.25):
+        xa, ya = start or (boxes[a][0] + w, boxes[a][1] + h / 2)
+        xb, yb = end or (boxes[b][0], boxes[b][1] + h / 2)
+        ax.annotate("", (xb, yb), (xa, ya), arrowprops={"arrowstyle": "->", "color": "#333"})
+        if text:
+            ax.text(
+                (xa + xb) / 2 + dx,
+                (ya + yb) / 2 + dy,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="#1a4d99",
+                bbox={"fc": "white", "ec": "none", "pad": 1},
+            )
+
+    arrow("prompt", "tokenizer", f"ids {fmt('token_ids')}")
+    arrow("tokenizer", "text", "")
+    arrow(
+        "text",
+        "unet",
+        f"text embeddings\n{fmt('text_embeddings')}",
+        start=(6.75, 3.25),
+        end=(6.75, 2.45),
+        dx=1.0,
+        dy=0.0,
+    )
+    arrow(
+        "noise", "unet", f"latents {fmt('initial_noise')}, doubled:\n{fmt('unet_input')}", dy=0.35
+    )
+    arrow("unet", "cfg", f"{fmt('noise_pred')}", dy=0.45)
+    arrow("cfg", "sched", "", start=(9.55, 1.45), end=(9.55, 0.95))
+    arrow(
+        "sched",
+        "unet",
+        f"repeat for each step\n(of {steps} training timesteps)",
+        start=(8.55, 0.45),
+        end=(6.75, 1.45),
+        dx=-0.9,
+        dy=-0.25,
+    )
+    arrow(
+        "sched",
+        "vae",
+        f"final latents\n{fmt('latents')}",
+        start=(10.55, 0.45),
+        end=(12.35, 1.45),
+        dx=0.9,
+        dy=-0.25,
+    )
+    arrow(
+        "vae",
+        "image",
+        f"{fmt('image')}\nin [-1, 1]",
+        start=(12.35, 2.45),
+        end=(12.35, 3.25),
+        dx=-1.0,
+        dy=0.0,
+    )
+    ax.set_title(
+        f"Stable Diffusion 1.5 at {resolution_px} px: the tensors between the parts "
+        "(batch of 2 = unconditional + conditional)",
+        fontsize=10,
+    )
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def figure_lora_rank(path: str | os.PathLike) -> Path:
+    """Plot trainable parameters and adapter file size against rank for SD 1.5.
+
+    Counts come from the full-size SD 1.5 UNet layout (meta device); the file size is
+    the exact size of an fp32 ``pytorch_lora_weights.safetensors``. Deterministic.
+    """
+    import matplotlib.pyplot as plt
+
+    unet = layout_models("sd15")["unet"]
+    frozen = sum(p.numel() for p in unet.parameters())
+    rows = lora_size_table(unet=unet)
+    ranks = [r["rank"] for r in rows]
+    params_m = [r["parameters"] / 1e6 for r in rows]
+    size_mb = [r["file_bytes"] / 1e6 for r in rows]
+    fig, (ax_params, ax_size) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_params.plot(ranks, params_m, "o-", color="tab:blue")
+    for r, p in zip(ranks, params_m, strict=True):
+        ax_params.annotate(
+            f"{p * 1e6 / frozen:.2%}",
+            (r, p),
+            textcoords="offset points",
+            xytext=(-10, 8),
+            fontsize=8,
+        )
+    ax_params.set_title(f"Trainable LoRA parameters (% of the {frozen / 1e6:.1f} M frozen)")
+    ax_params.set_ylabel("parameters (millions)")
+    ax_size.plot(ranks, size_mb, "s-", color="tab:orange")
+    for r, s in zip(ranks, size_mb, strict=True):
+        ax_size.annotate(
+            f"{s:.1f} MB", (r, s), textcoords="offset points", xytext=(-12, 8), fontsize=8
+        )
+    ax_size.set_title("Adapter file size (fp32 safetensors)")
+    ax_size.set_ylabel("megabytes")
+    for ax in (ax_params, ax_size):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.set_xlabel("LoRA rank r (to_q, to_k, to_v, to_out.0 of the SD 1.5 UNet)")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
 def all_figures() -> dict[str, Callable[[Path], Path]]:
     """File name in ``images/`` -> the function that makes it."""
-    from stableemote_utils import denoising, lora, text, vae
-
     return {
         "dataset_noto.png": figure_dataset_noto,
         "dataset_styles.png": figure_dataset_styles,
-        "vae_latent_vs_pixel_cost.png": vae.figure_latent_vs_pixel_cost,
-        "clip_token_table.png": text.figure_token_table,
-        "noise_schedule.png": denoising.figure_noise_schedule,
-        "sd15_pipeline_shapes.png": denoising.figure_sd15_pipeline,
-        "lora_rank_size.png": lora.figure_lora_rank,
+        "vae_latent_vs_pixel_cost.png": figure_latent_vs_pixel_cost,
+        "clip_token_table.png": figure_token_table,
+        "noise_schedule.png": figure_noise_schedule,
+        "sd15_pipeline_shapes.png": figure_sd15_pipeline,
+        "lora_rank_size.png": figure_lora_rank,
     }
 
 

@@ -10,6 +10,8 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.presets import Preset, get_preset
+from stableemote_utils.tiny_model import ensure_tiny_model
+from stableemote_utils.tinyemote.install import ensure_tinyemote
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -44,12 +46,8 @@ def resolve_model_location(preset: Preset | str | None = None) -> str:
     if not isinstance(preset, Preset):
         preset = get_preset(preset)
     if preset.name == "tiny":
-        from stableemote_utils.tinyemote import ensure_tinyemote
-
         return str(ensure_tinyemote(preset.model))
     if preset.is_tiny:
-        from stableemote_utils.tiny_model import ensure_tiny_model
-
         return str(ensure_tiny_model(preset.model))
     return preset.model
 

@@ -27,7 +27,13 @@ import os
 
 import torch
 
+from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.latent_cache import build_or_load_cache
+from stableemote_utils.loading import SDComponents
+from stableemote_utils.lora import load_lora, unload_lora
+from stableemote_utils.presets import Preset, cache_dir, get_preset
+from stableemote_utils.training import HELDOUT_TIMESTEPS, TrainConfig, heldout_loss
 
 CLIP_MODEL_ID = "openai/clip-vit-large-patch14"
 KID_POLY_DEGREE = 3
@@ -170,12 +176,6 @@ def heldout_loss_base_vs_lora(pipe, lora_path: str | os.PathLike, preset=None) -
     Returns:
         ``{"base": float, "lora": float, "n_examples": int, "timesteps": tuple}``.
     """
-    from stableemote_utils.data import load_emoji_dataset
-    from stableemote_utils.latent_cache import build_or_load_cache
-    from stableemote_utils.loading import SDComponents
-    from stableemote_utils.lora import load_lora, unload_lora
-    from stableemote_utils.presets import Preset, cache_dir, get_preset
-    from stableemote_utils.training import HELDOUT_TIMESTEPS, TrainConfig, heldout_loss
 
     p = preset if isinstance(preset, Preset) else get_preset(preset)
     heldout_set = load_emoji_dataset(

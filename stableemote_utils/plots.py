@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stableemote_utils.images import save_figure
+
 ORIGINAL_WINDOW_STEPS = 500
 # The original project's mean loss over its first and last 500 of 4,500 steps.
 ORIGINAL_FIRST_LAST = (0.0678, 0.0644)
@@ -30,8 +32,6 @@ def save_loss_plot(
     """Plot per-step loss, a moving average, and first/last-window means; save as PNG."""
     import numpy as np
     from matplotlib.figure import Figure
-
-    from stableemote_utils.images import save_figure
 
     first, last, w = window_means(losses)
     arr = np.asarray(losses, dtype=float)

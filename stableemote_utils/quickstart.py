@@ -10,6 +10,17 @@ import dataclasses
 import json
 from pathlib import Path
 
+from stableemote_utils.compare import (
+    checkpoint_progression,
+    comparison_prompts,
+    fair_comparison,
+    save_comparison,
+    scale_sweep,
+)
+from stableemote_utils.images import save_image
+from stableemote_utils.loading import load_components, make_pipeline
+from stableemote_utils.precision import choose_dtype, pick_device
+from stableemote_utils.presets import get_preset
 from stableemote_utils.training import ORIGINAL_PROMPTS, TrainResult, recipe, train
 
 HELDOUT_PROMPTS_SHOWN = 2
@@ -29,17 +40,6 @@ def run_quickstart(
     ``samples/``, ``checkpoints/``. With ``figures_dir``, the grids and the loss plot are
     also copied there as ``results_<preset>_*.png`` (how the README's results are made).
     """
-    from stableemote_utils.compare import (
-        checkpoint_progression,
-        comparison_prompts,
-        fair_comparison,
-        save_comparison,
-        scale_sweep,
-    )
-    from stableemote_utils.images import save_image
-    from stableemote_utils.loading import load_components, make_pipeline
-    from stableemote_utils.precision import choose_dtype, pick_device
-    from stableemote_utils.presets import get_preset
 
     p = get_preset(preset)
     out = Path(output_dir)

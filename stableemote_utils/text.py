@@ -6,12 +6,10 @@ tokenizer with a small random encoder (D = 64). Notebook 02 walks through it.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.tiny_model import write_clip_tokenizer
 
 
 def _check_prompts(prompts: list[str]) -> None:
@@ -113,56 +111,11 @@ def mix_embeddings(a: torch.Tensor, b: torch.Tensor, weight_b: float) -> torch.T
     return (1.0 - weight_b) * a + weight_b * b
 
 
-def figure_token_table(path: str | os.PathLike, tokenizer=None, prompt: str | None = None) -> Path:
-    """A table of CLIP's tokens for an emoji prompt, drawn with matplotlib and saved as PNG.
-
-    Uses the real CLIP BPE tokenizer (the one the tiny preset ships), so the figure
-    shows exactly what SD 1.5 sees.
-    """
-    import matplotlib.pyplot as plt
-
-    from stableemote_utils.images import save_figure
-
-    if tokenizer is None:
-        tokenizer = clip_tokenizer()
-    prompt = prompt or "An emoji of \N{GRINNING FACE} grinning face, supercalifragilistic"
-    rows = token_table(tokenizer, prompt)
-    padding = tokenizer.model_max_length - len(rows)
-    cells = [[str(p), str(i), t] for p, i, t in rows]
-    cells.append(
-        [
-            f"{len(rows)}-{tokenizer.model_max_length - 1}",
-            str(tokenizer.pad_token_id),
-            f"{tokenizer.pad_token} x {padding} (padding)",
-        ]
-    )
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(cells) + 0.8))
-    ax.axis("off")
-    table = ax.table(
-        cellText=cells,
-        colLabels=["position", "id", "token"],
-        loc="center",
-        cellLoc="left",
-        colWidths=[0.2, 0.2, 0.6],
-    )
-    table.auto_set_font_size(False)
-    table.set_fontsize(9)
-    table.scale(1, 1.25)
-    ax.set_title(
-        f"CLIP tokens of: {prompt!r}\n(padded to {tokenizer.model_max_length})", fontsize=9
-    )
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
-
-
 def clip_tokenizer():
     """SD 1.5's CLIP tokenizer, built offline from the CLIP vocabulary (no Hub access)."""
     import tempfile
 
     from transformers import CLIPTokenizer
-
-    from stableemote_utils.tiny_model import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         return CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp))

@@ -13,18 +13,18 @@ import contextlib
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.files import read_marker, staged_folder
+from stableemote_utils.presets import cache_dir, tiny_model_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_SEED = 0
@@ -130,7 +130,6 @@ def find_clip_vocab(cache: str | os.PathLike | None = None) -> Path:
     found = _vocab_from_installed_wheels()
     if found is not None:
         return found
-    from stableemote_utils.presets import cache_dir
 
     cache = Path(cache or cache_dir())
     target = cache / CLIP_VOCAB_FILE
@@ -209,34 +208,6 @@ def build_sd15_components(seed: int = 0):
     return unet, vae, text_encoder
 
 
-@contextlib.contextmanager
-def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Write a folder aside and put it in place only when the writing succeeded.
-
-    Yields a path beside ``folder`` (not created yet) for the caller to fill; its parent
-    is scratch space. When the block ends without error the path replaces ``folder``;
-    on error, or after the rename, the scratch space is removed. So an interrupted write
-    never leaves a half-written folder, and the old folder stays until the new one is whole.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
-    try:
-        yield tmp / "folder"
-        if folder.exists():
-            shutil.rmtree(folder)
-        (tmp / "folder").rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_marker(path: str | os.PathLike) -> dict:
-    """A JSON marker file's contents, or ``{}`` when it is missing or unreadable."""
-    with contextlib.suppress(ValueError, OSError):
-        return json.loads(Path(path).read_text())
-    return {}
-
-
 def build_tiny_model(
     folder: str | os.PathLike,
     seed: int = TINY_SEED,
@@ -292,9 +263,14 @@ def build_tiny_model(
 
 def ensure_tiny_model(folder: str | os.PathLike | None = None) -> Path:
     """Return the tiny model's folder, building it first if it is missing or stale."""
-    from stableemote_utils.presets import tiny_model_dir
 
     folder = Path(folder or tiny_model_dir())
     if read_marker(folder / "STABLEEMOTE_TINY").get("build_version") == TINY_BUILD_VERSION:
         return folder
     return build_tiny_model(folder)
+
+
+TINYEMOTE_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=[16, 32, 64, 64])
+
+
+TINYEMOTE_UNET_CONFIG = dict(TINY_UNET_CONFIG, block_out_channels=[64, 128, 128])

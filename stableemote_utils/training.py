@@ -424,7 +424,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     from stableemote_utils.data import load_emoji_dataset
     from stableemote_utils.latent_cache import build_or_load_cache
     from stableemote_utils.loading import load_components
-    from stableemote_utils.lora import add_lora, lora_state_dict, save_lora, set_lora_state_dict
+    from stableemote_utils.lora import add_lora, set_lora_state_dict
+    from stableemote_utils.lora_files import lora_state_dict, save_lora
     from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
     from stableemote_utils.presets import cache_dir, get_preset
 

@@ -7,10 +7,6 @@ there, and the decoder turns the result back into pixels. Notebook 01 walks thro
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import numpy as np
 import torch
 from PIL import Image
 
@@ -187,60 +183,6 @@ def unet_cost_estimate(unet_config: dict, vae_config: dict, resolution_px: int) 
         "pixel_gflops": pixel,
         "ratio": pixel / latent,
     }
-
-
-def figure_latent_vs_pixel_cost(path: str | os.PathLike, resolutions_px=(256, 512)) -> Path:
-    """Bar chart: SD 1.5's UNet forward cost (TFLOPs, log scale) in latent vs pixel space.
-
-    Computed from the published SD 1.5 configs in ``stableemote_utils/configs`` on the meta
-    device, so it needs no weights and no GPU.
-    """
-    import matplotlib.pyplot as plt
-
-    from stableemote_utils.images import save_figure
-    from stableemote_utils.tiny_model import sd15_config
-
-    unet_config, vae_config = sd15_config("unet"), sd15_config("vae")
-    rows = [unet_cost_estimate(unet_config, vae_config, r) for r in resolutions_px]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = np.arange(len(rows))
-    width = 0.38
-    latent = [r["latent_gflops"] / 1e3 for r in rows]
-    pixel = [r["pixel_gflops"] / 1e3 for r in rows]
-    ax.bar(
-        x - width / 2, latent, width, label="UNet on latents (what SD 1.5 does)", color="#3b7dd8"
-    )
-    ax.bar(x + width / 2, pixel, width, label="same UNet on pixels", color="#d8703b")
-    for i, r in enumerate(rows):
-        c, h, w = r["latent_shape"]
-        pc, ph, pw = r["pixel_shape"]
-        ax.text(
-            i - width / 2,
-            latent[i] * 1.15,
-            f"{latent[i]:.2f}\n{c}x{h}x{w}",
-            ha="center",
-            fontsize=8,
-        )
-        ax.text(
-            i + width / 2,
-            pixel[i] * 1.15,
-            f"{pixel[i]:.0f}\n{pc}x{ph}x{pw}",
-            ha="center",
-            fontsize=8,
-        )
-        ax.text(
-            i, pixel[i] * 6, f"{r['ratio']:.0f}x cheaper", ha="center", fontsize=9, weight="bold"
-        )
-    ax.set_yscale("log")
-    ax.set_ylim(min(latent) / 3, max(pixel) * 40)
-    ax.set_xticks(x, [f"{r} px image" for r in resolutions_px])
-    ax.set_ylabel("TFLOPs per UNet forward (log scale)")
-    ax.set_title("Why latent diffusion: one SD 1.5 UNet call, latents vs pixels")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
 
 
 def select_examples(examples: list, names: list[str], count: int) -> list:

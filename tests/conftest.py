@@ -34,7 +34,7 @@ def tiny_components(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tinyemote_dir() -> Path:
     """TinyEmote, the tiny preset's pretrained model, installed from the shipped weights."""
-    from stableemote_utils.tinyemote import ensure_tinyemote
+    from stableemote_utils.tinyemote.install import ensure_tinyemote
 
     return ensure_tinyemote()
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from stableemote_utils.cli import main
+from stableemote_utils.cli.main import main
 
 
 def test_info_prints_versions_device_precision_and_preset(capsys, monkeypatch):

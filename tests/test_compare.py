@@ -24,7 +24,8 @@ from stableemote_utils.compare import (
 )
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid
-from stableemote_utils.lora import LORA_WEIGHT_NAME, add_lora, save_lora
+from stableemote_utils.lora import add_lora
+from stableemote_utils.lora_files import LORA_WEIGHT_NAME, save_lora
 
 STEPS = 3
 SIZE_PX = 64

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from stableemote_utils import denoising as D
+from stableemote_utils import figures
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import IMAGES_DIR
 from stableemote_utils.tiny_model import (
@@ -96,8 +97,8 @@ def test_plot_noise_schedule_has_three_panels(scheduler):
 @pytest.mark.parametrize(
     ("make", "name"),
     [
-        (D.figure_noise_schedule, "noise_schedule.png"),
-        (D.figure_sd15_pipeline, "sd15_pipeline_shapes.png"),
+        (figures.figure_noise_schedule, "noise_schedule.png"),
+        (figures.figure_sd15_pipeline, "sd15_pipeline_shapes.png"),
     ],
 )
 def test_figures_are_reproducible(tmp_path, make, name):

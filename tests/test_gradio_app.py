@@ -12,9 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stableemote_utils.compare import generate
-from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.gradio_app import (
+from stableemote_utils.cli.demo import (
     API_NAME,
     DEMO_ADAPTER_NAME,
     add_demo_command,
@@ -24,7 +22,10 @@ from stableemote_utils.gradio_app import (
     find_adapter,
     free_port,
 )
-from stableemote_utils.lora import add_lora, load_lora, save_lora, unload_lora
+from stableemote_utils.compare import generate
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.lora import add_lora, load_lora, unload_lora
+from stableemote_utils.lora_files import save_lora
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 STEPS = 2

@@ -11,7 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from stableemote_utils import figures
 from stableemote_utils import lora as L
+from stableemote_utils import lora_files as LF
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import make_pipeline
 
@@ -67,7 +69,7 @@ def trained(pipe, tmp_path):
     L.add_lora(pipe.unet, rank=4, alpha=2)
     randomise_b(pipe.unet)
     with_lora = run_unet(pipe.unet, inputs)
-    file = L.save_lora(pipe.unet, tmp_path / "adapter", {"base_model": "tiny"})
+    file = LF.save_lora(pipe.unet, tmp_path / "adapter", {"base_model": "tiny"})
     return pipe, file, with_lora, base, inputs
 
 
@@ -76,7 +78,7 @@ def trained(pipe, tmp_path):
 
 def test_add_lora_counts_marks_trainable_and_starts_at_identity(pipe):
     unet = pipe.unet
-    shapes = L.target_layer_shapes(unet)
+    shapes = LF.target_layer_shapes(unet)
     assert {
         name.rsplit(".", 2)[-2] if name.endswith(".0") else name.rsplit(".", 1)[-1]
         for name in shapes
@@ -104,7 +106,7 @@ def test_add_lora_is_deterministic_given_the_seed(tiny_components):
         unet = fresh_pipe(tiny_components).unet
         torch.manual_seed(123)
         L.add_lora(unet, rank=2)
-        states.append(L.lora_state_dict(unet))
+        states.append(LF.lora_state_dict(unet))
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert any(torch.count_nonzero(v) > 0 for k, v in states[0].items() if "lora_A" in k)
@@ -146,8 +148,8 @@ def test_add_lora_rejects_bad_arguments(pipe):
 
 def test_lora_state_dict_uses_the_pipeline_key_format(pipe):
     n = L.add_lora(pipe.unet, rank=4)
-    state = L.lora_state_dict(pipe.unet)
-    n_layers = len(L.target_layer_shapes(pipe.unet))
+    state = LF.lora_state_dict(pipe.unet)
+    n_layers = len(LF.target_layer_shapes(pipe.unet))
     assert len(state) == 2 * n_layers
     assert sum(v.numel() for v in state.values()) == n
     assert all(k.startswith("unet.") for k in state)
@@ -156,17 +158,17 @@ def test_lora_state_dict_uses_the_pipeline_key_format(pipe):
     # Copies, not views: changing the dict leaves the UNet alone.
     key = next(k for k in state if "lora_A" in k)
     state[key].zero_()
-    assert torch.count_nonzero(L.lora_state_dict(pipe.unet)[key]) > 0
+    assert torch.count_nonzero(LF.lora_state_dict(pipe.unet)[key]) > 0
 
 
 def test_lora_state_dict_without_adapter_fails(pipe):
     with pytest.raises(StableEmoteError, match="no LoRA adapter named 'default'"):
-        L.lora_state_dict(pipe.unet)
+        LF.lora_state_dict(pipe.unet)
 
 
 def test_set_lora_state_dict_restores_outputs(trained, tiny_components):
     pipe, _, with_lora, _, inputs = trained
-    state = L.lora_state_dict(pipe.unet)
+    state = LF.lora_state_dict(pipe.unet)
     other = fresh_pipe(tiny_components).unet
     torch.manual_seed(99)
     L.add_lora(other, rank=4, alpha=2)
@@ -177,7 +179,7 @@ def test_set_lora_state_dict_restores_outputs(trained, tiny_components):
 
 def test_set_lora_state_dict_is_strict(trained, tiny_components):
     pipe, *_ = trained
-    state = L.lora_state_dict(pipe.unet)
+    state = LF.lora_state_dict(pipe.unet)
     first = sorted(state)[0]
     missing = {k: v for k, v in state.items() if k != first}
     with pytest.raises(StableEmoteError, match=r"1 missing .*" + first.replace(".", r"\.")):
@@ -203,10 +205,10 @@ def test_save_lora_writes_the_file_and_its_metadata(trained):
     with safe_open(str(file), framework="pt") as f:
         meta = f.metadata()
         keys = set(f.keys())
-    assert keys == set(L.lora_state_dict(pipe.unet))
+    assert keys == set(LF.lora_state_dict(pipe.unet))
     assert meta["rank"] == "4" and float(meta["alpha"]) == 2.0 and meta["base_model"] == "tiny"
-    assert set(meta["target_modules"].split(",")) == set(L.LORA_TARGET_MODULES)
-    config = json.loads(meta[L.DIFFUSERS_METADATA_KEY])
+    assert set(meta["target_modules"].split(",")) == set(LF.LORA_TARGET_MODULES)
+    config = json.loads(meta[LF.DIFFUSERS_METADATA_KEY])
     assert config["unet.r"] == 4 and config["unet.lora_alpha"] == 2
 
 
@@ -221,7 +223,7 @@ def test_save_lora_never_leaves_a_half_written_file(trained, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     randomise_b(pipe.unet, seed=7)
     with pytest.raises(OSError, match="disk full"):
-        L.save_lora(pipe.unet, file.parent)
+        LF.save_lora(pipe.unet, file.parent)
     assert file.read_bytes() == before
     assert [p.name for p in file.parent.iterdir()] == [file.name]
 
@@ -229,7 +231,7 @@ def test_save_lora_never_leaves_a_half_written_file(trained, monkeypatch):
 def test_save_lora_rejects_non_string_metadata(trained, tmp_path):
     pipe, *_ = trained
     with pytest.raises(StableEmoteError, match="strings"):
-        L.save_lora(pipe.unet, tmp_path / "x", {"steps": 100})
+        LF.save_lora(pipe.unet, tmp_path / "x", {"steps": 100})
 
 
 def test_load_lora_round_trip_scale_and_unload(trained, tiny_components):
@@ -291,7 +293,7 @@ def test_load_lora_reads_both_key_styles_in_any_precision(
     trained, tiny_components, tmp_path, style, dtype
 ):
     src, _, _, base, inputs = trained
-    peft_state = L.lora_state_dict(src.unet)
+    peft_state = LF.lora_state_dict(src.unet)
     # A file without StableEmote's header, as published elsewhere: alpha = rank.
     file = tmp_path / "published.safetensors"
     save_file({k: v.to(dtype) for k, v in _restyle(peft_state, style).items()}, str(file))
@@ -338,7 +340,7 @@ def test_refuses_an_adapter_whose_ranks_disagree(trained, tiny_components, tmp_p
     pipe = fresh_pipe(tiny_components)
     inputs = unet_inputs(pipe.unet)
     base = run_unet(pipe.unet, inputs)
-    state = L.lora_state_dict(src.unet)
+    state = LF.lora_state_dict(src.unet)
     key_b = sorted(k for k in state if "lora_B" in k)[0]
     state[key_b] = torch.zeros(state[key_b].shape[0], 8)
     file = tmp_path / "ranks.safetensors"
@@ -352,7 +354,7 @@ def test_refuses_an_adapter_whose_ranks_disagree(trained, tiny_components, tmp_p
 def test_refuses_an_adapter_with_another_layer_size(pipe, tmp_path):
     inputs = unet_inputs(pipe.unet)
     base = run_unet(pipe.unet, inputs)
-    name, (d_out, d_in) = next(iter(L.target_layer_shapes(pipe.unet).items()))
+    name, (d_out, d_in) = next(iter(LF.target_layer_shapes(pipe.unet).items()))
     state = {
         f"unet.{name}.lora_A.weight": torch.zeros(4, d_in + 1),
         f"unet.{name}.lora_B.weight": torch.zeros(d_out, 4),
@@ -395,7 +397,7 @@ def test_refuses_a_file_that_is_not_safetensors(trained, tiny_components, tmp_pa
     inputs = unet_inputs(pipe.unet)
     base = run_unet(pipe.unet, inputs)
     pickled = tmp_path / "adapter.safetensors"
-    torch.save(L.lora_state_dict(src.unet), pickled)
+    torch.save(LF.lora_state_dict(src.unet), pickled)
     _expect_refused(pipe, pickled, inputs, base, "is not a safetensors file")
     text = tmp_path / "notes.safetensors"
     text.write_text("hello")
@@ -416,12 +418,12 @@ def test_refuses_missing_files_and_ambiguous_folders(pipe, tmp_path):
 
 def test_export_kohya_round_trip(trained, tiny_components, tmp_path):
     src, file, with_lora, _, inputs = trained
-    out = L.export_kohya(file, tmp_path / "emoji_kohya.safetensors")
+    out = LF.export_kohya(file, tmp_path / "emoji_kohya.safetensors")
     with safe_open(str(out), framework="pt") as f:
         keys = list(f.keys())
         alphas = {k: f.get_tensor(k) for k in keys if k.endswith(".alpha")}
         meta = f.metadata()
-    layers = L.target_layer_shapes(src.unet)
+    layers = LF.target_layer_shapes(src.unet)
     assert len(keys) == 3 * len(layers)
     expected_stems = {"lora_unet_" + name.replace(".", "_") for name in layers}
     assert {
@@ -442,23 +444,23 @@ def test_export_kohya_round_trip(trained, tiny_components, tmp_path):
 
 def test_export_kohya_fp16_and_bad_targets(trained, tmp_path):
     _, file, *_ = trained
-    full = L.export_kohya(file, tmp_path / "a.safetensors")
-    half = L.export_kohya(file, tmp_path / "b.safetensors", dtype=torch.float16)
-    n_weights = L.inspect_lora(file)["parameters"]
+    full = LF.export_kohya(file, tmp_path / "a.safetensors")
+    half = LF.export_kohya(file, tmp_path / "b.safetensors", dtype=torch.float16)
+    n_weights = LF.inspect_lora(file)["parameters"]
     # Same header, weights at 2 bytes instead of 4 (the 0-dim alphas stay fp32).
     assert abs((full.stat().st_size - half.stat().st_size) - 2 * n_weights) < 1000
-    assert L.inspect_lora(half)["dtypes"] == ["float16", "float32"]  # weights, alphas
+    assert LF.inspect_lora(half)["dtypes"] == ["float16", "float32"]  # weights, alphas
     with pytest.raises(StableEmoteError, match="must end in .safetensors"):
-        L.export_kohya(file, tmp_path / "out.ckpt")
+        LF.export_kohya(file, tmp_path / "out.ckpt")
     with pytest.raises(StableEmoteError, match="is the input file"):
-        L.export_kohya(file, file)
+        LF.export_kohya(file, file)
 
 
 def test_export_kohya_refuses_an_adapter_that_fits_no_sd1_layout(tmp_path):
     file = tmp_path / "sdxl.safetensors"
     save_file(sdxl_like_lora_state_dict(), str(file))
     with pytest.raises(StableEmoteError, match="Only adapters for the SD 1.x UNet"):
-        L.export_kohya(file, tmp_path / "out.safetensors")
+        LF.export_kohya(file, tmp_path / "out.safetensors")
 
 
 # --- inspection and sizes ---------------------------------------------------------------
@@ -466,10 +468,10 @@ def test_export_kohya_refuses_an_adapter_that_fits_no_sd1_layout(tmp_path):
 
 def test_inspect_lora_describes_the_file(trained):
     src, file, *_ = trained
-    info = L.inspect_lora(file)
+    info = LF.inspect_lora(file)
     assert info["ranks"] == [4] and info["alphas"] == [2.0]
-    assert info["target_modules"] == sorted(L.LORA_TARGET_MODULES)
-    assert info["parameters"] == sum(v.numel() for v in L.lora_state_dict(src.unet).values())
+    assert info["target_modules"] == sorted(LF.LORA_TARGET_MODULES)
+    assert info["parameters"] == sum(v.numel() for v in LF.lora_state_dict(src.unet).values())
     assert info["dtypes"] == ["float32"] and info["style"] == "peft"
     assert info["fits"]["tiny"] is None
     assert "0 of" in info["fits"]["sd15"]
@@ -479,12 +481,12 @@ def test_inspect_lora_describes_the_file(trained):
 
 def test_parameter_count_and_size_table_match_a_real_adapter(trained, tmp_path):
     src, file, *_ = trained
-    state = L.lora_state_dict(src.unet)
+    state = LF.lora_state_dict(src.unet)
     count = L.lora_parameter_count(4, unet=src.unet)
     assert count == sum(v.numel() for v in state.values())
     (row,) = L.lora_size_table(ranks=(4,), unet=src.unet)
     assert row["parameters"] == count and row["tensors"] == len(state)
-    plain = L.save_state_dict_atomic(state, tmp_path / "plain.safetensors", {})
+    plain = LF.save_state_dict_atomic(state, tmp_path / "plain.safetensors", {})
     assert row["file_bytes"] == plain.stat().st_size
     rows = L.lora_size_table(ranks=(1, 2, 8), unet=src.unet)
     assert [r["parameters"] for r in rows] == [count // 4, count // 2, count * 2]
@@ -497,20 +499,20 @@ def test_parameter_count_covers_feed_forward_and_conv_layers(tiny_components):
         3, unet=tiny_components.unet, target_modules=targets
     )
     (row,) = L.lora_size_table(ranks=(3,), unet=tiny_components.unet, target_modules=targets)
-    assert row["tensors"] == len(L.lora_state_dict(unet))
+    assert row["tensors"] == len(LF.lora_state_dict(unet))
 
 
 def test_layout_models_are_on_the_meta_device():
-    tiny = L.layout_models("tiny")
+    tiny = LF.layout_models("tiny")
     assert next(tiny["unet"].parameters()).device.type == "meta"
     with pytest.raises(StableEmoteError, match="Unknown layout"):
-        L.layout_models("sdxl")
+        LF.layout_models("sdxl")
 
 
 def test_figure_lora_rank(tmp_path):
-    out = L.figure_lora_rank(tmp_path / "rank.png")
+    out = figures.figure_lora_rank(tmp_path / "rank.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert L.figure_lora_rank(tmp_path / "again.png").read_bytes() == out.read_bytes()
+    assert figures.figure_lora_rank(tmp_path / "again.png").read_bytes() == out.read_bytes()
 
 
 # --- an SDXL-shaped adapter, from SDXL's UNet layout on the meta device -----------------
@@ -538,7 +540,7 @@ def sdxl_like_lora_state_dict(rank: int = 2) -> dict[str, torch.Tensor]:
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(SDXL_UNET_CONFIG)
     state = {}
-    for name, (d_out, d_in) in L.target_layer_shapes(unet).items():
+    for name, (d_out, d_in) in LF.target_layer_shapes(unet).items():
         state[f"unet.{name}.lora_A.weight"] = torch.zeros(rank, d_in, dtype=torch.float16)
         state[f"unet.{name}.lora_B.weight"] = torch.zeros(d_out, rank, dtype=torch.float16)
     return state

@@ -11,8 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stableemote_utils import lora as L
+from stableemote_utils import lora_files as LF
+from stableemote_utils.cli.lora import add_lora_commands
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.lora_cli import add_lora_commands
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -32,7 +33,7 @@ def adapter(tiny_components, tmp_path):
     unet = copy.deepcopy(tiny_components.unet)
     torch.manual_seed(0)
     n = L.add_lora(unet, rank=2, alpha=1)
-    return L.save_lora(unet, tmp_path / "adapter", {"base_model": "tiny"}), n
+    return LF.save_lora(unet, tmp_path / "adapter", {"base_model": "tiny"}), n
 
 
 def test_inspect_prints_rank_alpha_targets_count_dtype_and_fit(adapter, capsys):

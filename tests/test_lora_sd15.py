@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stableemote_utils import lora as L
+from stableemote_utils import lora_files as LF
 from stableemote_utils.errors import StableEmoteError
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def test_full_size_adapter_save_load_unload(sd15_pipe, tmp_path):
 
     torch.manual_seed(0)
     assert L.add_lora(unet, rank=4) == SD15_RANK4_PARAMETERS
-    state = L.lora_state_dict(unet)
+    state = LF.lora_state_dict(unet)
     assert len(state) == SD15_RANK4_TENSORS
     assert sum(v.numel() for v in state.values()) == SD15_RANK4_PARAMETERS
     g = torch.Generator().manual_seed(3)
@@ -72,18 +73,18 @@ def test_full_size_adapter_save_load_unload(sd15_pipe, tmp_path):
     }
     L.set_lora_state_dict(unet, trained)
     with_lora = run_unet(unet)
-    file = L.save_lora(unet, tmp_path, {"base_model": "sd15-random"})
+    file = LF.save_lora(unet, tmp_path, {"base_model": "sd15-random"})
     unet.delete_adapters("default")
     assert torch.equal(run_unet(unet), base)
 
     with safe_open(str(file), framework="pt") as f:
         assert set(f.keys()) == set(state)
-    info = L.inspect_lora(file)
+    info = LF.inspect_lora(file)
     assert info["fits"]["sd15"] is None and info["fits"]["tiny"] is not None
     assert info["parameters"] == SD15_RANK4_PARAMETERS
 
     L.load_lora(sd15_pipe, file)
-    loaded = L.lora_state_dict(unet)
+    loaded = LF.lora_state_dict(unet)
     assert loaded.keys() == trained.keys()  # no missing or unexpected keys
     assert all(torch.equal(loaded[k], trained[k]) for k in trained)
     after = run_unet(unet)
@@ -104,9 +105,9 @@ def test_full_size_kohya_export_round_trip(sd15_pipe, tmp_path):
             if ".lora_B." in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     with_lora = run_unet(unet)
-    file = L.save_lora(unet, tmp_path / "peft")
+    file = LF.save_lora(unet, tmp_path / "peft")
     unet.delete_adapters("default")
-    out = L.export_kohya(file, tmp_path / "emoji.safetensors")
+    out = LF.export_kohya(file, tmp_path / "emoji.safetensors")
     with safe_open(str(out), framework="pt") as f:
         keys = set(f.keys())
     assert len(keys) == 3 * SD15_RANK4_TENSORS // 2

@@ -110,7 +110,8 @@ def test_clip_score_is_the_scaled_cosine(small_clip):
 
 def test_heldout_loss_base_vs_lora(tiny_model_dir, tmp_path):
     from stableemote_utils.loading import load_components, make_pipeline
-    from stableemote_utils.lora import add_lora, save_lora
+    from stableemote_utils.lora import add_lora
+    from stableemote_utils.lora_files import save_lora
 
     pipe = make_pipeline(load_components(str(tiny_model_dir)))
     unet = copy.deepcopy(pipe.unet)

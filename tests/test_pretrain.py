@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from stableemote_utils.pretrain import PretrainConfig, pretrain_tiny, psnr
+from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny, psnr
 
 
 def _digests(folder):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from stableemote_utils.cli import main
+from stableemote_utils.cli.main import main
 from stableemote_utils.data import is_heldout, load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.presets import get_preset
@@ -224,7 +224,8 @@ def test_train_honours_stableemote_preset(tmp_path, monkeypatch):
 def lora_file(tiny_model_dir, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from stableemote_utils.lora import add_lora, save_lora
+    from stableemote_utils.lora import add_lora
+    from stableemote_utils.lora_files import save_lora
 
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
     torch.manual_seed(0)

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from stableemote_utils.compare import fair_comparison
-from stableemote_utils.lora import add_lora, save_lora
+from stableemote_utils.lora import add_lora
+from stableemote_utils.lora_files import save_lora
 
 
 def _adapter(unet, folder: Path) -> Path:

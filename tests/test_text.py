@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stableemote_utils import figures
 from stableemote_utils import text as T
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import IMAGES_DIR
@@ -86,7 +87,7 @@ def test_mix_embeddings():
 
 
 def test_token_table_figure_is_reproducible(tmp_path, tokenizer):
-    path = T.figure_token_table(tmp_path / "tokens.png", tokenizer)
+    path = figures.figure_token_table(tmp_path / "tokens.png", tokenizer)
     assert path.stat().st_size > 5_000
     committed = IMAGES_DIR / "clip_token_table.png"
     if committed.exists():

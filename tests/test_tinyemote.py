@@ -9,11 +9,9 @@ import torch
 from safetensors import safe_open
 
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.pretrain import TINYEMOTE_UNET_CONFIG, TINYEMOTE_VAE_CONFIG
-from stableemote_utils.tinyemote import (
-    SHIPPED_DIR,
+from stableemote_utils.tiny_model import TINYEMOTE_UNET_CONFIG, TINYEMOTE_VAE_CONFIG
+from stableemote_utils.tinyemote.evaluate import (
     category_of,
-    ensure_tinyemote,
     generate,
     image_features,
     nearest_category,
@@ -21,6 +19,7 @@ from stableemote_utils.tinyemote import (
     style_lora,
     style_reference,
 )
+from stableemote_utils.tinyemote.install import SHIPPED_DIR, ensure_tinyemote
 
 
 def test_shipped_weights_are_small_fp16_safetensors_with_a_card():

@@ -80,7 +80,7 @@ def test_a_failing_validation_is_reported_after_the_checkpoint_and_training_goes
 
 
 def test_fp16_training_on_cpu_is_a_one_line_error(tmp_path, capsys):
-    from stableemote_utils.cli import main
+    from stableemote_utils.cli.main import main
 
     code = main(
         [

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stableemote_utils import figures
 from stableemote_utils import vae as V
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import IMAGES_DIR
@@ -128,7 +129,7 @@ def _pixels_close(a, b) -> bool:
 
 
 def test_cost_figure_is_reproducible(tmp_path):
-    path = V.figure_latent_vs_pixel_cost(tmp_path / "cost.png")
+    path = figures.figure_latent_vs_pixel_cost(tmp_path / "cost.png")
     assert path.stat().st_size > 10_000
     committed = IMAGES_DIR / "vae_latent_vs_pixel_cost.png"
     if committed.exists():

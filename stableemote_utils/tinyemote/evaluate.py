@@ -26,57 +26,31 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from stableemote_utils.data import (
+    build_font_folder,
+    images_to_tensor,
+    is_heldout,
+    load_emoji_dataset,
+)
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.images import image_grid, save_image
+from stableemote_utils.loading import load_components, make_pipeline
+from stableemote_utils.lora import load_lora, unload_lora
+from stableemote_utils.metrics import kid
+from stableemote_utils.precision import pick_device
+from stableemote_utils.presets import get_preset
+from stableemote_utils.tinyemote.install import SHIPPED_DIR
+from stableemote_utils.tinyemote.pretrain import reconstruction_psnr
+from stableemote_utils.training import recipe, train
 
-SHIPPED_DIR = Path(__file__).parent / "weights" / "tinyemote"
-MARKER = "STABLEEMOTE_TINYEMOTE"
 FEATURE_PX = 16
 CATEGORIES = ("face", "heart", "flag", "clock", "hand")
 EVAL_SEED = 0
 EVAL_STEPS = 25
-
-
-def shipped_digest(source: Path = SHIPPED_DIR) -> str:
-    """A short hash of the shipped weights: a changed file means a reinstall."""
-    h = hashlib.sha256()
-    for path in sorted(source.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(source).as_posix().encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()[:16]
-
-
-def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHIPPED_DIR) -> Path:
-    """Install TinyEmote into ``folder`` (default ``<cache>/tinyemote``) if missing or stale.
-
-    Copies the shipped weights and writes the CLIP tokenizer beside them, in a temporary
-    folder renamed into place, so an interrupted install never leaves half a model.
-
-    Returns:
-        The model folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
-    """
-    from stableemote_utils.presets import tinyemote_dir
-    from stableemote_utils.tiny_model import read_marker, staged_folder, write_clip_tokenizer
-
-    folder = Path(folder or tinyemote_dir())
-    if not (source / "unet" / "diffusion_pytorch_model.safetensors").exists():
-        raise StableEmoteError(
-            f"TinyEmote's weights are missing from {source}. Reinstall the package (pip install "
-            "-e .) or rebuild them with: stableemote pretrain-tiny --install"
-        )
-    digest = shipped_digest(source)
-    if read_marker(folder / MARKER).get("digest") == digest:
-        return folder
-    with staged_folder(folder) as staging:
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.md"))
-        write_clip_tokenizer(staging / "tokenizer")
-        (staging / MARKER).write_text(json.dumps({"digest": digest}) + "\n")
-    return folder
 
 
 def image_features(images: list) -> torch.Tensor:
@@ -85,8 +59,6 @@ def image_features(images: list) -> torch.Tensor:
     Values are in [0, 1]. Box filtering keeps thin dark outlines as darker cells.
     """
     from PIL import Image
-
-    from stableemote_utils.data import images_to_tensor
 
     small = [
         im.convert("RGB").resize((FEATURE_PX, FEATURE_PX), Image.Resampling.BOX) for im in images
@@ -113,8 +85,6 @@ def category_of(name: str, char: str = "") -> str | None:
 
 def categorised_emoji(source: str = "noto") -> list[tuple[str, str, str]]:
     """``(name, category, split)`` for every emoji of a font set that has a category."""
-    from stableemote_utils.data import build_font_folder, is_heldout
-    from stableemote_utils.presets import get_preset
 
     fraction = get_preset("tiny").heldout_fraction
     rows = []
@@ -165,7 +135,6 @@ def prompt_following(
         "heldout_chance", "real_heldout_accuracy"}``. The held-out figures use every
         held-out name in a category; their chance is the share of the commonest category.
     """
-    from stableemote_utils.data import load_emoji_dataset
 
     rows = categorised_emoji("noto")
     by_name = {e.name: e.image for e in load_emoji_dataset("noto", 64, split="all")}
@@ -190,8 +159,6 @@ def prompt_following(
 
     gen = generate(pipe, [caption.format(name=r[0]) for r in prompts_rows])
     if grid_path is not None:
-        from stableemote_utils.images import image_grid, save_image
-
         got = nearest_category(image_features(gen), ref_feats, ref_labels)
         labels = [f"{r[0]} -> {g}" for r, g in zip(prompts_rows, got, strict=True)]
         save_image(image_grid(gen, labels, cols=per_category, cell_px=96), grid_path)
@@ -210,7 +177,6 @@ def prompt_following(
 
 def style_reference(limit: int | None = None) -> tuple[list[str], dict[str, list]]:
     """Held-out names drawn in both styles: ``(names, {"openmoji": images, "noto": images})``."""
-    from stableemote_utils.data import load_emoji_dataset
 
     sets = {
         s: {e.name: e.image for e in load_emoji_dataset(s, 64, split="heldout")}
@@ -222,7 +188,6 @@ def style_reference(limit: int | None = None) -> tuple[list[str], dict[str, list
 
 def style_distances(images: list, reference: dict[str, list]) -> dict[str, float]:
     """KID (fixed 16 x 16 features) of ``images`` to each style's reference images."""
-    from stableemote_utils.metrics import kid
 
     feats = image_features(images)
     return {style: kid(feats, image_features(ref)) for style, ref in reference.items()}
@@ -230,8 +195,6 @@ def style_distances(images: list, reference: dict[str, list]) -> dict[str, float
 
 def evaluate_vae(vae) -> dict[str, float]:
     """PSNR (dB) of the VAE on the held-out emoji of each style."""
-    from stableemote_utils.data import images_to_tensor, load_emoji_dataset
-    from stableemote_utils.pretrain import reconstruction_psnr
 
     out = {}
     for style in ("noto", "openmoji"):
@@ -243,7 +206,6 @@ def evaluate_vae(vae) -> dict[str, float]:
 
 def style_lora(output_dir: str | os.PathLike, steps: int, device: str | None = None):
     """Train the tiny preset's short LoRA on OpenMoji (``tiny-quick`` recipe); its result."""
-    from stableemote_utils.training import recipe, train
 
     config = recipe(
         "tiny-quick",
@@ -273,10 +235,6 @@ def evaluate_tinyemote(
     Returns:
         ``{"vae_psnr": {...}, "prompt_following": {...}, "style": {...}}``.
     """
-    from stableemote_utils.images import image_grid, save_image
-    from stableemote_utils.loading import load_components, make_pipeline
-    from stableemote_utils.lora import load_lora, unload_lora
-    from stableemote_utils.precision import pick_device
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ Three stages, each with this repo's own code, deterministic on one machine:
    time so classifier-free guidance works.
 3. **Export.** UNet, VAE and text encoder are written as fp16 safetensors in the
    diffusers layout (about 20 MB), with a model card holding the metrics of
-   :mod:`stableemote_utils.tinyemote`.
+   :mod:`stableemote_utils.tinyemote.evaluate`.
 
 Held-out emoji (by name) are in none of the stages.
 """
@@ -32,11 +32,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stableemote_utils.data import images_to_tensor, load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.tiny_model import TINY_UNET_CONFIG, TINY_VAE_CONFIG, staged_folder
+from stableemote_utils.files import staged_folder
+from stableemote_utils.precision import pick_device
+from stableemote_utils.presets import get_preset
+from stableemote_utils.tiny_model import (
+    TINYEMOTE_UNET_CONFIG,
+    TINYEMOTE_VAE_CONFIG,
+    build_tiny_model,
+)
+from stableemote_utils.training import (
+    TrainConfig,
+    batch_indices,
+    check_output_dir,
+    step_generator,
+    train,
+)
 
-TINYEMOTE_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=[16, 32, 64, 64])
-TINYEMOTE_UNET_CONFIG = dict(TINY_UNET_CONFIG, block_out_channels=[64, 128, 128])
 VAE_KL_WEIGHT = 1e-6
 VAE_STYLES = ("noto", "openmoji")
 
@@ -92,7 +105,6 @@ def vae_training_pixels(
     resolution_px: int, heldout_fraction: float, limit: int | None = None
 ) -> torch.Tensor:
     """The VAE's training images, both styles, training names only: ``(N, 3, H, W)``."""
-    from stableemote_utils.data import images_to_tensor, load_emoji_dataset
 
     images = []
     for style in VAE_STYLES:
@@ -124,8 +136,6 @@ def train_vae(
     """
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
-
-    from stableemote_utils.training import batch_indices, step_generator
 
     vae.to(device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=1e-4)
@@ -216,11 +226,6 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
     complete); the UNet stage resumes from its newest intact checkpoint.
     """
     from diffusers import AutoencoderKL
-
-    from stableemote_utils.precision import pick_device
-    from stableemote_utils.presets import get_preset
-    from stableemote_utils.tiny_model import build_tiny_model
-    from stableemote_utils.training import TrainConfig, check_output_dir, train
 
     out = check_output_dir(config.output_dir)
     torch.set_num_threads(config.threads)

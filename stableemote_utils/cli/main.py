@@ -13,7 +13,23 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 
+from stableemote_utils import __version__
+from stableemote_utils.bench import format_table, run_bench
+from stableemote_utils.cli.common import add_common_args
+from stableemote_utils.cli.demo import add_demo_command
+from stableemote_utils.cli.lora import add_lora_commands
+from stableemote_utils.cli.tinyemote import add_pretrain_commands
+from stableemote_utils.compare import fair_comparison, save_comparison
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.figures import make_figures
+from stableemote_utils.images import IMAGES_DIR
+from stableemote_utils.loading import load_components, make_pipeline
+from stableemote_utils.lora_files import check_lora_file
+from stableemote_utils.options import check_device, check_sampling_options
+from stableemote_utils.precision import choose_dtype, pick_device
+from stableemote_utils.presets import PRESET_ENV_VAR, get_preset
+from stableemote_utils.quickstart import run_quickstart
+from stableemote_utils.training import recipe, train
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors")
 
@@ -28,10 +44,6 @@ def _version(dist: str) -> str:
 def cmd_info(args: argparse.Namespace) -> None:
     """Print versions, device, precision and preset."""
     import torch
-
-    from stableemote_utils import __version__
-    from stableemote_utils.precision import choose_dtype, pick_device
-    from stableemote_utils.presets import get_preset
 
     preset = get_preset(args.preset)
     device = pick_device(args.device)
@@ -52,7 +64,6 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
     """Run the course's main job end to end on the chosen preset (``make demo``)."""
-    from stableemote_utils.quickstart import run_quickstart
 
     run_quickstart(
         preset=args.preset,
@@ -66,9 +77,6 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a LoRA (see ``stableemote train --help``)."""
     import dataclasses
-
-    from stableemote_utils.presets import PRESET_ENV_VAR
-    from stableemote_utils.training import recipe, train
 
     overrides = {
         k: v
@@ -125,9 +133,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """Time the original recipe against ours and print the table."""
-    from stableemote_utils.bench import format_table, run_bench
-    from stableemote_utils.precision import pick_device
-    from stableemote_utils.presets import get_preset
 
     p = get_preset(args.preset)
     rows = run_bench(
@@ -143,12 +148,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """Fair base-vs-LoRA grid."""
-    from stableemote_utils.compare import fair_comparison, save_comparison
-    from stableemote_utils.loading import load_components, make_pipeline
-    from stableemote_utils.lora import check_lora_file
-    from stableemote_utils.options import check_device, check_sampling_options
-    from stableemote_utils.precision import choose_dtype, pick_device
-    from stableemote_utils.presets import get_preset
 
     check_sampling_options(args.steps, args.guidance, args.resolution)
     check_device(args.device)
@@ -186,24 +185,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_figures(args: argparse.Namespace) -> None:
     """Regenerate the figures in images/."""
-    from stableemote_utils.figures import make_figures
-    from stableemote_utils.images import IMAGES_DIR
 
     for path in make_figures(args.out or IMAGES_DIR, args.only or None):
         print(f"wrote {path}")
-
-
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    """Add ``--preset`` and ``--device``, shared by every subcommand that loads a model."""
-    p.add_argument(
-        "--preset",
-        default=None,
-        help="sd15 (real model, GPU + network), tiny (offline, CPU), a Hub id or a folder. "
-        "Default: $STABLEEMOTE_PRESET, else sd15.",
-    )
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,10 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder (default: the repository's images/)")
     p.add_argument("only", nargs="*", help="file names to make (default: all)")
     p.set_defaults(func=cmd_figures)
-
-    from stableemote_utils.gradio_app import add_demo_command
-    from stableemote_utils.lora_cli import add_lora_commands
-    from stableemote_utils.pretrain_cli import add_pretrain_commands
 
     add_demo_command(sub)
     add_lora_commands(sub)

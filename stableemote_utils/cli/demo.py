@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 
+from stableemote_utils.cli.common import add_common_args
+from stableemote_utils.compare import generate
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.loading import load_components, make_pipeline
+from stableemote_utils.lora import load_lora, set_lora_scale
+from stableemote_utils.lora_files import LORA_WEIGHT_NAME, resolve_lora_file
+from stableemote_utils.notebook import in_colab
+from stableemote_utils.precision import choose_dtype, pick_device
+from stableemote_utils.presets import get_preset
 
 DEMO_ADAPTER_NAME = "demo"
 DEFAULT_PROMPT = "An emoji of smiling cat"
@@ -41,8 +49,6 @@ def demo_generate(
     Returns:
         ``(base image or None, LoRA image)`` as PIL images of ``resolution_px`` squares.
     """
-    from stableemote_utils.compare import generate
-    from stableemote_utils.lora import set_lora_scale
 
     if not str(prompt).strip():
         raise StableEmoteError("Type a prompt, e.g. 'An emoji of smiling cat'.")
@@ -72,7 +78,6 @@ def find_adapter(dir_or_repo: str | os.PathLike) -> str:
         StableEmoteError: if it is neither an existing path nor a reachable Hub repo with
             ``pytorch_lora_weights.safetensors``.
     """
-    from stableemote_utils.lora import LORA_WEIGHT_NAME, resolve_lora_file
 
     text = os.path.expanduser(str(dir_or_repo))
     if os.path.exists(text):
@@ -115,8 +120,6 @@ def build_demo(
         A ``gradio.Blocks`` (start it with ``.launch()``).
     """
     import gradio as gr
-
-    from stableemote_utils.lora import load_lora
 
     label = "base model only"
     if lora_path is not None:
@@ -178,10 +181,6 @@ def launch_demo(
         The running ``gradio.Blocks`` (call ``.close()`` to stop it when
         ``prevent_thread_lock`` is True; otherwise this blocks until interrupted).
     """
-    from stableemote_utils.loading import load_components, make_pipeline
-    from stableemote_utils.notebook import in_colab
-    from stableemote_utils.precision import choose_dtype, pick_device
-    from stableemote_utils.presets import get_preset
 
     p = get_preset(preset)
     dev = pick_device(device)
@@ -217,7 +216,6 @@ def add_demo_command(subparsers) -> None:
         description="Start a Gradio app: prompt, seed, steps, guidance, LoRA scale, and the base "
         "model's picture next to the LoRA's. On Colab it prints a public link.",
     )
-    from stableemote_utils.cli import add_common_args
 
     add_common_args(p)
     p.add_argument(

@@ -10,6 +10,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from stableemote_utils.files import staged_folder
+from stableemote_utils.tinyemote.evaluate import (
+    evaluate_tinyemote,
+    format_metrics,
+    write_model_card,
+)
+from stableemote_utils.tinyemote.install import SHIPPED_DIR
+from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny
+
 
 def machine_description(threads: int) -> str:
     """CPU model, thread count and torch version, for the training record."""
@@ -26,7 +35,6 @@ def machine_description(threads: int) -> str:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from stableemote_utils.pretrain import PretrainConfig, pretrain_tiny
 
     config = PretrainConfig(
         output_dir=args.output_dir,
@@ -43,9 +51,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     model = Path(args.output_dir) / "tinyemote"
     print(f"TinyEmote written to {model} in {record['seconds'] / 60:.1f} min on {record['device']}")
     if args.install:
-        from stableemote_utils.tiny_model import staged_folder
-        from stableemote_utils.tinyemote import SHIPPED_DIR
-
         with staged_folder(SHIPPED_DIR) as staging:
             shutil.copytree(model, staging)
             shutil.copy(Path(args.output_dir) / "pretrain.json", staging / "pretrain.json")
@@ -54,7 +59,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``pretrain-tiny`` and ``evaluate-tiny`` to the ``stableemote`` parser."""
-    from stableemote_utils.pretrain import PretrainConfig
 
     d = PretrainConfig()
     p = sub.add_parser(
@@ -83,12 +87,6 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from stableemote_utils.tinyemote import (
-        SHIPPED_DIR,
-        evaluate_tinyemote,
-        format_metrics,
-        write_model_card,
-    )
 
     record = evaluate_tinyemote(args.output_dir, args.lora_steps, args.per_category, args.device)
     print(format_metrics(record))

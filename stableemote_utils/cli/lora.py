@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.lora_files import export_kohya, inspect_lora
 
 EXPORT_FORMATS = ("kohya",)
 EXPORT_DTYPES = ("keep", "fp16", "fp32")
 
 
 def format_lora_report(info: dict) -> str:
-    """The text ``stableemote lora inspect`` prints for :func:`~stableemote_utils.lora.inspect_lora`."""
+    """The text ``stableemote lora inspect`` prints for :func:`~stableemote_utils.lora_files.inspect_lora`."""
     fits = info["fits"]
     layouts = {
         "sd15": "SD 1.x UNet (SD 1.5 layout)",
@@ -44,7 +45,6 @@ def format_lora_report(info: dict) -> str:
 
 def cmd_lora_inspect(args: argparse.Namespace) -> None:
     """Print what an adapter file holds and which base model it fits."""
-    from stableemote_utils.lora import inspect_lora
 
     print(format_lora_report(inspect_lora(args.file)))
 
@@ -52,8 +52,6 @@ def cmd_lora_inspect(args: argparse.Namespace) -> None:
 def cmd_lora_export(args: argparse.Namespace) -> None:
     """Convert an adapter to another tool's format (kohya: AUTOMATIC1111 web UI, ComfyUI)."""
     import torch
-
-    from stableemote_utils.lora import export_kohya
 
     if args.format not in EXPORT_FORMATS:
         raise StableEmoteError(

@@ -1,0 +1,717 @@
+"""LoRA adapter files: save, read, check that they fit, inspect, export for the web UIs.
+
+Adapter files are ``pytorch_lora_weights.safetensors`` with keys such as
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` (what
+``StableDiffusionPipeline.save_lora_weights`` writes and ``load_lora_weights`` reads).
+Files in the older diffusers style and the kohya style (AUTOMATIC1111, ComfyUI) are read
+too. Infrastructure beside the lesson module :mod:`stableemote_utils.lora`, which adds
+the adapter to a UNet and loads these files into a pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.tiny_model import (
+    TINY_TEXT_CONFIG,
+    TINY_UNET_CONFIG,
+    TINYEMOTE_UNET_CONFIG,
+    sd15_config,
+)
+
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+UNET_PREFIX = "unet."
+# diffusers reads the adapter's peft config from this header entry when it loads a file.
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+# An adapter's update is scaled by alpha / rank; 1 is usual, a few is strong. Beyond this
+# the update swamps the base weights and the images degenerate (inspect flags it, loading refuses).
+ALPHA_OVER_RANK_MAX = 64.0
+# How many example keys an error message lists.
+EXAMPLES_SHOWN = 4
+
+
+# ---------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------
+
+
+def lora_state_dict(
+    unet: torch.nn.Module, adapter_name: str = "default"
+) -> dict[str, torch.Tensor]:
+    """The adapter's weights, keyed as ``pipe.load_lora_weights`` reads them.
+
+    Keys look like ``unet.<layer>.lora_A.weight`` (``(r, d_in)``) and
+    ``unet.<layer>.lora_B.weight`` (``(d_out, r)``); values are detached CPU copies in the
+    dtype the adapter is kept in (fp32 after :func:`add_lora`).
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    if adapter_name not in getattr(unet, "peft_config", {}):
+        raise StableEmoteError(
+            f"The UNet has no LoRA adapter named '{adapter_name}'. Add one with add_lora(unet) "
+            "or load one with load_lora(pipe, path)."
+        )
+    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    return {UNET_PREFIX + k: v.detach().to("cpu").clone() for k, v in state.items()}
+
+
+def _peft_config_metadata(unet: torch.nn.Module, adapter_name: str) -> dict:
+    """The adapter's peft config as JSON-ready values, for diffusers' header entry."""
+    config = unet.peft_config[adapter_name].to_dict()
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, set):
+            v = sorted(v)
+        try:
+            json.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out
+
+
+def save_state_dict_atomic(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> Path:
+    """Write a safetensors file next to ``path`` and rename it into place.
+
+    A crash mid-write leaves at most a stray ``*.partial`` file, never a half-written
+    adapter under the real name.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", **metadata})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_lora(
+    unet: torch.nn.Module,
+    folder: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    adapter_name: str = "default",
+) -> Path:
+    """Save the UNet's adapter as ``folder/pytorch_lora_weights.safetensors``.
+
+    The file is what ``StableDiffusionPipeline.save_lora_weights`` writes (load it with
+    :func:`load_lora` or ``pipe.load_lora_weights(folder)``). Its header carries
+    ``metadata`` (strings, e.g. base model, steps) plus ``rank``, ``alpha`` and
+    ``target_modules``, and the peft config that diffusers reads back, so an alpha
+    other than the rank survives the round trip.
+
+    Returns:
+        The path of the written file.
+    """
+    if metadata is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise StableEmoteError(
+            "LoRA file metadata must map strings to strings (safetensors headers hold text); "
+            "convert numbers with str() first."
+        )
+    state = lora_state_dict(unet, adapter_name)
+    config = _peft_config_metadata(unet, adapter_name)
+    header = {
+        "rank": str(config["r"]),
+        "alpha": str(config["lora_alpha"]),
+        "target_modules": ",".join(config.get("target_modules") or []),
+        DIFFUSERS_METADATA_KEY: json.dumps(
+            {UNET_PREFIX + k: v for k, v in config.items()}, indent=2, sort_keys=True
+        ),
+    }
+    header.update(metadata or {})
+    return save_state_dict_atomic(state, Path(folder) / LORA_WEIGHT_NAME, header)
+
+
+# ---------------------------------------------------------------------------
+# Reading adapter files and checking that they fit
+# ---------------------------------------------------------------------------
+
+
+# Key endings of the three published LoRA styles, and which matrix each names.
+_KEY_ENDINGS = (
+    (".lora_A.weight", "down"),  # peft
+    (".lora_B.weight", "up"),
+    (".lora.down.weight", "down"),  # older diffusers
+    (".lora.up.weight", "up"),
+    (".lora_down.weight", "down"),  # kohya (AUTOMATIC1111, ComfyUI)
+    (".lora_up.weight", "up"),
+    (".alpha", "alpha"),
+)
+
+
+# Key beginnings -> component. Kohya keys write the layer name with "_" for ".".
+_KEY_PREFIXES = (
+    ("unet.", "unet", False),
+    ("text_encoder.", "text_encoder", False),
+    ("text_encoder_2.", "text_encoder_2", False),
+    ("lora_unet_", "unet", True),
+    ("lora_te_", "text_encoder", True),
+    ("lora_te1_", "text_encoder (SDXL)", True),
+    ("lora_te2_", "text_encoder_2", True),
+)
+
+
+KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+
+def resolve_lora_file(path: str | os.PathLike) -> Path:
+    """The adapter file for ``path``: the file itself, or ``pytorch_lora_weights.safetensors``
+    (else the only ``*.safetensors``) inside a folder."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_dir():
+        if (p / LORA_WEIGHT_NAME).is_file():
+            return p / LORA_WEIGHT_NAME
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) == 1:
+            return found[0]
+        raise StableEmoteError(
+            f"The folder '{p}' holds {len(found)} .safetensors files and no {LORA_WEIGHT_NAME}; "
+            "pass the adapter file itself."
+        )
+    if not p.is_file():
+        raise StableEmoteError(
+            f"The LoRA file '{p}' does not exist. Pass a .safetensors adapter file or the "
+            f"folder that holds {LORA_WEIGHT_NAME} (as written by save_lora or training)."
+        )
+    return p
+
+
+def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read an adapter file (or folder) into ``(tensors, header metadata)`` on the CPU.
+
+    Raises:
+        StableEmoteError: if it is missing or not a safetensors file (pickled ``.bin`` /
+            ``.pt`` files are refused: loading them can run code).
+    """
+    from safetensors import safe_open
+
+    file = resolve_lora_file(path)
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise StableEmoteError(
+            f"'{file}' is not a safetensors file ({type(err).__name__}: {err}). StableEmote "
+            "only reads adapters saved as .safetensors; pickled .bin/.pt/.ckpt files can run "
+            "code when loaded. Convert it with a tool you trust, or re-save the adapter."
+        ) from err
+    metadata.pop("format", None)
+    return tensors, metadata
+
+
+def _split_key(key: str) -> tuple[str, str, bool, str, str] | None:
+    """``(component, layer, kohya_style, matrix, ending)`` for a LoRA key, or None."""
+    found = next(((e, m) for e, m in _KEY_ENDINGS if key.endswith(e)), None)
+    if found is None:
+        return None
+    ending, matrix = found
+    stem = key[: -len(ending)]
+    for prefix, component, kohya in _KEY_PREFIXES:
+        if stem.startswith(prefix):
+            return component, stem[len(prefix) :], kohya, matrix, ending
+    if matrix == "alpha":
+        return None
+    # Keys without a component prefix are UNet keys in the diffusers layout.
+    return "unet", stem, False, matrix, ending
+
+
+def _adaptable_layers(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Layer name -> weight shape for every Linear and Conv2d (peft-wrapped ones too)."""
+    layers = {}
+    for name, module in model.named_modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
+            layers[name] = tuple(base.weight.shape)
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not name.endswith(
+            ".base_layer"
+        ):
+            if ".lora_A." in name or ".lora_B." in name:
+                continue
+            layers[name] = tuple(module.weight.shape)
+    return layers
+
+
+def _layer_problem(weight_shape: tuple[int, ...], parts: dict[str, torch.Tensor]) -> str | None:
+    """Why a LoRA layer's ``down``/``up`` matrices do not fit a weight, or None if they do."""
+    if "down" not in parts or "up" not in parts:
+        have = "/".join(sorted(k for k in parts if k != "alpha")) or "only alpha"
+        return f"incomplete layer (has {have}, needs both down and up)"
+    down, up = parts["down"], parts["up"]
+    d_out, d_in = weight_shape[0], weight_shape[1]
+    if down.ndim != len(weight_shape) or up.ndim != len(weight_shape):
+        return f"matrices of {down.ndim}/{up.ndim} dims for a layer whose weight has {len(weight_shape)}"
+    rank = down.shape[0]
+    if up.shape[1] != rank:
+        return f"rank {rank} in lora_A/down but {up.shape[1]} in lora_B/up"
+    if down.shape[1] != d_in or up.shape[0] != d_out:
+        return (
+            f"shapes down {tuple(down.shape)}, up {tuple(up.shape)} for a layer of "
+            f"{d_in} inputs and {d_out} outputs"
+        )
+    if len(weight_shape) == 4 and (
+        tuple(down.shape[2:]) != tuple(weight_shape[2:]) or tuple(up.shape[2:]) != (1, 1)
+    ):
+        return f"conv kernels {tuple(down.shape[2:])}/{tuple(up.shape[2:])} for {weight_shape[2:]}"
+    return None
+
+
+def _resolve_layer(layer: str, kohya: bool, names: dict, underscored: dict[str, str]) -> str:
+    """The model's name for a layer named in a file (kohya ``a_b_c`` -> ``a.b.c``).
+
+    Text-encoder names are accepted with and without transformers' older ``text_model.``
+    level, which published adapters use.
+    """
+    for candidate in (layer, layer.removeprefix("text_model."), layer.removeprefix("text_model_")):
+        if kohya:
+            candidate = underscored.get(candidate, candidate)
+        if candidate in names:
+            return candidate
+    return layer
+
+
+def match_lora(
+    state_dict: dict[str, torch.Tensor],
+    models: dict[str, torch.nn.Module],
+) -> dict:
+    """Match every key of an adapter state dict to a layer of ``models``.
+
+    Args:
+        state_dict: LoRA tensors in peft (``lora_A``/``lora_B``), older diffusers
+            (``lora.down``/``lora.up``) or kohya (``lora_unet_…``/``lora_down``/``alpha``) style.
+        models: component name -> module, e.g. ``{"unet": unet, "text_encoder": te}``; a
+            meta-device model is enough (only names and shapes are read).
+
+    Returns:
+        A dict with ``layers`` (component -> layer name -> ``{"down": (r, d_in[, k, k]),
+        "up": (d_out, r[, 1, 1]), "alpha": float | None}`` tensors), ``matched`` and
+        ``unmatched`` (lists of keys), ``problems`` (key -> reason), ``not_lora`` (keys
+        that are not LoRA weights) and ``components`` (component -> number of keys).
+    """
+    known = {c: _adaptable_layers(m) for c, m in models.items()}
+    underscored = {c: {n.replace(".", "_"): n for n in names} for c, names in known.items()}
+    layers: dict[str, dict[str, dict]] = {}
+    keys_of: dict[tuple[str, str], list[str]] = {}
+    not_lora = []
+    for key, value in state_dict.items():
+        split = _split_key(key)
+        if split is None:
+            not_lora.append(key)
+            continue
+        component, layer, kohya, matrix, _ = split
+        layer = _resolve_layer(
+            layer, kohya, known.get(component, {}), underscored.get(component, {})
+        )
+        parts = layers.setdefault(component, {}).setdefault(layer, {})
+        parts[matrix] = float(value.float().reshape(-1)[0]) if matrix == "alpha" else value
+        keys_of.setdefault((component, layer), []).append(key)
+    matched, unmatched, problems = [], [], {}
+    for component, by_layer in layers.items():
+        for layer, parts in by_layer.items():
+            keys = keys_of[(component, layer)]
+            if component not in known:
+                why = f"a {component} layer, and this model has no such component to load it into"
+            elif layer not in known[component]:
+                why = f"no layer '{layer}' in the {component}"
+            else:
+                why = _layer_problem(known[component][layer], parts)
+            if why is None:
+                matched += keys
+            else:
+                unmatched += keys
+                problems[keys[0]] = why
+            parts.setdefault("alpha", None)
+    return {
+        "layers": layers,
+        "matched": matched,
+        "unmatched": unmatched,
+        "problems": problems,
+        "not_lora": not_lora,
+        "components": {c: sum(len(keys_of[(c, n)]) for n in ls) for c, ls in layers.items()},
+    }
+
+
+def check_lora_fits(
+    path: str | os.PathLike,
+    models: dict[str, torch.nn.Module],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> dict:
+    """Check that an adapter file loads into ``models`` completely, or raise.
+
+    Every tensor must be a LoRA weight, there must be UNet weights, and every layer must
+    exist with matching shapes. Otherwise a StableEmoteError names the file, the number
+    of keys that matched and did not, and a few examples: never a silent load that
+    changes nothing.
+
+    Returns:
+        The result of :func:`match_lora` when everything fits.
+    """
+    file = resolve_lora_file(path)
+    if state_dict is None:
+        state_dict, _ = read_lora_file(file)
+    result = match_lora(state_dict, models)
+    n_keys = len(state_dict)
+    lora_keys = len(result["matched"]) + len(result["unmatched"])
+    hint = (
+        " StableEmote loads LoRA adapters for the SD 1.x UNet, with keys in peft style "
+        "(unet.<layer>.lora_A.weight / lora_B.weight), older diffusers style "
+        "(<layer>.lora.down.weight / lora.up.weight) or kohya style (lora_unet_<layer>.lora_down.weight)."
+    )
+    if n_keys == 0 or lora_keys == 0:
+        examples = result["not_lora"][:EXAMPLES_SHOWN]
+        raise StableEmoteError(
+            f"'{file}' holds no LoRA weights: 0 of {n_keys} keys are LoRA keys"
+            + (f" (e.g. {examples})" if examples else "")
+            + ". It may be a full model checkpoint or another kind of adapter."
+            + hint
+        )
+    if "unet" not in result["components"]:
+        others = ", ".join(f"{n} {c} keys" for c, n in result["components"].items())
+        raise StableEmoteError(
+            f"'{file}' has no UNet LoRA weights (0 keys matched the UNet; it has {others}): "
+            "it is a text-encoder-only adapter (a textual-inversion style or CLIP LoRA). "
+            "StableEmote's adapters change the UNet; use an adapter trained on the UNet." + hint
+        )
+    bad = result["unmatched"] + result["not_lora"]
+    if bad:
+        examples = [f"{k} ({result['problems'][k]})" for k in result["problems"]][:EXAMPLES_SHOWN]
+        examples += [f"{k} (not a LoRA key)" for k in result["not_lora"]][
+            : max(0, EXAMPLES_SHOWN - len(examples))
+        ]
+        raise StableEmoteError(
+            f"'{file}' does not fit this model: {len(result['matched'])} of {n_keys} keys "
+            f"matched and {len(bad)} did not. Examples: " + "; ".join(examples) + ". It is "
+            "probably an adapter for another architecture (SDXL, SD 2.x) or another layer "
+            "layout; loading it would change some layers and silently skip the rest." + hint
+        )
+    return result
+
+
+def canonical_lora_state_dict(result: dict) -> dict[str, torch.Tensor]:
+    """Turn a :func:`match_lora` result into peft-style fp32 keys with alpha folded into B.
+
+    ``(alpha / r) * B @ A`` equals ``1 * B' @ A`` with ``B' = (alpha / r) * B``, so the
+    returned dict (keys ``<component>.<layer>.lora_A.weight`` / ``lora_B.weight``) loads
+    with any loader that assumes ``alpha = r``.
+    """
+    out = {}
+    for component, by_layer in result["layers"].items():
+        for layer, parts in by_layer.items():
+            down, up = parts["down"].float(), parts["up"].float()
+            alpha = parts.get("alpha")
+            if alpha is not None:
+                up = up * (alpha / down.shape[0])
+            out[f"{component}.{layer}.lora_A.weight"] = down
+            out[f"{component}.{layer}.lora_B.weight"] = up
+    return out
+
+
+def _alpha_from_header(metadata: dict[str, str]) -> float | None:
+    """The ``alpha`` a StableEmote or diffusers file header records, if any."""
+    if "alpha" in metadata:
+        try:
+            return float(metadata["alpha"])
+        except ValueError:
+            return None
+    raw = metadata.get(DIFFUSERS_METADATA_KEY)
+    if raw:
+        try:
+            value = json.loads(raw).get(UNET_PREFIX + "lora_alpha")
+        except (ValueError, AttributeError):
+            return None
+        return float(value) if value is not None else None
+    return None
+
+
+def apply_header_alpha(result: dict, metadata: dict[str, str]) -> None:
+    """Give layers without their own ``.alpha`` the alpha written in the file header."""
+    alpha = _alpha_from_header(metadata)
+    if alpha is None:
+        return
+    for parts in result["layers"].get("unet", {}).values():
+        if parts.get("alpha") is None:
+            parts["alpha"] = alpha
+
+
+def lora_weight_problems(
+    state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> list[str]:
+    """What makes an adapter's numbers unusable, as sentences (empty if nothing).
+
+    Two things render a degenerate grid however well the file fits: weights that are
+    NaN or infinite, and an alpha whose scale ``alpha / rank`` is not finite, not
+    positive, or larger than :data:`ALPHA_OVER_RANK_MAX`.
+    """
+    problems = []
+    bad = [k for k, t in state_dict.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        problems.append(
+            f"{len(bad)} of {len(state_dict)} tensors hold NaN or infinite values (e.g. {bad[0]})"
+        )
+    result = match_lora(state_dict, {})
+    apply_header_alpha(result, metadata)
+    for component, layers in result["layers"].items():
+        for layer, parts in layers.items():
+            if parts.get("alpha") is None or "down" not in parts:
+                continue
+            rank = int(parts["down"].shape[0])
+            scale = parts["alpha"] / rank
+            if not math.isfinite(scale) or scale <= 0 or scale > ALPHA_OVER_RANK_MAX:
+                problems.append(
+                    f"alpha {parts['alpha']:g} at rank {rank} scales the update by {scale:g} "
+                    f"(sane adapters use a scale above 0 and at most {ALPHA_OVER_RANK_MAX:g}), "
+                    f"e.g. in {component}.{layer}"
+                )
+                return problems
+    return problems
+
+
+def check_lora_file(path: str | os.PathLike) -> Path:
+    """Refuse an adapter whose numbers are unusable (see :func:`lora_weight_problems`).
+
+    Returns:
+        The adapter file.
+
+    Raises:
+        StableEmoteError: missing, not safetensors, NaN/infinite weights or absurd alpha.
+    """
+    file = resolve_lora_file(path)
+    state_dict, metadata = read_lora_file(file)
+    problems = lora_weight_problems(state_dict, metadata)
+    if problems:
+        raise StableEmoteError(
+            f"The adapter '{file}' is unusable: {'; '.join(problems)}. It would draw noise or "
+            "flat colour; retrain it (a loss that became NaN stops training at the last good "
+            "checkpoint) or use an earlier checkpoint."
+        )
+    return file
+
+
+# ---------------------------------------------------------------------------
+# Layouts and inspection (from the architecture alone, on the meta device)
+# ---------------------------------------------------------------------------
+
+
+# "tiny" is the random tiny model's UNet (the tiny-random preset); "tinyemote" the tiny preset's.
+LAYOUT_NAMES = ("sd15", "tiny", "tinyemote")
+
+
+@functools.lru_cache(maxsize=4)
+def layout_models(name: str = "sd15") -> dict[str, torch.nn.Module]:
+    """The UNet and text encoder of ``"sd15"``, ``"tiny"`` or ``"tinyemote"`` on the meta device.
+
+    Built from the configs in ``stableemote_utils/configs`` (sd15) or
+    :mod:`stableemote_utils.tiny_model` (tiny, tinyemote) with no weights allocated, so it
+    is fast and light; use it for names, shapes and parameter counts, not for running.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if name == "sd15":
+        unet_config = sd15_config("unet")
+        text_config = {k: v for k, v in sd15_config("text_encoder").items() if k != "architectures"}
+    elif name == "tiny":
+        unet_config, text_config = dict(TINY_UNET_CONFIG), dict(TINY_TEXT_CONFIG)
+    elif name == "tinyemote":
+        unet_config, text_config = dict(TINYEMOTE_UNET_CONFIG), dict(TINY_TEXT_CONFIG)
+    else:
+        raise StableEmoteError(f"Unknown layout '{name}'; choose one of {', '.join(LAYOUT_NAMES)}.")
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(unet_config)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    return {"unet": unet, "text_encoder": text_encoder}
+
+
+def target_layer_shapes(
+    unet: torch.nn.Module, target_modules=LORA_TARGET_MODULES
+) -> dict[str, tuple[int, ...]]:
+    """Layer name -> weight shape ``(d_out, d_in)`` for the layers LoRA would adapt."""
+    return {
+        name: shape
+        for name, shape in _adaptable_layers(unet).items()
+        if any(name == t or name.endswith("." + t) for t in target_modules)
+    }
+
+
+def _key_style(state_dict: dict[str, torch.Tensor]) -> str:
+    styles = set()
+    for key in state_dict:
+        split = _split_key(key)
+        if split is None:
+            continue
+        ending = split[4]
+        if split[2] or ending in (".lora_down.weight", ".lora_up.weight"):
+            styles.add("kohya")
+        elif ending in (".lora_A.weight", ".lora_B.weight"):
+            styles.add("peft")
+        elif ending in (".lora.down.weight", ".lora.up.weight"):
+            styles.add("diffusers (lora.down/lora.up)")
+    return " + ".join(sorted(styles)) or "none"
+
+
+def _target_name(layer: str) -> str:
+    """``…attn1.to_out.0`` -> ``to_out.0``; ``…attn1.to_q`` -> ``to_q``."""
+    parts = layer.replace("_", ".").split(".") if "." not in layer else layer.split(".")
+    if parts[-1].isdigit() and len(parts) > 1:
+        return ".".join(parts[-2:])
+    return parts[-1]
+
+
+def _short_reason(message: str, file: Path) -> str:
+    """The first sentence of a fit error, without the file name."""
+    return message.replace(f"'{file}' ", "").split(". ")[0]
+
+
+def inspect_lora(path: str | os.PathLike) -> dict:
+    """What an adapter file holds and which base it fits.
+
+    Returns:
+        A dict with ``file``, ``keys``, ``style``, ``ranks`` (sorted distinct ranks),
+        ``alphas``, ``target_modules``, ``parameters``, ``dtypes``, ``components``
+        (component -> keys), ``metadata`` (header), ``fits`` (layout name -> None if it
+        fits, else the reason) and ``file_bytes``.
+    """
+    file = resolve_lora_file(path)
+    state_dict, metadata = read_lora_file(file)
+    fits = {}
+    result = None
+    for name in LAYOUT_NAMES:
+        try:
+            r = check_lora_fits(file, layout_models(name), state_dict=state_dict)
+            fits[name] = None
+            result = result or r
+        except StableEmoteError as err:
+            fits[name] = _short_reason(str(err), file)
+    if result is None:  # parse without resolving names, just to describe the file
+        result = match_lora(state_dict, {})
+    apply_header_alpha(result, metadata)
+    layers = [(c, n, p) for c, ls in result["layers"].items() for n, p in ls.items()]
+    ranks = sorted({int(p["down"].shape[0]) for _, _, p in layers if "down" in p})
+    alphas = sorted(
+        {p["alpha"] if p["alpha"] is not None else "none (= rank)" for *_, p in layers}, key=str
+    )
+    return {
+        "file": str(file),
+        "keys": len(state_dict),
+        "style": _key_style(state_dict),
+        "ranks": ranks,
+        "alphas": alphas,
+        "target_modules": sorted({_target_name(n) for c, n, _ in layers if c == "unet"}),
+        "parameters": sum(
+            t.numel() for *_, p in layers for k, t in p.items() if k in ("down", "up")
+        ),
+        "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in state_dict.values()}),
+        "components": result["components"],
+        "metadata": metadata,
+        "fits": fits,
+        "file_bytes": file.stat().st_size,
+        "problems": lora_weight_problems(state_dict, metadata),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Export for the AUTOMATIC1111 web UI and ComfyUI (kohya-style keys)
+# ---------------------------------------------------------------------------
+
+
+def kohya_state_dict(result: dict, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Kohya-style tensors from a :func:`match_lora` result.
+
+    Each adapted layer ``down_blocks.0.….attn1.to_out.0`` becomes
+    ``lora_unet_down_blocks_0_…_attn1_to_out_0`` with ``.lora_down.weight`` (``A``,
+    ``(r, d_in)``), ``.lora_up.weight`` (``B``, ``(d_out, r)``) and ``.alpha`` (a 0-dim
+    tensor; ``alpha = r`` when the source has none, which keeps the scale at 1).
+    Text-encoder layers get the ``lora_te_`` prefix.
+    """
+    out = {}
+    for component, by_layer in result["layers"].items():
+        if component not in KOHYA_PREFIXES:
+            raise StableEmoteError(
+                f"Cannot export {component} layers to the kohya format; only the SD 1.x UNet "
+                "and text encoder have kohya names."
+            )
+        for layer, parts in by_layer.items():
+            down, up = parts["down"], parts["up"]
+            if dtype is not None:
+                down, up = down.to(dtype), up.to(dtype)
+            alpha = parts.get("alpha")
+            if component == "text_encoder" and not layer.startswith("text_model."):
+                layer = "text_model." + layer  # the web UIs expect CLIP's full layer names
+            stem = KOHYA_PREFIXES[component] + layer.replace(".", "_")
+            out[f"{stem}.lora_down.weight"] = down.contiguous()
+            out[f"{stem}.lora_up.weight"] = up.contiguous()
+            out[f"{stem}.alpha"] = torch.tensor(
+                float(alpha if alpha is not None else down.shape[0]), dtype=torch.float32
+            )
+    return out
+
+
+def export_kohya(
+    path_in: str | os.PathLike,
+    path_out: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write an adapter as a kohya-style file for the AUTOMATIC1111 web UI or ComfyUI.
+
+    The adapter must fit the SD 1.x layout (or the tiny one); it is checked first so a
+    broken file is not passed on. Copy the output into the web UI's ``models/Lora``
+    folder (or ComfyUI's ``models/loras``).
+
+    Args:
+        path_in: a StableEmote/diffusers adapter file or folder.
+        path_out: the ``.safetensors`` file to write (written atomically).
+        dtype: optionally convert the weights, e.g. ``torch.float16`` to halve the size.
+
+    Returns:
+        The written path.
+    """
+    file = resolve_lora_file(path_in)
+    out = Path(path_out)
+    if out.suffix != ".safetensors":
+        raise StableEmoteError(f"The export target '{out}' must end in .safetensors.")
+    if out.resolve() == file.resolve():
+        raise StableEmoteError("The export target is the input file; pick another name.")
+    state_dict, metadata = read_lora_file(file)
+    result, errors = None, []
+    for name in LAYOUT_NAMES:
+        try:
+            result = check_lora_fits(file, layout_models(name), state_dict=state_dict)
+            break
+        except StableEmoteError as err:
+            errors.append(str(err))
+    if result is None:
+        raise StableEmoteError(
+            "Only adapters for the SD 1.x UNet can be exported to the kohya format. " + errors[0]
+        )
+    apply_header_alpha(result, metadata)
+    tensors = kohya_state_dict(result, dtype=dtype)
+    ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if k.endswith(".lora_down.weight")})
+    alphas = sorted({float(t) for k, t in tensors.items() if k.endswith(".alpha")})
+    header = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else "mixed",
+        "ss_network_alpha": str(alphas[0]) if len(alphas) == 1 else "mixed",
+        "ss_base_model_version": "sd_v1",
+    }
+    header.update({k: v for k, v in metadata.items() if k != DIFFUSERS_METADATA_KEY})
+    return save_state_dict_atomic(tensors, out, header)

@@ -1,0 +1,61 @@
+"""Install the shipped TinyEmote weights into the cache, where the ``tiny`` preset loads them.
+
+The weights ship inside the package (``stableemote_utils/weights/tinyemote``, fp16
+safetensors, made by ``stableemote pretrain-tiny``). :func:`ensure_tinyemote` installs
+them into the cache with the CLIP tokenizer next to them, so that
+``StableDiffusionPipeline.from_pretrained`` loads them like any SD 1.5 folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.files import read_marker, staged_folder
+from stableemote_utils.presets import tinyemote_dir
+from stableemote_utils.tiny_model import write_clip_tokenizer
+
+SHIPPED_DIR = Path(__file__).parent.parent / "weights" / "tinyemote"
+
+
+MARKER = "STABLEEMOTE_TINYEMOTE"
+
+
+def shipped_digest(source: Path = SHIPPED_DIR) -> str:
+    """A short hash of the shipped weights: a changed file means a reinstall."""
+    h = hashlib.sha256()
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(source).as_posix().encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHIPPED_DIR) -> Path:
+    """Install TinyEmote into ``folder`` (default ``<cache>/tinyemote``) if missing or stale.
+
+    Copies the shipped weights and writes the CLIP tokenizer beside them, in a temporary
+    folder renamed into place, so an interrupted install never leaves half a model.
+
+    Returns:
+        The model folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
+    """
+
+    folder = Path(folder or tinyemote_dir())
+    if not (source / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        raise StableEmoteError(
+            f"TinyEmote's weights are missing from {source}. Reinstall the package (pip install "
+            "-e .) or rebuild them with: stableemote pretrain-tiny --install"
+        )
+    digest = shipped_digest(source)
+    if read_marker(folder / MARKER).get("digest") == digest:
+        return folder
+    with staged_folder(folder) as staging:
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.md"))
+        write_clip_tokenizer(staging / "tokenizer")
+        (staging / MARKER).write_text(json.dumps({"digest": digest}) + "\n")
+    return folder

@@ -1,0 +1,223 @@
+"""The package's layers: no import cycles, no import from a lower layer up to a higher one.
+
+Every import of a ``stableemote_utils`` module counts, including the ones deferred into a
+function body. ``LAYERS`` is the order drawn in ARCHITECTURE.md; a new module must be
+given a layer here, or the test fails.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "stableemote_utils"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+# Lowest first. A module may import modules of its own layer or of a lower one.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "foundations": (
+        "",  # the package's __init__
+        "errors",
+        "files",
+        "images",
+        "presets",
+        "precision",
+        "options",
+        "checkpoints",
+        "hub",
+        "plots",
+        "cli",  # subpackage __init__ files hold only a docstring
+        "tinyemote",
+    ),
+    "models and data": (
+        "tiny_model",
+        "tinyemote.install",
+        "loading",
+        "data",
+        "notebook",
+        "lora_files",
+    ),
+    "lessons": (
+        "vae",
+        "text",
+        "denoising",
+        "attention",
+        "lora",
+        "latent_cache",
+        "training",
+        "compare",
+    ),
+    "tools": (
+        "metrics",
+        "bench",
+        "quickstart",
+        "figures",
+        "tinyemote.pretrain",
+        "tinyemote.evaluate",
+    ),
+    "command line": (
+        "cli.common",
+        "cli.lora",
+        "cli.tinyemote",
+        "cli.demo",
+        "cli.main",
+        "cli.__main__",
+    ),
+}
+
+
+def module_files(root: Path) -> dict[str, Path]:
+    """Dotted module name inside the package ('' for its __init__) -> file."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def package_imports(root: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere in its source (deferred ones too)."""
+    files = module_files(root)
+
+    def known(dotted: str) -> str | None:
+        # "lora_files.save_lora" -> "lora_files"; "" is the package itself.
+        while dotted not in files:
+            if not dotted:
+                return None
+            dotted = dotted.rpartition(".")[0]
+        return dotted
+
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                full = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    here = name.split(".") if name else []
+                    if path.name != "__init__.py":
+                        here = here[:-1]
+                    base = here[: len(here) - (node.level - 1)]
+                    module = ".".join([package, *base, *([node.module] if node.module else [])])
+                else:
+                    module = node.module or ""
+                full = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for dotted in full:
+                if dotted == package or dotted.startswith(package + "."):
+                    hit = known(dotted[len(package) + 1 :])
+                    if hit is not None and hit != name:
+                        targets.add(hit)
+        graph[name] = targets
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def upward_imports(graph: dict[str, set[str]], layers: dict[str, tuple[str, ...]]) -> list[str]:
+    """``"a (layer) imports b (higher layer)"`` for every import that points up."""
+    rank = {m: i for i, members in enumerate(layers.values()) for m in members}
+    names = list(layers)
+    return [
+        f"{a or '__init__'} ({names[rank[a]]}) imports {b or '__init__'} ({names[rank[b]]})"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if rank[b] > rank[a]
+    ]
+
+
+def unplaced(graph: dict[str, set[str]], layers: dict[str, tuple[str, ...]]) -> list[str]:
+    placed = [m for members in layers.values() for m in members]
+    return sorted(set(graph) - set(placed)) + sorted({m for m in placed if placed.count(m) > 1})
+
+
+def test_every_module_has_exactly_one_layer():
+    graph = package_imports(ROOT, PACKAGE)
+    assert unplaced(graph, LAYERS) == [], "give each module one layer in LAYERS"
+    missing = sorted({m for members in LAYERS.values() for m in members} - set(graph))
+    assert missing == [], f"LAYERS lists modules that no longer exist: {missing}"
+
+
+def test_the_package_has_no_import_cycle():
+    assert find_cycles(package_imports(ROOT, PACKAGE)) == []
+
+
+def test_no_module_imports_from_a_higher_layer():
+    assert upward_imports(package_imports(ROOT, PACKAGE), LAYERS) == []
+
+
+# The checks themselves, on a small package written for the purpose.
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    root = tmp_path / "toy"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("")
+    (root / "low.py").write_text("import os\n")
+    (root / "mid.py").write_text("from toy.low import x\n")
+    (root / "sub" / "high.py").write_text("from .. import mid\n")
+    return root
+
+
+def test_checks_pass_a_clean_package(toy):
+    graph = package_imports(toy, "toy")
+    assert graph["mid"] == {"low"}
+    assert graph["sub.high"] == {"", "mid"}  # "from .. import mid" runs the __init__ too
+    layers = {"a": ("", "low", "sub"), "b": ("mid",), "c": ("sub.high",)}
+    assert find_cycles(graph) == []
+    assert upward_imports(graph, layers) == []
+    assert unplaced(graph, layers) == []
+
+
+def test_checks_catch_a_deferred_cycle_and_an_upward_import(toy):
+    (toy / "low.py").write_text("def f():\n    from toy.sub import high\n")
+    graph = package_imports(toy, "toy")
+    assert find_cycles(graph) == [["low", "mid", "sub.high"]]
+    layers = {"a": ("", "low", "sub"), "b": ("mid",), "c": ("sub.high",)}
+    assert upward_imports(graph, layers) == ["low (a) imports sub.high (c)"]
+
+
+def test_checks_catch_an_unplaced_module(toy):
+    graph = package_imports(toy, "toy")
+    assert unplaced(graph, {"a": ("", "low", "sub"), "b": ("mid",)}) == ["sub.high"]
