@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from stableemote_utils.files import save_state_dict_atomic
 
 STATE_FILE = "training_state.json"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
@@ -104,13 +106,12 @@ def save_checkpoint(
     tmp = folder / f".checkpoint-{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(
-        {k: v.contiguous() for k, v in lora_weights.items()},
-        tmp / weights_file,
-    )
+    # Through the one atomic writer: it gives the files the mode open() would (0666 less the
+    # umask), where safetensors alone leaves them private (0600).
+    save_state_dict_atomic(lora_weights, tmp / weights_file, {})
     opt_tensors, opt_rest = optimizer_to_tensors(optimizer_state)
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    save_file(rng_tensors(), tmp / "rng.safetensors")
+    save_state_dict_atomic(opt_tensors, tmp / "optimizer.safetensors", {})
+    save_state_dict_atomic(rng_tensors(), tmp / "rng.safetensors", {})
     files = (weights_file, "optimizer.safetensors", "rng.safetensors")
     record = dict(
         state,

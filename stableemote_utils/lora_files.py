@@ -14,12 +14,12 @@ import functools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.files import save_state_dict_atomic
 from stableemote_utils.tiny_model import (
     TINY_TEXT_CONFIG,
     TINY_UNET_CONFIG,
@@ -77,30 +77,6 @@ def _peft_config_metadata(unet: torch.nn.Module, adapter_name: str) -> dict:
             continue
         out[k] = v
     return out
-
-
-def save_state_dict_atomic(
-    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
-) -> Path:
-    """Write a safetensors file next to ``path`` and rename it into place.
-
-    A crash mid-write leaves at most a stray ``*.partial`` file, never a half-written
-    adapter under the real name.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", **metadata})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def save_lora(

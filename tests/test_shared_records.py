@@ -48,3 +48,32 @@ def test_a_hub_id_stays_a_hub_id(tiny_components):
     pipe = make_pipeline(copy.copy(tiny_components))
     pipe.register_to_config(_name_or_path="stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert base_model_location(pipe) == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_adapters_exports_and_checkpoints_get_the_mode_open_gives(tmp_path, tiny_components):
+    import stat
+
+    from stableemote_utils.checkpoints import save_checkpoint
+    from stableemote_utils.lora_files import export_kohya, lora_state_dict
+
+    unet = copy.deepcopy(tiny_components.unet)
+    add_lora(unet, rank=2)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    old = os.umask(0o027)  # a umask other than the usual 022, so the mode is really derived
+    try:
+        adapter = save_lora(unet, tmp_path / "adapter")
+        kohya = export_kohya(adapter, tmp_path / "export" / "emoji_kohya.safetensors")
+        checkpoint = save_checkpoint(
+            tmp_path / "checkpoints", 2, lora_state_dict(unet), optimizer.state_dict(), {}
+        )
+    finally:
+        os.umask(old)
+    files = [adapter, kohya, *checkpoint.iterdir()]
+    assert len(files) == 6
+    modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
+    assert set(modes.values()) == {oct(0o640)}, modes  # 0666 less the umask, not 0600
+    assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob(".mode-probe-*"))
