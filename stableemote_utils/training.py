@@ -9,12 +9,16 @@ scratch, see :mod:`stableemote_utils.pretrain`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +45,56 @@ _SEED_STRIDE = 1_000_003
 _RANK_STRIDE = 1_009
 HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 HELDOUT_NOISE_SEED = 1234
-# Settings that must not change when a run is resumed.
-_RESUME_MUST_MATCH = (
-    "mode",
-    "model",
-    "dataset",
-    "rank",
-    "alpha",
-    "resolution_px",
-    "caption_template",
-    "seed",
+# Settings a resumed run may change: they do not change the trained weights (or, for
+# steps, redraw the LR schedule on purpose). Every other TrainConfig field must match.
+_RESUME_MAY_CHANGE = frozenset(
+    {
+        "preset",  # resolved into model, dataset and sizes, which are compared
+        "output_dir",
+        "steps",
+        "precision",  # the precision actually used is compared instead
+        "device",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "validate_every",
+        "validation_prompts",
+        "validation_seed",
+        "validation_steps",
+        "heldout_limit",
+        "report_to",
+        "log_every",
+        "gradient_checkpointing",
+        "channels_last",
+        "compile",
+        "push_to_hub",
+        "stop_after_steps",
+        "progress_bar",
+    }
 )
+# mixed_precision_for's names -> the --precision value that selects it.
+_PRECISION_FLAG = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
+_CLI_FLAGS = {
+    "resolution_px": "--resolution",
+    "stop_after_steps": "--stop-after",
+    **{
+        f: "--" + f.replace("_", "-")
+        for f in [
+            "model",
+            "dataset",
+            "batch_size",
+            "rank",
+            "alpha",
+            "learning_rate",
+            "lr_warmup_steps",
+            "caption_dropout",
+            "min_snr_gamma",
+            "noise_offset",
+            "seed",
+            "use_8bit_adam",
+            "max_train_examples",
+        ]
+    },
+}
 
 
 @dataclass
@@ -274,6 +317,7 @@ class TrainResult:
         seconds_per_step: median wall time of this session's steps.
         stopped_early: True when ``stop_after_steps`` ended the run.
         is_main_process: False on the other processes of a distributed run.
+        interrupted: True when Ctrl-C stopped the run (after writing a checkpoint).
     """
 
     output_dir: Path
@@ -284,6 +328,7 @@ class TrainResult:
     seconds_per_step: float
     stopped_early: bool
     is_main_process: bool = True
+    interrupted: bool = False
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -331,18 +376,63 @@ def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
     return path
 
 
-def _check_resume_config(saved: dict, config: TrainConfig) -> None:
-    now = config.to_dict()
+def _option_name(field: str) -> str:
+    """How the command line spells a :class:`TrainConfig` field (the field itself if it has no flag)."""
+    return _CLI_FLAGS.get(field, field)
+
+
+def _check_resume_config(saved_state: dict, config: TrainConfig, precision: str) -> None:
+    """Refuse to resume when a setting that changes the trained weights differs."""
+    saved, now = saved_state["config"], config.to_dict()
     diff = [
-        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
-        for k in _RESUME_MUST_MATCH
-        if saved.get(k) != now.get(k)
+        f"{k}: {saved[k]!r} -> {now[k]!r} ({_option_name(k)})"
+        for k in now
+        if k not in _RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]
     ]
+    if saved_state.get("precision") not in (None, precision):
+        diff.append(
+            f"precision: {saved_state['precision']!r} -> {precision!r} (--precision; pass "
+            f"--precision {_PRECISION_FLAG[saved_state['precision']]} to continue)"
+        )
     if diff:
         raise StableEmoteError(
             "The checkpoint was made with other settings, so resuming would not continue the same run: "
             + "; ".join(diff)
             + ". Use the original settings, or a new --output-dir to start a fresh run."
+        )
+
+
+def _claim_run_folder(
+    out: Path, ckpt_dir: Path, resume: str | None, resume_from: Path | None, overwrite: bool
+) -> None:
+    """Make ``ckpt_dir`` hold only this run's timeline, moving (never deleting) the rest.
+
+    A fresh run refuses a folder with checkpoints unless ``overwrite``; a resumed run moves
+    aside every checkpoint newer than the one it continues (an abandoned branch, or
+    damaged ones), so that "latest" means this timeline.
+    """
+    from stableemote_utils.checkpoints import checkpoint_step, list_checkpoints, set_aside
+
+    existing = list_checkpoints(ckpt_dir)
+    if resume is None:
+        if existing and not overwrite:
+            raise StableEmoteError(
+                f"The run folder '{out}' already holds the checkpoints of a run (newest: "
+                f"{existing[-1].name}). Continue that run with --resume latest, start it over "
+                "with --overwrite (its checkpoints are moved to set-aside/), or choose a new "
+                "--output-dir."
+            )
+        moved, why = existing, "replaced-run"
+    else:
+        start = 0 if resume_from is None else checkpoint_step(resume_from)
+        moved, why = [p for p in existing if checkpoint_step(p) > start], f"after-step-{start}"
+    target = set_aside(moved, out, why)
+    if target is not None:
+        print(
+            f"stableemote: moved {len(moved)} checkpoint(s) that are not part of this run's "
+            f"timeline ({', '.join(p.name for p in moved[:3])}{', ...' if len(moved) > 3 else ''}) "
+            f"to {target}",
+            file=sys.stderr,
         )
 
 
@@ -402,34 +492,44 @@ def _log_image(accelerator, name: str, image, step: int) -> None:
             tracker.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
 
 
-def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
+def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrainResult:
     """Train a LoRA on the UNet (or, with ``mode="full"``, every UNet weight).
 
-    Runs the same on CPU, one GPU, or N GPUs via ``accelerate launch``.
+    Runs the same on CPU, one GPU, or N GPUs via ``accelerate launch``. A run folder
+    belongs to one run: it is locked while the run lasts, a fresh run refuses a folder
+    that holds checkpoints (unless ``overwrite``), and a resume checks that every setting
+    that changes the result is the same. The first Ctrl-C finishes the step, writes a
+    checkpoint and returns (``result.interrupted``); a second one stops at once.
 
     Args:
         config: the run's settings (see :func:`recipe`).
         resume: ``None`` for a fresh run, ``"latest"`` for the newest intact checkpoint in
             ``output_dir/checkpoints`` (a fresh start if there is none), or a checkpoint folder.
+            Checkpoints newer than the one resumed from (an abandoned timeline, or damaged
+            ones) are moved to ``output_dir/set-aside/``.
+        overwrite: start a fresh run in a folder that holds another run's checkpoints; they
+            are moved to ``output_dir/set-aside/``, not deleted.
 
     Returns:
         A :class:`TrainResult`. Files written under ``output_dir``: ``checkpoints/``,
         ``samples/``, ``pytorch_lora_weights.safetensors``, ``loss.png``, ``summary.json``,
         ``README.md`` (model card).
-    """
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
 
-    from stableemote_utils.checkpoints import load_checkpoint, restore_rng, save_checkpoint
-    from stableemote_utils.data import load_emoji_dataset
-    from stableemote_utils.latent_cache import build_or_load_cache
-    from stableemote_utils.loading import load_components
-    from stableemote_utils.lora import add_lora, set_lora_state_dict
-    from stableemote_utils.lora_files import lora_state_dict, save_lora
+    Raises:
+        StableEmoteError: a bad option (before any work), a locked or used folder, a
+            checkpoint made with other settings, bad data, a non-finite loss.
+    """
+    from stableemote_utils.checkpoints import run_lock
     from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
-    from stableemote_utils.presets import cache_dir, get_preset
+    from stableemote_utils.presets import get_preset
 
     check_train_options(config)
+    device = pick_device(config.device)
+    check_training_precision(device, choose_dtype(device, config.precision)[0])
+    if overwrite and resume is not None:
+        raise StableEmoteError(
+            "--overwrite starts the run over and --resume continues it; pass one of them."
+        )
     preset = get_preset(config.preset)
     config = dataclasses.replace(
         config,
@@ -441,6 +541,30 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         validation_steps=config.validation_steps or preset.sample_steps,
     )
     out = check_output_dir(config.output_dir)
+    # One lock per run: only the launching process of a distributed run takes it.
+    with run_lock(out) if _is_first_launched_process() else contextlib.nullcontext():
+        return _train(config, preset, out, resume, overwrite)
+
+
+def _is_first_launched_process() -> bool:
+    """True unless ``accelerate launch``/``torchrun`` started this as a process other than 0."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite: bool):
+    """:func:`train` once the options are checked and the run folder is locked."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    from stableemote_utils.checkpoints import load_checkpoint, restore_rng, save_checkpoint
+    from stableemote_utils.data import load_emoji_dataset
+    from stableemote_utils.latent_cache import build_or_load_cache
+    from stableemote_utils.loading import load_components
+    from stableemote_utils.lora import add_lora, set_lora_state_dict
+    from stableemote_utils.lora_files import lora_state_dict, save_lora
+    from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
+    from stableemote_utils.presets import cache_dir
+
     ckpt_dir = out / "checkpoints"
 
     device = pick_device(config.device)
@@ -456,6 +580,17 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     main = accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)
     say(f"precision: {reason}")
+
+    # The run folder: which checkpoint to continue (if any), with the same settings, and
+    # checkpoints that do not belong to this timeline moved out of the way.
+    resume_from = _resolve_resume(resume, ckpt_dir)
+    saved_state = None
+    if resume_from is not None:
+        saved_state, saved_lora, saved_opt, saved_rng = load_checkpoint(resume_from)
+        _check_resume_config(saved_state, config, mixed_precision_for(dtype))
+    if main:
+        _claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
+    run_id = (saved_state or {}).get("run_id") or uuid.uuid4().hex
 
     # Data first: a missing dataset or one smaller than a batch fails before any model loads.
     with accelerator.main_process_first():
@@ -487,12 +622,6 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             "held-out loss cannot be measured. Add images with more distinct names (a few dozen "
             "at least)."
         )
-    resume_from = _resolve_resume(resume, ckpt_dir)
-    saved_state = None
-    if resume_from is not None:
-        saved_state, saved_lora, saved_opt, saved_rng = load_checkpoint(resume_from)
-        _check_resume_config(saved_state["config"], config)
-
     # Models, then encode once and take the VAE and text encoder off the accelerator.
     use_preset = preset.is_tiny and config.model == preset.model
     components = load_components(
@@ -645,6 +774,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     def checkpoint(at_step: int) -> None:
         if main:
             state = {
+                "run_id": run_id,
+                "precision": mixed_precision_for(dtype),
                 "config": config.to_dict(),
                 "lr_scheduler": lr_schedule.state_dict(),
                 "scaler": accelerator.scaler.state_dict()
@@ -688,6 +819,17 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     step_times: list[float] = []
     unet.train()
     last = time.perf_counter()
+    interrupt = {"requested": False}
+    restore_sigint = _finish_the_step_on_interrupt(interrupt)
+
+    def stop_requested() -> bool:
+        """Whether any process was interrupted (all processes stop after the same step)."""
+        if world == 1:
+            return interrupt["requested"]
+        flag = torch.tensor([float(interrupt["requested"])], device=dev)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    stopping = False
     try:
         while step < end_step:
             idx = batch_indices(
@@ -717,7 +859,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             pending.append(loss.detach().float())
-            if step % config.log_every == 0 or step == end_step:
+            stopping = stop_requested()
+            if step % config.log_every == 0 or step == end_step or stopping:
                 # One host sync per log interval, not per step.
                 values = accelerator.reduce(torch.stack(pending), reduction="mean").cpu()
                 pending.clear()
@@ -748,8 +891,10 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                     measure_heldout(step)
                 except Exception as err:  # noqa: BLE001 - reported, training goes on
                     report_failure("the held-out loss", step, err)
-            if step % config.checkpoint_every == 0 or step == end_step:
+            if step % config.checkpoint_every == 0 or step == end_step or stopping:
                 checkpoint(step)
+            if stopping:
+                break
             if validating:
                 try:
                     sample_validation_grid(step)
@@ -757,14 +902,23 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                     report_failure("the validation grid", step, err)
     except torch.OutOfMemoryError as err:
         raise StableEmoteError(
-            f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. Lower "
-            "--batch-size, turn on --gradient-checkpointing, use --use-8bit-adam, or lower --resolution; "
-            f"resume with --resume latest. ({str(err)[:120]})"
+            f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. "
+            "Turn on --gradient-checkpointing and continue with --resume latest, or start a new run "
+            "(new --output-dir) with a lower --batch-size or --resolution, or --use-8bit-adam. "
+            f"({str(err)[:120]})"
         ) from err
     finally:
         bar.close()
+        restore_sigint()
 
     stopped_early = step < config.steps
+    interrupted = stopping and stopped_early
+    if interrupted:
+        say(
+            f"stableemote: interrupted: stopped after step {step}; its checkpoint is in {ckpt_dir}. "
+            "Continue with --resume latest (in Python: train(config, resume='latest')).",
+            file=sys.stderr,
+        )
     adapter_path = None
     if main and not stopped_early:
         from stableemote_utils.hub import write_model_card
@@ -802,8 +956,41 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
-        out, adapter_path, step, losses, heldout, _median(step_times), stopped_early, main
+        out,
+        adapter_path,
+        step,
+        losses,
+        heldout,
+        _median(step_times),
+        stopped_early,
+        main,
+        interrupted,
     )
+
+
+def _finish_the_step_on_interrupt(interrupt: dict):
+    """Make the first Ctrl-C set ``interrupt["requested"]`` and a second one stop at once.
+
+    Returns a function that puts the previous handler back (a no-op outside the main
+    thread, where handlers cannot be set and Ctrl-C is not delivered).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_sigint(signum, frame):
+        if interrupt["requested"]:
+            raise KeyboardInterrupt
+        interrupt["requested"] = True
+        print(
+            "\nstableemote: interrupted: finishing this step and writing a checkpoint "
+            "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    if previous is None:  # installed from C: Python's default is the closest to it
+        previous = signal.default_int_handler
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _median(values: list[float]) -> float:

@@ -95,6 +95,8 @@ BAD_TRAIN_ARGS = [
     (["--keep-checkpoints", "-1"], "--keep-checkpoints"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints"),
     (["--seed", "-1"], "--seed"),
+    (["--precision", "fp16"], "--precision"),  # on --device cpu
+    (["--precision", "fp8"], "--precision"),
 ]
 
 
@@ -199,6 +201,8 @@ def test_too_many_bad_images_names_no_option_the_cli_lacks(tmp_path, capsys):
 
 
 def test_train_honours_stableemote_preset(tmp_path, monkeypatch):
+    import importlib
+
     from stableemote_utils import training
 
     seen = {}
@@ -207,7 +211,8 @@ def test_train_honours_stableemote_preset(tmp_path, monkeypatch):
         seen["preset"] = config.preset
         return training.TrainResult(tmp_path, None, 0, [], {}, 0.0, True)
 
-    monkeypatch.setattr(training, "train", fake_train)
+    cli_module = importlib.import_module("stableemote_utils.cli.main")
+    monkeypatch.setattr(cli_module, "train", fake_train)
     monkeypatch.setenv("STABLEEMOTE_PRESET", "tiny-random")
     assert main(["train", "--output-dir", str(tmp_path / "run")]) == 0
     assert seen["preset"] == "tiny-random"
@@ -272,3 +277,252 @@ def test_unusable_adapters_are_flagged_by_inspect_and_refused_by_compare(
     assert code == 2
     assert words in one_line_error(capsys)
     assert not grid.exists()
+
+
+# ---------------------------------------------------------------------------
+# Runs that never lose or mix work
+# ---------------------------------------------------------------------------
+
+RUN_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def run_data(tmp_path_factory):
+    from stableemote_utils.tiny_model import ensure_tiny_model
+
+    ensure_tiny_model()
+    return make_folder(tmp_path_factory.mktemp("rundata") / "data")
+
+
+def run_args(folder, data, *extra):
+    return [
+        "train",
+        "--preset",
+        "tiny-random",
+        "--device",
+        "cpu",
+        "--dataset",
+        str(data),
+        "--output-dir",
+        str(folder),
+        "--steps",
+        str(RUN_STEPS),
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--validate-every",
+        "1000",
+        "--learning-rate",
+        "1e-3",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def straight(run_data, tmp_path_factory):
+    """The uninterrupted run's adapter weights."""
+    folder = tmp_path_factory.mktemp("straight") / "run"
+    assert main(run_args(folder, run_data)) == 0
+    return load_file(folder / "pytorch_lora_weights.safetensors")
+
+
+def assert_same_weights(folder, straight):
+    got = load_file(folder / "pytorch_lora_weights.safetensors")
+    assert got.keys() == straight.keys()
+    assert max((got[k] - straight[k]).abs().max().item() for k in got) == 0.0
+
+
+def names(folder):
+    from stableemote_utils.checkpoints import list_checkpoints
+
+    return [p.name for p in list_checkpoints(folder / "checkpoints")]
+
+
+def set_aside_names(folder):
+    return sorted(p.name for p in (folder / "set-aside").glob("*/checkpoint-*"))
+
+
+_SLOW_TRAINER = """
+import sys, time
+from stableemote_utils import training
+from stableemote_utils.cli.main import main
+real = training.training_loss
+def slow(*a, **k):
+    time.sleep(0.4)
+    return real(*a, **k)
+training.training_loss = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
+    run_data, straight, tmp_path, capsys
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_TRAINER, *run_args(folder, run_data)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (folder / "checkpoints" / "checkpoint-000002").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "the run wrote no checkpoint"
+            time.sleep(0.05)
+        # A second run into the same folder while the first one trains.
+        assert main(run_args(folder, run_data, "--resume", "latest")) == 2
+        err = one_line_error(capsys)
+        assert f"PID {proc.pid}" in err and "Another run is training" in err
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (folder / "pytorch_lora_weights.safetensors").exists(), "killed mid-run"
+    assert names(folder), "the kill left its checkpoints"
+    # The killed run's lock is stale: it does not block the resume.
+    assert main(run_args(folder, run_data, "--resume", "latest")) == 0
+    assert_same_weights(folder, straight)
+
+
+def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(
+    run_data, straight, tmp_path, capsys, monkeypatch
+):
+    import os
+    import signal
+
+    from stableemote_utils import training
+
+    real, calls = training.training_loss, []
+
+    def interrupted_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    folder = tmp_path / "run"
+    monkeypatch.setattr(training, "training_loss", interrupted_at_step_3)
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(run_args(folder, run_data, "--checkpoint-every", "100")) == 130
+    assert signal.getsignal(signal.SIGINT) is handler, "the handler is put back"
+    assert len(calls) == 3, "no step after the interrupted one"
+    assert names(folder) == ["checkpoint-000003"]
+    err = capsys.readouterr().err
+    assert "continue with: stableemote train" in err and "--resume latest" in err
+    assert "--dataset" in err.split("continue with:")[1]
+    monkeypatch.setattr(training, "training_loss", real)
+    assert main(run_args(folder, run_data, "--resume", "latest")) == 0
+    assert_same_weights(folder, straight)
+
+
+def test_second_ctrl_c_stops_at_once(run_data, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from stableemote_utils import training
+
+    real, calls = training.training_loss, []
+
+    def interrupted_twice(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    folder = tmp_path / "run"
+    monkeypatch.setattr(training, "training_loss", interrupted_twice)
+    assert main(run_args(folder, run_data, "--checkpoint-every", "100")) == 130
+    assert names(folder) == [], "stopped at once: no checkpoint written"
+    assert "continue with" not in capsys.readouterr().err
+
+
+def test_damaged_checkpoints_plus_a_new_run_lose_nothing(run_data, tmp_path, capsys):
+    from stableemote_utils.checkpoints import latest_checkpoint, verify_checkpoint
+
+    folder = tmp_path / "run"
+    assert main(run_args(folder, run_data, "--stop-after", "6")) == 0
+    damaged = ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006"]
+    assert names(folder) == damaged
+    for name in damaged:
+        weights = folder / "checkpoints" / name / "pytorch_lora_weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    # Nothing intact: the run starts over. It must neither prune its own new checkpoints
+    # because damaged ones carry higher step numbers, nor delete the damaged ones.
+    new_run = run_args(folder, run_data, "--resume", "latest", "--keep-checkpoints", "1")
+    assert main([*new_run, "--stop-after", "4"]) == 0
+    assert names(folder) == ["checkpoint-000004"]
+    assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000004"
+    assert set_aside_names(folder) == damaged
+    assert main(new_run) == 0
+    assert names(folder) == ["checkpoint-000008"]
+    assert verify_checkpoint(folder / "checkpoints" / "checkpoint-000008") is None
+    assert (folder / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_pruning_keeps_the_newest_good_checkpoints_of_this_run_only(run_data, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    assert main(run_args(folder, run_data, "--stop-after", "4", "--keep-checkpoints", "2")) == 0
+    # A checkpoint another run left (another run id) is not this run's to delete.
+    other = folder / "checkpoints" / "checkpoint-000001"
+    shutil.copytree(folder / "checkpoints" / "checkpoint-000002", other)
+    state = json.loads((other / "training_state.json").read_text())
+    state["run_id"] = "another-run"
+    (other / "training_state.json").write_text(json.dumps(state))
+    assert main(run_args(folder, run_data, "--resume", "latest", "--keep-checkpoints", "2")) == 0
+    assert names(folder) == ["checkpoint-000001", "checkpoint-000006", "checkpoint-000008"]
+
+
+def test_a_fresh_run_into_a_used_folder_is_refused(run_data, tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert main(run_args(folder, run_data, "--stop-after", "2")) == 0
+    before = (folder / "checkpoints" / "checkpoint-000002" / "training_state.json").read_text()
+    capsys.readouterr()
+    assert main(run_args(folder, run_data, "--learning-rate", "1e-4")) == 2
+    err = one_line_error(capsys)
+    assert "--resume latest" in err and "--overwrite" in err and "checkpoint-000002" in err
+    assert names(folder) == ["checkpoint-000002"]
+    # --overwrite starts over; the old run's checkpoints are set aside, not deleted.
+    assert main(run_args(folder, run_data, "--overwrite", "--stop-after", "2")) == 0
+    moved = next((folder / "set-aside").glob("*/checkpoint-000002"))
+    assert (moved / "training_state.json").read_text() == before
+
+
+def test_resume_names_the_setting_that_differs(run_data, tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert main(run_args(folder, run_data, "--stop-after", "2")) == 0
+    capsys.readouterr()
+    resumed = run_args(folder, run_data, "--resume", "latest", "--learning-rate", "1e-4")
+    assert main(resumed) == 2
+    err = one_line_error(capsys)
+    assert "learning_rate: 0.001 -> 0.0001 (--learning-rate)" in err
+    assert main(run_args(folder, run_data, "--resume", "latest", "--noise-offset", "0.1")) == 2
+    assert "--noise-offset" in one_line_error(capsys)
+
+
+def test_branching_from_an_older_checkpoint_sets_the_newer_ones_aside(run_data, tmp_path):
+    folder = tmp_path / "run"
+    assert main(run_args(folder, run_data, "--stop-after", "6", "--keep-checkpoints", "5")) == 0
+    assert names(folder) == ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006"]
+    older = folder / "checkpoints" / "checkpoint-000002"
+    assert main(run_args(folder, run_data, "--resume", str(older), "--stop-after", "4")) == 0
+    assert names(folder) == ["checkpoint-000002", "checkpoint-000004"]
+    assert set_aside_names(folder) == ["checkpoint-000004", "checkpoint-000006"]
+    # "latest" is now this timeline's step 4, not the abandoned step 6.
+    from stableemote_utils.checkpoints import latest_checkpoint
+
+    assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000004"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -117,9 +118,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     config = recipe(args.recipe, **overrides)
     config = dataclasses.replace(config, **{k: True for k, v in flags.items() if v})
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if not result.is_main_process:
         return
+    if result.interrupted:
+        print(f"continue with: {resume_command(args.argv)}", file=sys.stderr)
+        raise KeyboardInterrupt
     if result.adapter_path is not None:
         print(f"adapter: {result.adapter_path}")
     else:
@@ -129,6 +133,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(
             f"held-out loss: {result.heldout[first]:.4f} (step {first}) -> {result.heldout[last]:.4f} (step {last})"
         )
+
+
+def resume_command(argv: list[str]) -> str:
+    """The ``stableemote train`` command line that continues the run ``argv`` started."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--resume", "--stop-after"):
+            skip = True
+        elif not (arg == "--overwrite" or arg.startswith(("--resume=", "--stop-after="))):
+            kept.append(arg)
+    return shlex.join(["stableemote", *kept, "--resume", "latest"])
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -284,7 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-train-examples", type=int, default=None, help="use only the first N images"
     )
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="'latest' or a checkpoint folder (newer checkpoints are moved to set-aside/)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a fresh run in a folder that holds another run's checkpoints "
+        "(they are moved to set-aside/, not deleted)",
+    )
     p.add_argument("--report-to", default=None, choices=["wandb", "tensorboard", "none"])
     p.add_argument(
         "--push-to-hub",
@@ -355,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
