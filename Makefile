@@ -2,6 +2,7 @@
 #
 #   make demo   - create .venv, install, run the course's main job (tiny preset, CPU)
 #   make test   - create .venv, install, run lint, unit tests and the notebooks (offline)
+#   make test-browser - drive `stableemote demo` in headless Chromium (a few minutes)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,13 +11,15 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= .ci/constraints.txt
 STAMP := $(VENV)/.stableemote-installed
 OPEN_CLIP := open_clip_torch==3.3.0
+# The browser test's driver: keep equal to the "browser" extra in pyproject.toml.
+PLAYWRIGHT := playwright==1.65.2
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 # Idle OpenMP threads sleep instead of spinning: on a small, shared CPU a spinning
 # thread can make each step ten times slower.
 THREADS := OMP_WAIT_POLICY=PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench figures lint format clean
+.PHONY: install demo test test-browser bench figures lint format clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +51,16 @@ format: install
 test: lint
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --durations=15 \
 		--nbval-lax --nbval-current-env tests notebooks $(PYTEST_ARGS)
+
+# Debian's Chromium (Playwright's own browser download is not used), the pinned Playwright
+# that drives it, then tests/test_demo_browser.py; screenshots land in outputs/browser/.
+test-browser: install
+	@test -x /usr/bin/chromium || { SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+		$$SUDO apt-get install -y -q chromium || \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) $(PLAYWRIGHT)
+	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q -s --durations=5 \
+		--run-browser tests/test_demo_browser.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -45,3 +45,20 @@ def tinyemote_pipe(tinyemote_dir):
     from stableemote_utils.loading import load_components, make_pipeline
 
     return make_pipeline(load_components(str(tinyemote_dir)))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-browser",
+        action="store_true",
+        help="also run the tests that drive the demo in headless Chromium (make test-browser)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-browser"):
+        return
+    skip = pytest.mark.skip(reason="drives a real browser: run `make test-browser`")
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            item.add_marker(skip)

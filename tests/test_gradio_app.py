@@ -15,14 +15,22 @@ from PIL import Image
 from stableemote_utils.cli.demo import (
     API_NAME,
     DEMO_ADAPTER_NAME,
+    DISPLAY_MIN_PX,
+    MAX_SEED,
     add_demo_command,
     build_demo,
+    check_seed,
     cmd_demo,
     demo_generate,
+    display_image,
+    example_prompts,
     find_adapter,
     free_port,
+    picture_label,
+    render_picture,
 )
 from stableemote_utils.compare import generate
+from stableemote_utils.data import is_heldout
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.lora import add_lora, load_lora, unload_lora
 from stableemote_utils.lora_files import save_lora
@@ -77,6 +85,89 @@ def test_handler_matches_the_fair_generation(pipe, adapter):
         unload_lora(pipe)
 
 
+def test_seed_is_bounded(pipe):
+    assert check_seed(0) == 0
+    assert check_seed(MAX_SEED) == MAX_SEED
+    assert check_seed(7.0) == 7  # gradio's Number sends floats
+    for bad in (2**70, MAX_SEED + 1, -1, 1.5, float("nan"), float("inf"), "abc", None):
+        with pytest.raises(StableEmoteError, match="seed must be a whole number from 0 to"):
+            check_seed(bad)
+    with pytest.raises(StableEmoteError, match="seed must be"):
+        demo_generate(pipe, PROMPT, 2**70, STEPS, resolution_px=SIZE_PX)
+
+
+def test_display_image_enlarges_by_a_whole_factor_with_crisp_pixels():
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (SIZE_PX, SIZE_PX, 3), dtype=np.uint8))
+    before = pixels(small).copy()
+    big = display_image(small)
+    factor = -(-DISPLAY_MIN_PX // SIZE_PX)
+    assert big.size == (SIZE_PX * factor, SIZE_PX * factor)
+    blocks = pixels(big).reshape(SIZE_PX, factor, SIZE_PX, factor, 3)
+    # every display pixel is its source pixel: no smoothing across emoji edges
+    assert np.array_equal(blocks, np.broadcast_to(before[:, None, :, None], blocks.shape))
+    assert np.array_equal(pixels(small), before)  # the true-size picture is untouched
+    large = Image.new("RGB", (DISPLAY_MIN_PX + 128, DISPLAY_MIN_PX + 128), "red")
+    assert display_image(large).size == large.size
+
+
+def test_render_picture_keeps_the_true_size_file(pipe, tmp_path):
+    shown, path, seconds = render_picture(pipe, PROMPT, 3, STEPS, 7.5, SIZE_PX, None, tmp_path)
+    true_size = generate(pipe, PROMPT, 3, STEPS, 7.5, SIZE_PX)
+    assert path.parent.parent == tmp_path and path.suffix == ".png"
+    assert "seed3" in path.name and f"steps{STEPS}" in path.name
+    with Image.open(path) as saved:
+        assert saved.size == (SIZE_PX, SIZE_PX)
+        assert np.array_equal(pixels(saved), pixels(true_size))
+    assert shown.width >= DISPLAY_MIN_PX
+    assert np.array_equal(pixels(shown), pixels(display_image(true_size)))
+    assert seconds > 0
+    with pytest.raises(StableEmoteError, match="seed must be"):
+        render_picture(pipe, PROMPT, -1, STEPS, 7.5, SIZE_PX, None, tmp_path)
+
+
+def test_labels_and_example_prompts():
+    assert picture_label("TinyEmote", 0.84, 3, 25, 7.5) == (
+        "TinyEmote · seed 3 · 25 steps · guidance 7.5 · 0.8 s"
+    )
+    assert picture_label("LoRA", 2.0, 9, 4, 3.0, scale=0.5).startswith("LoRA × 0.50 · seed 9")
+    training, heldout = example_prompts("An emoji of {name}", 0.05)
+    assert training and heldout
+    assert all(p.startswith("An emoji of ") for p in training + heldout)
+    assert not any(is_heldout(p.removeprefix("An emoji of "), 0.05) for p in training)
+    assert all(is_heldout(p.removeprefix("An emoji of "), 0.05) for p in heldout)
+
+
+def _components(demo) -> list:
+    return list(demo.blocks.values())
+
+
+def _labels(demo, kind: str) -> list[str]:
+    return [str(b.label) for b in _components(demo) if type(b).__name__ == kind]
+
+
+def test_without_an_adapter_one_picture_and_no_lora_controls(pipe):
+    demo = build_demo(pipe, None, resolution_px=SIZE_PX, steps=STEPS, model_label="Tiny")
+    assert _labels(demo, "Image") == ["Tiny"]
+    assert not [label for label in _labels(demo, "Slider") if "LoRA" in label]
+    assert _labels(demo, "Slider") == ["Steps", "Guidance"]
+    texts = " ".join(str(b.value) for b in _components(demo) if type(b).__name__ == "Markdown")
+    assert "no adapter loaded" in texts and "LoRA scale" not in texts
+    seed = next(b for b in _components(demo) if type(b).__name__ == "Number")
+    assert (seed.minimum, seed.maximum, seed.precision) == (0, MAX_SEED, 0)
+
+
+def test_with_an_adapter_two_pictures_a_scale_slider_and_its_name(pipe, adapter):
+    demo = build_demo(pipe, adapter, resolution_px=SIZE_PX, steps=STEPS, model_label="Tiny")
+    try:
+        assert _labels(demo, "Image") == ["Tiny", "LoRA"]
+        assert "LoRA scale" in _labels(demo, "Slider")
+        texts = " ".join(str(b.value) for b in _components(demo) if type(b).__name__ == "Markdown")
+        assert f"`{adapter.parent.name}`" in texts and "rank 4" in texts
+    finally:
+        unload_lora(pipe)
+
+
 def test_find_adapter(adapter, tmp_path, monkeypatch):
     assert find_adapter(adapter.parent) == str(adapter)
     assert find_adapter(adapter) == str(adapter)
@@ -109,6 +200,9 @@ def test_server_starts_serves_a_generation_and_stops(pipe, adapter):
         )
         assert np.array_equal(pixels(Image.open(base_file)), pixels(expected_base))
         assert np.array_equal(pixels(Image.open(lora_file)), pixels(expected_lora))
+        assert Image.open(lora_file).size == (SIZE_PX, SIZE_PX)  # the true size, not the display
+        with pytest.raises(Exception, match="seed must be a whole number"):
+            client.predict(PROMPT, 2**70, STEPS, 7.5, 1.0, True, api_name=f"/{API_NAME}")
     finally:
         demo.close()
         unload_lora(pipe)
@@ -123,3 +217,15 @@ def test_demo_command_parses():
     assert args.func is cmd_demo
     assert (args.lora, args.port, args.share, args.host) == ("you/emoji-lora", 7000, True, None)
     assert parser.parse_args(["demo"]).lora is None
+
+
+def test_the_browser_extra_and_make_test_browser_pin_the_same_playwright():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pinned = extra["optional-dependencies"]["browser"]
+    make = re.search(r"^PLAYWRIGHT := (\S+)$", (root / "Makefile").read_text(), re.M)
+    assert make is not None and pinned == [make.group(1)]
