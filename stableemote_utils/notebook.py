@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from stableemote_utils.precision import choose_dtype, dtype_name, pick_device
-from stableemote_utils.presets import Preset, get_preset
+from stableemote_utils.presets import PRECISION_ENV_VAR, Preset, get_preset, precision_setting
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,15 @@ def notebook_setup(
     seed: int = 0,
 ) -> NotebookConfig:
     """Read the preset (argument, else ``$STABLEEMOTE_PRESET``, else ``sd15``), pick device
-    and precision, seed torch, print the choices and return them."""
+    and precision (argument, else ``$STABLEEMOTE_PRECISION``, else the policy: fp16 on a
+    GPU below compute capability 8.0, bf16 from 8.0, fp32 on CPU), seed torch, print the
+    choices and return them."""
     chosen = get_preset(preset)
     dev = pick_device(device)
-    dtype, reason = choose_dtype(dev, precision)
+    asked = precision_setting(precision)
+    dtype, reason = choose_dtype(dev, asked)
+    if asked and not precision:
+        reason = f"{dtype_name(dtype)} because {PRECISION_ENV_VAR}={asked}."
     torch.manual_seed(seed)
     source = (
         "argument"

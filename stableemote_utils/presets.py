@@ -16,6 +16,9 @@ from dataclasses import dataclass, replace
 from stableemote_utils.errors import StableEmoteError
 
 PRESET_ENV_VAR = "STABLEEMOTE_PRESET"
+# fp32, fp16 or bf16; unset: the precision policy (fp16 on GPUs below compute capability
+# 8.0, bf16 from 8.0, fp32 on CPU). CI sets bf16 to run the half-precision path on CPU.
+PRECISION_ENV_VAR = "STABLEEMOTE_PRECISION"
 DEFAULT_PRESET = "sd15"
 CAPTION_TEMPLATE = "An emoji of {name}"
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -70,6 +73,17 @@ def tiny_model_dir() -> str:
 def tinyemote_dir() -> str:
     """Where TinyEmote's shipped weights are installed on first use."""
     return os.path.join(cache_dir(), "tinyemote")
+
+
+def precision_setting(precision: str | None = None) -> str | None:
+    """The precision asked for: the argument, else ``$STABLEEMOTE_PRECISION``, else ``None``.
+
+    ``None`` leaves the choice to the precision policy
+    (:func:`stableemote_utils.precision.choose_dtype`).
+    """
+    if precision:
+        return precision
+    return os.environ.get(PRECISION_ENV_VAR, "").strip() or None
 
 
 def get_preset(name_or_model: str | None = None) -> Preset:

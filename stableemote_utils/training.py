@@ -521,11 +521,11 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     """
     from stableemote_utils.checkpoints import run_lock
     from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
-    from stableemote_utils.presets import get_preset
+    from stableemote_utils.presets import get_preset, precision_setting
 
     check_train_options(config)
     device = pick_device(config.device)
-    check_training_precision(device, choose_dtype(device, config.precision)[0])
+    check_training_precision(device, choose_dtype(device, precision_setting(config.precision))[0])
     if overwrite and resume is not None:
         raise StableEmoteError(
             "--overwrite starts the run over and --resume continues it; pass one of them."
@@ -563,12 +563,12 @@ def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite
     from stableemote_utils.lora import add_lora, set_lora_state_dict
     from stableemote_utils.lora_files import lora_state_dict, save_lora
     from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
-    from stableemote_utils.presets import cache_dir
+    from stableemote_utils.presets import cache_dir, precision_setting
 
     ckpt_dir = out / "checkpoints"
 
     device = pick_device(config.device)
-    dtype, reason = choose_dtype(device, config.precision)
+    dtype, reason = choose_dtype(device, precision_setting(config.precision))
     check_training_precision(device, dtype)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(dtype),

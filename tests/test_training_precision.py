@@ -101,3 +101,15 @@ def test_fp16_training_on_cpu_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     assert "stableemote: error: fp16 training needs a GPU" in err
     assert "--precision bf16" in err and "Traceback" not in err
+
+
+def test_training_reads_the_precision_knob(tmp_path, capsys, monkeypatch):
+    from stableemote_utils.cli.main import main
+
+    monkeypatch.setenv("STABLEEMOTE_PRECISION", "fp16")
+    code = main(
+        ["train", "--preset", "tiny-random", "--device", "cpu"]
+        + ["--steps", "2", "--output-dir", str(tmp_path / "run")]
+    )
+    assert code == 2
+    assert "fp16 training needs a GPU" in capsys.readouterr().err
