@@ -8,7 +8,8 @@ What is checked: the page loads without console errors; a prompt typed and Gener
 pressed gives pictures at least ``MIN_PICTURE_CSS_PX`` wide, labelled with their settings;
 without an adapter there is one picture and no LoRA control; with one, the base and LoRA
 pictures sit side by side and the LoRA-scale slider changes the LoRA picture (at scale 0
-it is the base picture); Ctrl-C and SIGTERM stop the server within a second.
+it is the base picture); SIGTERM (idle) and Ctrl-C (while generating, with the page open)
+stop the server within a second.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +46,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MIN_PICTURE_CSS_PX = 256
+MAX_SEED = 2**32 - 1
 STOP_WITHIN_S = 1.0
 START_TIMEOUT_S = 240
 GENERATE_TIMEOUT_MS = 120_000
@@ -227,6 +230,18 @@ def test_without_an_adapter_one_picture_and_no_lora_control(browser):
         assert base.width >= MIN_PICTURE_CSS_PX
         page.screenshot(path=str(SHOTS / "demo_without_adapter.png"), full_page=True)
         assert errors == []
+
+        seed = page.locator("#seed input")
+        page.locator("#random-seed").click()
+        page.wait_for_function("el => el.value !== '0'", arg=seed.element_handle())
+        assert 0 <= int(seed.input_value()) <= MAX_SEED
+        seed.fill(str(2**70))
+        page.locator("#generate").click()
+        # gradio's Number refuses it before the handler (whose own check says "seed must be")
+        message = re.compile(f"maximum value {MAX_SEED}|seed must be a whole number")
+        page.get_by_text(message).first.wait_for(state="visible", timeout=30_000)
+        page.screenshot(path=str(SHOTS / "demo_seed_too_large.png"), full_page=True)
+        assert errors == []
         page.close()
     finally:
         took = demo.stop(signal.SIGTERM)
@@ -269,7 +284,8 @@ def test_with_an_adapter_side_by_side_and_a_live_scale_slider(browser, adapter_d
         assert "LoRA × 0.00" not in page.inner_text("#lora-picture")
         assert not np.array_equal(np.asarray(strong), np.asarray(zero))
         assert errors == []
-        page.close()
+        page.locator("#generate").click()  # Ctrl-C while a generation runs, the page open
+        time.sleep(0.5)
     finally:
         took = demo.stop(signal.SIGINT)
     assert took < STOP_WITHIN_S, f"Ctrl-C took {took:.2f} s to stop the demo"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import signal
+import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -28,6 +31,7 @@ from stableemote_utils.cli.demo import (
     free_port,
     picture_label,
     render_picture,
+    serve_until_stopped,
 )
 from stableemote_utils.compare import generate
 from stableemote_utils.data import is_heldout
@@ -229,3 +233,30 @@ def test_the_browser_extra_and_make_test_browser_pin_the_same_playwright():
     pinned = extra["optional-dependencies"]["browser"]
     make = re.search(r"^PLAYWRIGHT := (\S+)$", (root / "Makefile").read_text(), re.M)
     assert make is not None and pinned == [make.group(1)]
+
+
+class _FakeApp:
+    """Stands in for a launched gradio app: records close(), which may hang."""
+
+    def __init__(self, close_s: float = 0.0):
+        self.close_s = close_s
+        self.closed = threading.Event()
+
+    def close(self):
+        time.sleep(self.close_s)
+        self.closed.set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_the_demo_within_a_second(sig):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for app in (_FakeApp(), _FakeApp(close_s=30)):  # a close that hangs must not hold it
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), sig))
+        timer.start()
+        start = time.monotonic()
+        serve_until_stopped(app)
+        took = time.monotonic() - start - 0.3
+        timer.join()
+        assert took < 1.0, f"stopping took {took:.2f} s"
+        assert app.closed.is_set() == (app.close_s == 0)
+    assert {s: signal.getsignal(s) for s in before} == before  # the handlers are put back
