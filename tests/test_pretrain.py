@@ -1,4 +1,4 @@
-"""TinyEmote's pretraining: the VAE and full-UNet stages, deterministic and resumable."""
+"""TinyEmote's pretraining: VAE, tiny CLIP and full-UNet stages, deterministic and resumable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny, psnr
+from stableemote_utils.tinyemote.install import SHIPPED_DIR
+from stableemote_utils.tinyemote.pretrain import (
+    PretrainConfig,
+    balanced_noto_folder,
+    is_flag,
+    pretrain_tiny,
+    psnr,
+)
 
 
 def _digests(folder):
@@ -25,6 +32,7 @@ def _quick(out) -> PretrainConfig:
         vae_batch_size=4,
         unet_steps=3,
         unet_batch_size=4,
+        clip_steps=2,
         max_examples=8,
     )
 
@@ -40,13 +48,51 @@ def test_pretrain_is_deterministic_and_exports_a_loadable_model(tmp_path):
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",
         "text_encoder/model.safetensors",
+        "clip/model.safetensors",
     }
     assert a["device"] == "cpu" and a["seconds"] > 0
+    assert 0 <= a["clip_heldout_retrieval"]["top1"] <= 1
     # the UNet really trained: its weights differ from the random start
     start = load_components(str(tmp_path / "a" / "start")).unet.state_dict()
     end = UNet2DConditionModel.from_pretrained(tmp_path / "a" / "model-fp32", subfolder="unet")
     changed = [k for k, v in end.state_dict().items() if not torch.equal(v, start[k])]
     assert len(changed) > len(start) // 2
+    # the text encoder is the tiny CLIP's text tower, not the random one
+    from transformers import CLIPModel, CLIPTextModel
+
+    clip = CLIPModel.from_pretrained(tmp_path / "a" / "clip")
+    text = CLIPTextModel.from_pretrained(tmp_path / "a" / "model-fp32", subfolder="text_encoder")
+    text_state = getattr(text, "text_model", text).state_dict()
+    for k, v in clip.text_model.state_dict().items():
+        assert torch.equal(text_state[k], v), k
+
+
+def test_balanced_data_repeats_everything_but_flags(tmp_path):
+    import json
+
+    folder = balanced_noto_folder(tmp_path / "data", repeats=3)
+    lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    count: dict[str, int] = {}
+    for r in rows:
+        count[r["text"]] = count.get(r["text"], 0) + 1
+    flags = {r["text"] for r in rows if is_flag(r["text"], r.get("emoji", ""))}
+    assert flags and all(count[n] == 1 for n in flags)
+    assert all(c == 3 for n, c in count.items() if n not in flags)
+    assert all((folder / r["file_name"]).exists() for r in rows)
+
+
+def test_vae_from_reuses_a_vae_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    config = _quick(tmp_path / "run")
+    config.vae_from = str(SHIPPED_DIR / "vae")
+    config.unet_steps = 1
+    record = pretrain_tiny(config)
+    assert record["vae_seconds"] == 0.0
+    got = AutoencoderKL.from_pretrained(tmp_path / "run" / "vae").state_dict()
+    shipped = AutoencoderKL.from_pretrained(SHIPPED_DIR / "vae").state_dict()
+    assert all(torch.equal(got[k], shipped[k].float()) for k in shipped)
 
 
 def test_psnr():

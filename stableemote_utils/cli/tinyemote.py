@@ -40,6 +40,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         output_dir=args.output_dir,
         vae_steps=args.vae_steps,
         unet_steps=args.unet_steps,
+        clip_steps=args.clip_steps,
+        balance_repeats=args.balance_repeats,
+        vae_from=args.vae_from,
         seed=args.seed,
         threads=args.threads,
         device=args.device,
@@ -63,16 +66,30 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     d = PretrainConfig()
     p = sub.add_parser(
         "pretrain-tiny",
-        help="train TinyEmote (VAE, then UNet from scratch) on the offline emoji",
+        help="train TinyEmote (VAE, tiny CLIP, then UNet from scratch) on the offline emoji",
         description="Reproduce TinyEmote's weights from scratch: a small VAE on Noto and OpenMoji "
-        "emoji, then a small UNet on the Noto training split's latents (held-out names never "
-        "seen). Deterministic on one machine with the same thread count. Finished stages are "
-        "kept: run it again to resume.",
+        "emoji, a tiny CLIP trained contrastively on emoji and their names (its text tower is "
+        "the text encoder), then a small UNet on the Noto training split's latents (held-out "
+        "names never seen). Deterministic on one machine with the same thread count. Finished "
+        "stages are kept: run it again to resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--output-dir", default=d.output_dir)
     p.add_argument("--vae-steps", type=int, default=d.vae_steps)
     p.add_argument("--unet-steps", type=int, default=d.unet_steps)
+    p.add_argument("--clip-steps", type=int, default=d.clip_steps, help="tiny CLIP steps")
+    p.add_argument(
+        "--balance-repeats",
+        type=int,
+        default=d.balance_repeats,
+        help="times each non-flag emoji appears in the UNet's data (flags once)",
+    )
+    p.add_argument(
+        "--vae-from",
+        default=None,
+        help="reuse this diffusers VAE folder instead of training one (e.g. the shipped "
+        "stableemote_utils/weights/tinyemote/vae)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")

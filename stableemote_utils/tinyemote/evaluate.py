@@ -44,7 +44,7 @@ from stableemote_utils.metrics import kid
 from stableemote_utils.precision import pick_device
 from stableemote_utils.presets import get_preset
 from stableemote_utils.tinyemote.install import SHIPPED_DIR
-from stableemote_utils.tinyemote.pretrain import reconstruction_psnr
+from stableemote_utils.tinyemote.pretrain import is_flag, reconstruction_psnr
 from stableemote_utils.training import recipe, train
 
 FEATURE_PX = 16
@@ -69,8 +69,7 @@ def image_features(images: list) -> torch.Tensor:
 def category_of(name: str, char: str = "") -> str | None:
     """The broad category of an emoji, or ``None``: first match of flag, clock, face, heart, hand."""
     n = name.lower()
-    regional = all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in char) if char else False
-    if regional or char.startswith("\U0001f3f4\U000e0067") or n.startswith("flag"):
+    if is_flag(name, char):
         return "flag"
     if "o’clock" in n or "o'clock" in n or n.endswith("-thirty"):
         return "clock"

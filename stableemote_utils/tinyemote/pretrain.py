@@ -1,20 +1,24 @@
 """TinyEmote: pretrain the tiny SD-architecture model from scratch on the offline emoji.
 
-Three stages, each with this repo's own code, deterministic on one machine:
+Five stages, each with this repo's own code, deterministic on one machine:
 
 1. **VAE.** A small ``AutoencoderKL`` (4 latent channels, 8x smaller per side, like SD
    1.5's) learns to reconstruct 64 px emoji of both offline styles (Noto and OpenMoji,
    training names only). Loss: L1 on pixels plus a tiny KL term, as in SD's VAE. Its
    ``scaling_factor`` is then set so the scaled latents have unit standard deviation
-   (SD 1.5's 0.18215 was chosen the same way).
-2. **UNet.** A small ``UNet2DConditionModel`` is trained from random weights (every
+   (SD 1.5's 0.18215 was chosen the same way). ``vae_from`` reuses an earlier VAE instead.
+2. **Tiny CLIP.** A small ``CLIPModel`` is trained contrastively on emoji and their
+   names (:mod:`stableemote_utils.tiny_clip`); its text tower becomes the text encoder.
+3. **Training data.** The Noto training split, with every emoji that is not a flag
+   repeated ``balance_repeats`` times, so the ~260 flags do not set the model's prior.
+4. **UNet.** A small ``UNet2DConditionModel`` is trained from random weights (every
    weight, :func:`stableemote_utils.training.train` with ``mode="full"``) on the cached
-   latents of the Noto training split, conditioned on the frozen tiny CLIP text
-   encoder's hidden states of "An emoji of {name}". Captions are dropped 10% of the
-   time so classifier-free guidance works.
-3. **Export.** UNet, VAE and text encoder are written as fp16 safetensors in the
-   diffusers layout (about 20 MB), with a model card holding the metrics of
-   :mod:`stableemote_utils.tinyemote.evaluate`.
+   latents of that data, conditioned on the frozen tiny CLIP text encoder's hidden
+   states of "An emoji of {name}". Captions are dropped 10% of the time so
+   classifier-free guidance works.
+5. **Export.** UNet, VAE, text encoder and the tiny CLIP are written as fp16
+   safetensors in the diffusers layout (the CLIP in ``clip/``), with a model card
+   holding the metrics of :mod:`stableemote_utils.tinyemote.evaluate`.
 
 Held-out emoji (by name) are in none of the stages.
 """
@@ -32,15 +36,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stableemote_utils.data import images_to_tensor, load_emoji_dataset
+from stableemote_utils.data import build_font_folder, images_to_tensor, load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import staged_folder
 from stableemote_utils.precision import pick_device
 from stableemote_utils.presets import get_preset
+from stableemote_utils.tiny_clip import ClipTrainConfig, clip_stage, text_tower
 from stableemote_utils.tiny_model import (
     TINYEMOTE_UNET_CONFIG,
     TINYEMOTE_VAE_CONFIG,
     build_tiny_model,
+    write_clip_tokenizer,
 )
 from stableemote_utils.training import (
     TrainConfig,
@@ -68,6 +74,11 @@ class PretrainConfig:
         threads: CPU threads (fixed, so that runs on one machine repeat bit for bit).
         device: ``None`` picks CUDA when available, else CPU.
         max_examples: use only this many images per style and split (quick tests).
+        clip_steps: steps of the tiny CLIP stage (batch 256 names).
+        balance_repeats: how many times each emoji that is not a flag appears in the
+            UNet's data (flags once), so that flags do not dominate the prior.
+        vae_from: a diffusers VAE folder to reuse instead of training the VAE stage
+            (e.g. the shipped one, ``stableemote_utils/weights/tinyemote/vae``).
     """
 
     output_dir: str = "outputs/tinyemote"
@@ -83,6 +94,9 @@ class PretrainConfig:
     threads: int = 2
     device: str | None = None
     max_examples: int | None = None
+    clip_steps: int = 800
+    balance_repeats: int = 3
+    vae_from: str | None = None
 
 
 def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -197,30 +211,63 @@ def reconstruction_psnr(vae: torch.nn.Module, pixels: torch.Tensor, batch: int =
 
 
 def export_fp16(model_dir: Path, target: Path) -> Path:
-    """Copy a diffusers model folder, storing UNet, VAE and text encoder weights in fp16.
+    """Copy a diffusers model folder, storing UNet, VAE, text encoder (and tiny CLIP) in fp16.
 
     fp16 halves the size; the loaders upcast to the dtype asked for. The tokenizer is
-    left out (it is written from CLIP's vocabulary when the model is installed).
+    left out (it is written from CLIP's vocabulary when the model is installed). A
+    ``clip/`` folder (the tiny ``CLIPModel``), if present, is exported too.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPModel, CLIPTextModel
 
     with staged_folder(target) as staging:
         shutil.copytree(model_dir / "scheduler", staging / "scheduler")
         shutil.copy(model_dir / "model_index.json", staging / "model_index.json")
-        for sub, cls in (
-            ("unet", UNet2DConditionModel),
-            ("vae", AutoencoderKL),
-            ("text_encoder", CLIPTextModel),
-        ):
-            kind = "dtype" if sub == "text_encoder" else "torch_dtype"
+        parts = [("unet", UNet2DConditionModel), ("vae", AutoencoderKL)]
+        parts += [("text_encoder", CLIPTextModel)]
+        if (model_dir / "clip" / "config.json").exists():
+            parts.append(("clip", CLIPModel))
+        for sub, cls in parts:
+            kind = "dtype" if sub in ("text_encoder", "clip") else "torch_dtype"
             module = cls.from_pretrained(model_dir, subfolder=sub, **{kind: torch.float16})
             module.save_pretrained(staging / sub, safe_serialization=True)
     return target
 
 
+def is_flag(name: str, char: str = "") -> bool:
+    """Whether an emoji is a flag: regional-indicator pair, tag flag, or a name "flag...".
+
+    The first rule of :func:`stableemote_utils.tinyemote.evaluate.category_of`.
+    """
+    regional = all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in char) if char else False
+    return regional or char.startswith("\U0001f3f4\U000e0067") or name.lower().startswith("flag")
+
+
+def balanced_noto_folder(folder: Path, repeats: int) -> Path:
+    """An ``imagefolder`` of the Noto emoji in which every non-flag row appears ``repeats`` times.
+
+    Rows are written in passes (all emoji, then the non-flags again, ...), so the order
+    is fixed and the held-out split (by name) is unchanged. Images are copied once.
+    """
+    if (folder / "metadata.jsonl").exists():
+        return folder
+    source = build_font_folder("noto")
+    with open(source / "metadata.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    with staged_folder(folder) as staging:
+        staging.mkdir()
+        for row in rows:
+            shutil.copy(source / row["file_name"], staging / row["file_name"])
+        with open(staging / "metadata.jsonl", "w", encoding="utf-8") as f:
+            for rep in range(max(1, repeats)):
+                for row in rows:
+                    if rep == 0 or not is_flag(row["text"], row.get("emoji", "")):
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return folder
+
+
 def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
-    """Run the three stages; return the record written to ``output_dir/pretrain.json``.
+    """Run the five stages; return the record written to ``output_dir/pretrain.json``.
 
     A finished stage is kept and skipped when the command is run again (its folder is
     complete); the UNet stage resumes from its newest intact checkpoint.
@@ -234,9 +281,16 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
     record: dict = {"config": dataclasses.asdict(config), "device": str(device)}
     started = time.perf_counter()
 
-    # 1. VAE
+    # 1. VAE (trained, or reused from an earlier build)
     vae_dir = out / "vae"
-    if not (vae_dir / "config.json").exists():
+    print("stage 1/5: VAE")
+    if not (vae_dir / "config.json").exists() and config.vae_from:
+        vae = AutoencoderKL.from_pretrained(config.vae_from, torch_dtype=torch.float32)
+        with staged_folder(vae_dir) as staging:
+            vae.save_pretrained(staging, safe_serialization=True)
+        record["vae_seconds"] = 0.0
+        print(f"VAE reused from {config.vae_from}")
+    elif not (vae_dir / "config.json").exists():
         t0 = time.perf_counter()
         pixels = vae_training_pixels(
             preset.resolution_px, preset.heldout_fraction, config.max_examples
@@ -260,19 +314,43 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
         print(f"VAE trained in {record['vae_seconds']:.0f} s, final L1 {losses[-1]:.4f}")
     vae = AutoencoderKL.from_pretrained(vae_dir)
 
-    # 2. UNet from scratch, on latents of the trained VAE
+    # 2. Tiny CLIP: its text tower is the text encoder the UNet reads
+    print("stage 2/5: tiny CLIP")
+    tokenizer_dir = write_clip_tokenizer(out / "tokenizer")
+    clip_config = ClipTrainConfig(
+        steps=config.clip_steps,
+        seed=config.seed,
+        max_names=config.max_examples,
+    )
+    clip_model, clip_record = clip_stage(out / "clip", clip_config, tokenizer_dir, device)
+    record["clip_seconds"] = clip_record["seconds"]
+    final = list(clip_record["heldout_retrieval"].values())[-1]  # after the last step
+    record["clip_heldout_retrieval"] = final
+    print(
+        f"tiny CLIP: held-out name->image top-1 {final['top1']:.0%} (chance "
+        f"{final['chance_top1']:.1%}), top-5 {final['top5']:.0%} (chance {final['chance_top5']:.1%})"
+    )
+
+    # 3. The UNet's data: Noto, flags not dominating
+    print("stage 3/5: UNet data")
+    data_dir = balanced_noto_folder(out / "unet-data", config.balance_repeats)
+
+    # 4. UNet from scratch, on latents of the VAE and states of the tiny CLIP's text tower
+    print("stage 4/5: UNet")
     start_dir = out / "start"
     if not (start_dir / "STABLEEMOTE_TINY").exists():
         build_tiny_model(start_dir, config.seed, TINYEMOTE_UNET_CONFIG, TINYEMOTE_VAE_CONFIG)
         shutil.rmtree(start_dir / "vae")
         vae.save_pretrained(start_dir / "vae", safe_serialization=True)
+        shutil.rmtree(start_dir / "text_encoder")
+        text_tower(clip_model).save_pretrained(start_dir / "text_encoder", safe_serialization=True)
     t0 = time.perf_counter()
     result = train(
         TrainConfig(
             preset="tiny",
             mode="full",
             model=str(start_dir),
-            dataset="noto",
+            dataset=str(data_dir),
             output_dir=str(out / "unet-run"),
             steps=config.unet_steps,
             batch_size=config.unet_batch_size,
@@ -286,7 +364,7 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             checkpoint_every=500,
             keep_checkpoints=2,
             validate_every=1000,
-            validation_prompts=("grinning face", "red heart", "dog face", "thumbs up"),
+            validation_prompts=("grinning face", "red heart", "cat face", "rocket"),
             heldout_limit=200 if config.max_examples is None else config.max_examples,
             max_train_examples=config.max_examples,
             log_every=50,
@@ -296,12 +374,14 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
     record["unet_seconds"] = time.perf_counter() - t0
     record["unet_heldout_loss"] = result.heldout
 
-    # 3. Assemble and export
+    # 5. Assemble and export
+    print("stage 5/5: export")
     model_dir = out / "model-fp32"
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.copytree(start_dir, model_dir)
     shutil.rmtree(model_dir / "unet")
     shutil.copytree(out / "unet-run" / "unet", model_dir / "unet")
+    clip_model.save_pretrained(model_dir / "clip", safe_serialization=True)
     export_fp16(model_dir, out / "tinyemote")
     record["seconds"] = time.perf_counter() - started
     (out / "pretrain.json").write_text(json.dumps(record, indent=1))
