@@ -43,6 +43,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         clip_steps=args.clip_steps,
         balance_repeats=args.balance_repeats,
         vae_from=args.vae_from,
+        unet_from=args.unet_from,
+        unet_learning_rate=args.unet_learning_rate,
         seed=args.seed,
         threads=args.threads,
         device=args.device,
@@ -77,6 +79,13 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default=d.output_dir)
     p.add_argument("--vae-steps", type=int, default=d.vae_steps)
     p.add_argument("--unet-steps", type=int, default=d.unet_steps)
+    p.add_argument("--unet-learning-rate", type=float, default=d.unet_learning_rate)
+    p.add_argument(
+        "--unet-from",
+        default=None,
+        help="start the UNet from this diffusers UNet folder instead of random weights "
+        "(e.g. the shipped stableemote_utils/weights/tinyemote/unet)",
+    )
     p.add_argument("--clip-steps", type=int, default=d.clip_steps, help="tiny CLIP steps")
     p.add_argument(
         "--balance-repeats",
@@ -101,6 +110,7 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_pretrain)
     add_evaluate_command(sub)
+    add_grid_command(sub)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -131,3 +141,20 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         "--card", action="store_true", help="record the figures in the shipped model card"
     )
     p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    from stableemote_utils.tinyemote import tinyemote_grid
+
+    print(f"wrote {tinyemote_grid(args.out)}")
+
+
+def add_grid_command(sub: argparse._SubParsersAction) -> None:
+    """Add ``tiny-grid`` (the README's 4 x 4 TinyEmote grid) to the ``stableemote`` parser."""
+    p = sub.add_parser(
+        "tiny-grid",
+        help="draw the README's 4 x 4 grid of fixed prompts with TinyEmote (fixed seeds)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="images/tinyemote_grid.png")
+    p.set_defaults(func=cmd_grid)

@@ -12,7 +12,8 @@ Five stages, each with this repo's own code, deterministic on one machine:
 3. **Training data.** The Noto training split, with every emoji that is not a flag
    repeated ``balance_repeats`` times, so the ~260 flags do not set the model's prior.
 4. **UNet.** A small ``UNet2DConditionModel`` is trained from random weights (every
-   weight, :func:`stableemote_utils.training.train` with ``mode="full"``) on the cached
+   weight, :func:`stableemote_utils.training.train` with ``mode="full"``; or continued
+   from an earlier UNet with ``unet_from``) on the cached
    latents of that data, conditioned on the frozen tiny CLIP text encoder's hidden
    states of "An emoji of {name}". Captions are dropped 10% of the time so
    classifier-free guidance works.
@@ -79,6 +80,9 @@ class PretrainConfig:
             UNet's data (flags once), so that flags do not dominate the prior.
         vae_from: a diffusers VAE folder to reuse instead of training the VAE stage
             (e.g. the shipped one, ``stableemote_utils/weights/tinyemote/vae``).
+        unet_from: a diffusers UNet folder to start the UNet stage from instead of random
+            weights (continuing an earlier TinyEmote on the new text encoder: far fewer
+            steps than from scratch, where CPU time is short).
     """
 
     output_dir: str = "outputs/tinyemote"
@@ -97,6 +101,7 @@ class PretrainConfig:
     clip_steps: int = 800
     balance_repeats: int = 3
     vae_from: str | None = None
+    unet_from: str | None = None
 
 
 def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -344,6 +349,13 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
         vae.save_pretrained(start_dir / "vae", safe_serialization=True)
         shutil.rmtree(start_dir / "text_encoder")
         text_tower(clip_model).save_pretrained(start_dir / "text_encoder", safe_serialization=True)
+        if config.unet_from:
+            from diffusers import UNet2DConditionModel
+
+            unet = UNet2DConditionModel.from_pretrained(config.unet_from, torch_dtype=torch.float32)
+            shutil.rmtree(start_dir / "unet")
+            unet.save_pretrained(start_dir / "unet", safe_serialization=True)
+            print(f"UNet starts from {config.unet_from}")
     t0 = time.perf_counter()
     result = train(
         TrainConfig(
