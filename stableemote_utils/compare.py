@@ -62,6 +62,7 @@ def fair_comparison(
     resolution_px: int = 256,
     caption_template: str = "An emoji of {name}",
     lora_scale: float = 1.0,
+    images_out: list | None = None,
 ):
     """Generate each prompt and seed with the base model and with the LoRA.
 
@@ -71,6 +72,8 @@ def fair_comparison(
         lora_path: an adapter file or folder.
         prompts: emoji names; each goes through ``caption_template``.
         seeds: one column pair (base, LoRA) per seed.
+        images_out: if given, the generated images are appended to it, in the order of
+            ``record["images"]`` (for scoring them).
 
     Returns:
         ``(grid, record)``: a PIL grid with rows = prompts and columns = base/LoRA per
@@ -121,6 +124,8 @@ def fair_comparison(
         "caption_template": caption_template,
         "images": entries,
     }
+    if images_out is not None:
+        images_out.extend(images)
     return grid, record
 
 

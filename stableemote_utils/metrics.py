@@ -13,7 +13,10 @@
   torchvision, and CLIP is already loaded for the CLIP score.
 
 Both CLIP-based numbers need the CLIP weights from the Hub; offline, :func:`load_clip`
-prints one line and returns ``None``, and the callers skip them. Caveats for icons: CLIP
+prints one line and returns ``None``, and the callers skip them. Under the ``tiny``
+preset, :func:`load_scoring_clip` gives TinyEmote's own tiny CLIP instead (it ships with
+the model): its scores are on its own scale, comparable only with other tiny CLIP
+scores, and every report names which CLIP scored it. Caveats for icons: CLIP
 was trained on photos and web images with captions, emoji names such as "supervillain"
 are vague, and flat icons on white sit in a corner of its feature space, so CLIP scores
 of emoji are low and close together (differences of a point or two are noise); KID with
@@ -95,6 +98,35 @@ def load_clip(model_id: str = CLIP_MODEL_ID, device: str | torch.device = "cpu")
     return model, processor
 
 
+TINY_CLIP_LABEL = "TinyEmote's tiny CLIP (trained here on emoji, 32 px)"
+
+
+def load_scoring_clip(preset=None, device: str | torch.device = "cpu"):
+    """The CLIP that scores a preset's pictures, with its name for reports, or ``None``.
+
+    Under a preset whose model folder holds a tiny CLIP (``clip/``, TinyEmote), that one;
+    otherwise CLIP ViT-L/14 from the Hub (:func:`load_clip`, ``None`` offline).
+
+    Returns:
+        ``((model, processor), label)`` or ``None``.
+    """
+    from pathlib import Path
+
+    from stableemote_utils.loading import resolve_model_location
+    from stableemote_utils.presets import Preset, get_preset
+
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    if p.is_tiny:
+        folder = Path(resolve_model_location(p))
+        if (folder / "clip" / "config.json").exists():
+            from stableemote_utils.tiny_clip import TinyClipProcessor, load_tiny_clip
+
+            model, tokenizer = load_tiny_clip(folder, device)
+            return (model, TinyClipProcessor(tokenizer)), TINY_CLIP_LABEL
+    clip = load_clip(device=device)
+    return None if clip is None else (clip, f"CLIP ViT-L/14 ({CLIP_MODEL_ID})")
+
+
 @torch.no_grad()
 def clip_image_features(clip, images: list) -> torch.Tensor:
     """L2-normalised CLIP image embeddings ``(N, E)`` (E = 768 for ViT-L/14) in fp32 on CPU."""
@@ -128,6 +160,43 @@ def clip_score(clip, images: list, prompts: list[str]) -> float:
         )
     cos = (clip_image_features(clip, images) * clip_text_features(clip, prompts)).sum(-1)
     return float((CLIP_SCORE_SCALE * cos.clamp(min=0)).mean())
+
+
+def comparison_clip_scores(preset, images: list, entries: list[dict], device="cpu") -> dict:
+    """CLIP score of a comparison's base and LoRA images, naming the CLIP that scored them.
+
+    Args:
+        preset: the preset the comparison ran under (picks the CLIP, see
+            :func:`load_scoring_clip`).
+        images: the generated images, in the order of ``entries``.
+        entries: the comparison record's ``"images"`` rows (``"model"``, ``"prompt"``).
+
+    Returns:
+        ``{"clip": label, "base": float, "lora": float, "n_images": int}``, or
+        ``{"clip": None, "skipped": reason}`` when no CLIP can be loaded.
+    """
+    loaded = load_scoring_clip(preset, device)
+    if loaded is None:
+        return {"clip": None, "skipped": "no CLIP weights offline (see the message above)"}
+    clip, label = loaded
+    out: dict = {"clip": label}
+    for model in ("base", "lora"):
+        rows = [i for i, e in enumerate(entries) if e["model"] == model]
+        out[model] = clip_score(
+            clip, [images[i] for i in rows], [entries[i]["prompt"] for i in rows]
+        )
+        out["n_images"] = len(rows)
+    return out
+
+
+def format_comparison_scores(scores: dict) -> str:
+    """One line for :func:`comparison_clip_scores`' result."""
+    if scores.get("clip") is None:
+        return f"CLIP score skipped: {scores.get('skipped', 'no CLIP')}"
+    return (
+        f"CLIP score ({scores['clip']}): base {scores['base']:.1f}, LoRA {scores['lora']:.1f} "
+        f"({scores['n_images']} images each; 100 x cosine, compare only scores of the same CLIP)"
+    )
 
 
 def image_metrics(

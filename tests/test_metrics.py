@@ -128,3 +128,30 @@ def test_heldout_loss_base_vs_lora(tiny_model_dir, tmp_path):
     assert first["base"] != first["lora"]
     again = heldout_loss_base_vs_lora(pipe, file, "tiny")  # from the cache, same numbers
     assert again == first
+
+
+def test_comparison_clip_scores_name_the_clip(monkeypatch, tmp_path):
+    from PIL import Image
+    from transformers import CLIPTokenizer
+
+    from stableemote_utils import metrics
+    from stableemote_utils.tiny_clip import TinyClipProcessor, build_clip
+    from stableemote_utils.tiny_model import write_clip_tokenizer
+
+    tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path / "tok"))
+    clip = (build_clip(0), TinyClipProcessor(tok))
+    monkeypatch.setattr(metrics, "load_scoring_clip", lambda *a: (clip, metrics.TINY_CLIP_LABEL))
+    images = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "red", "blue")]
+    entries = [
+        {"model": m, "prompt": f"An emoji of {p}"}
+        for p in ("red heart", "rocket")
+        for m in ("base", "lora")
+    ]
+    got = metrics.comparison_clip_scores("tiny", images, entries)
+    assert got["clip"] == metrics.TINY_CLIP_LABEL and got["n_images"] == 2
+    assert 0 <= got["base"] <= 100 and 0 <= got["lora"] <= 100
+    assert "tiny CLIP" in metrics.format_comparison_scores(got)
+    monkeypatch.setattr(metrics, "load_scoring_clip", lambda *a: None)
+    assert "skipped" in metrics.format_comparison_scores(
+        metrics.comparison_clip_scores("tiny", images, entries)
+    )

@@ -187,6 +187,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         kwargs["prompts"] = [s.strip() for s in args.prompts.split(",") if s.strip()]
     if seeds:
         kwargs["seeds"] = seeds
+    made: list = []
     grid, record = fair_comparison(
         pipe,
         args.lora,
@@ -194,8 +195,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
         guidance=args.guidance,
         resolution_px=p.resolution_px if args.resolution is None else args.resolution,
         caption_template=p.caption_template,
+        images_out=made,
         **kwargs,
     )
+    from stableemote_utils.metrics import comparison_clip_scores, format_comparison_scores
+
+    record["clip_score"] = comparison_clip_scores(p, made, record["images"], dev)
+    print(format_comparison_scores(record["clip_score"]))
     png, js = save_comparison(grid, record, args.out)
     print(f"wrote {png} and {js}")
 
