@@ -120,3 +120,30 @@ def test_a_short_lora_moves_pictures_toward_openmoji(tinyemote_pipe, tmp_path):
     assert after["openmoji"] < before["openmoji"], (before, after)
     summary = json.loads((tmp_path / "lora" / "summary.json").read_text())
     assert summary["config"]["dataset"] == "openmoji"
+
+
+def test_readme_grid_is_drawn_with_fixed_prompts_and_seeds(tinyemote_pipe, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from stableemote_utils.tinyemote import GRID_PROMPTS, tinyemote_grid
+
+    assert len(GRID_PROMPTS) == 16 and "cat face" in GRID_PROMPTS
+    a = tinyemote_grid(tmp_path / "a.png", tinyemote_pipe, prompts=GRID_PROMPTS[:4])
+    b = tinyemote_grid(tmp_path / "b.png", tinyemote_pipe, prompts=GRID_PROMPTS[:4])
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_clip_scores_have_ceiling_and_floor(tinyemote_pipe, tmp_path):
+    from transformers import CLIPTokenizer
+
+    from stableemote_utils import tinyemote
+    from stableemote_utils.tiny_clip import TinyClipProcessor, build_clip
+    from stableemote_utils.tiny_model import write_clip_tokenizer
+
+    tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path / "tok"))
+    got = tinyemote.clip_scores(tinyemote_pipe, (build_clip(0), TinyClipProcessor(tok)), 4)
+    assert set(got) == {"heldout", "train"}
+    for split in got.values():
+        assert split["images"] == 4
+        assert all(0 <= split[k] <= 100 for k in ("generated", "real", "shuffled"))

@@ -15,9 +15,18 @@ Three measurements, printed by ``stableemote evaluate-tiny`` and kept in the mod
 * **Style shift:** KID of generated images to the real held-out emoji in OpenMoji's style
   and in Noto's style, before and after a short LoRA on OpenMoji.
 
-The feature space of all three is fixed and needs no download: the image shrunk to
+The feature space of these three is fixed and needs no download: the image shrunk to
 16 x 16 pixels (768 numbers). It sees colour and layout, which is what separates these
 categories and these two styles; it knows nothing of meaning.
+
+Two more come from TinyEmote's own tiny CLIP (:mod:`stableemote_utils.tiny_clip`), which
+does know something of meaning:
+
+* **Tiny CLIP retrieval:** each held-out name ranks the held-out images (Noto and
+  OpenMoji); top-1 and top-5 against chance.
+* **Tiny CLIP score:** ``100 * max(cos, 0)`` of generated images against their prompts,
+  next to real emoji against their names (the ceiling) and real emoji against shuffled
+  names (the floor).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ FEATURE_PX = 16
 CATEGORIES = ("face", "heart", "flag", "clock", "hand")
 EVAL_SEED = 0
 EVAL_STEPS = 25
+CAPTION = "An emoji of {name}"
 
 
 def image_features(images: list) -> torch.Tensor:
@@ -174,6 +184,93 @@ def prompt_following(
     }
 
 
+def clip_scores(pipe, clip, per_split: int | None = None) -> dict:
+    """Tiny CLIP score of generated images, with the real-emoji ceiling and shuffled floor.
+
+    Args:
+        pipe: a ``StableDiffusionPipeline`` (TinyEmote).
+        clip: ``(CLIPModel, TinyClipProcessor)`` of the tiny CLIP.
+        per_split: names per split (``None``: every held-out Noto name, and as many
+            training names, taken in a fixed hashed order).
+
+    Returns:
+        ``{"heldout": {...}, "train": {...}}``, each ``{"generated", "real", "shuffled",
+        "images"}``: mean scores of generated images against their prompts, of the real
+        Noto emoji of those names against the same prompts, and of the real emoji against
+        the prompts shuffled so that none keeps its own.
+    """
+    from stableemote_utils.data import load_emoji_dataset
+    from stableemote_utils.metrics import clip_score
+    from stableemote_utils.tiny_clip import shuffled
+
+    held = load_emoji_dataset("noto", 64, split="heldout")
+    train = sorted(
+        load_emoji_dataset("noto", 64, split="train"),
+        key=lambda e: hashlib.sha256(e.name.encode()).hexdigest(),
+    )
+    held = held[:per_split]
+    train = train[: len(held)]
+    out = {}
+    for label, examples, seed in (("heldout", held, 2000), ("train", train, 3000)):
+        prompts = [e.caption for e in examples]
+        real = [e.image for e in examples]
+        made = generate(pipe, prompts, seed=EVAL_SEED + seed)
+        out[label] = {
+            "generated": clip_score(clip, made, prompts),
+            "real": clip_score(clip, real, prompts),
+            "shuffled": clip_score(clip, real, shuffled(prompts, seed)),
+            "images": len(examples),
+        }
+    return out
+
+
+def clip_retrieval(clip_model, tokenizer) -> dict:
+    """Held-out name -> image retrieval of the tiny CLIP (see :func:`tiny_clip.retrieval`)."""
+    from stableemote_utils.tiny_clip import load_clip_pairs, retrieval
+
+    return retrieval(clip_model, tokenizer, load_clip_pairs("heldout"))
+
+
+GRID_PROMPTS = (
+    "cat face",
+    "smiling cat with heart-eyes",
+    "dog face",
+    "grinning face",
+    "red apple",
+    "pizza",
+    "banana",
+    "birthday cake",
+    "rocket",
+    "sun",
+    "red heart",
+    "star",
+    "thumbs up",
+    "rainbow",
+    "fire",
+    "ghost",
+)
+GRID_SEED = 0
+
+
+def tinyemote_grid(path, pipe=None, prompts=GRID_PROMPTS, seed: int = GRID_SEED) -> Path:
+    """The README's 4 x 4 grid: TinyEmote's picture for each fixed prompt, seeds fixed.
+
+    Made by ``stableemote tiny-grid``. Image ``i`` is "An emoji of {prompts[i]}" with
+    generator seed ``seed + i``, 25 steps, guidance 7.5; held-out names are marked.
+    """
+    from stableemote_utils.data import is_heldout
+    from stableemote_utils.images import image_grid, save_image
+    from stableemote_utils.loading import load_components, make_pipeline
+    from stableemote_utils.presets import get_preset
+
+    if pipe is None:
+        pipe = make_pipeline(load_components("tiny", device="cpu"))
+    fraction = get_preset("tiny").heldout_fraction
+    images = generate(pipe, [CAPTION.format(name=n) for n in prompts], seed=seed)
+    labels = [n + (" (held out)" if is_heldout(n, fraction) else "") for n in prompts]
+    return save_image(image_grid(images, labels, cols=4, cell_px=128), path)
+
+
 def style_reference(limit: int | None = None) -> tuple[list[str], dict[str, list]]:
     """Held-out names drawn in both styles: ``(names, {"openmoji": images, "noto": images})``."""
 
@@ -240,11 +337,20 @@ def evaluate_tinyemote(
     dev = pick_device(device)
     components = load_components("tiny", device=dev)
     pipe = make_pipeline(components)
-    record: dict = {"model": components.source, "feature_space": f"{FEATURE_PX}x{FEATURE_PX} RGB"}
+    record: dict = {
+        "model": f"TinyEmote (tiny preset, shipped weights {shipped_digest()})",
+        "feature_space": f"{FEATURE_PX}x{FEATURE_PX} RGB",
+    }
     record["vae_psnr"] = evaluate_vae(components.vae)
     record["prompt_following"] = prompt_following(
         pipe, per_category, grid_path=out / "samples_by_category.png"
     )
+    if (Path(components.source) / "clip" / "config.json").exists():
+        from stableemote_utils.tiny_clip import TinyClipProcessor, load_tiny_clip
+
+        clip_model, tokenizer = load_tiny_clip(components.source)
+        record["clip_retrieval"] = clip_retrieval(clip_model, tokenizer)
+        record["tiny_clip_score"] = clip_scores(pipe, (clip_model, TinyClipProcessor(tokenizer)))
 
     names, reference = style_reference()
     prompts = [f"An emoji of {n}" for n in names]
@@ -293,7 +399,28 @@ def format_metrics(record: dict) -> str:
             f"  after {s['lora_steps']} LoRA steps: to OpenMoji {a['openmoji'] * 1e3:.2f}, "
             f"to Noto {a['noto'] * 1e3:.2f}",
         ]
+        + _clip_lines(record)
     )
+
+
+def _clip_lines(record: dict) -> list[str]:
+    if "clip_retrieval" not in record:
+        return []
+    r, c = record["clip_retrieval"], record["tiny_clip_score"]
+    lines = [
+        f"tiny CLIP retrieval, held-out names -> {r['images']} held-out images "
+        f"({r['names']} names): top-1 {r['top1']:.0%} (chance {r['chance_top1']:.1%}), "
+        f"top-5 {r['top5']:.0%} (chance {r['chance_top5']:.1%})",
+        "tiny CLIP score (100 x cosine, TinyEmote's own CLIP; real emoji = ceiling, "
+        "shuffled names = floor):",
+    ]
+    for label in ("train", "heldout"):
+        x = c[label]
+        lines.append(
+            f"  {label + '-name prompts:':21s} generated {x['generated']:.1f}, real emoji "
+            f"{x['real']:.1f}, shuffled {x['shuffled']:.1f} ({x['images']} images)"
+        )
+    return lines
 
 
 def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
