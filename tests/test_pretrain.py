@@ -82,17 +82,21 @@ def test_balanced_data_repeats_everything_but_flags(tmp_path):
     assert all((folder / r["file_name"]).exists() for r in rows)
 
 
-def test_vae_from_reuses_a_vae_folder(tmp_path):
+def test_vae_from_and_unet_from_reuse_earlier_weights(tmp_path):
     from diffusers import AutoencoderKL
 
     config = _quick(tmp_path / "run")
     config.vae_from = str(SHIPPED_DIR / "vae")
+    config.unet_from = str(SHIPPED_DIR / "unet")
     config.unet_steps = 1
     record = pretrain_tiny(config)
     assert record["vae_seconds"] == 0.0
     got = AutoencoderKL.from_pretrained(tmp_path / "run" / "vae").state_dict()
     shipped = AutoencoderKL.from_pretrained(SHIPPED_DIR / "vae").state_dict()
     assert all(torch.equal(got[k], shipped[k].float()) for k in shipped)
+    start = UNet2DConditionModel.from_pretrained(tmp_path / "run" / "start", subfolder="unet")
+    shipped_unet = UNet2DConditionModel.from_pretrained(SHIPPED_DIR / "unet").state_dict()
+    assert all(torch.equal(v, shipped_unet[k].float()) for k, v in start.state_dict().items())
 
 
 def test_psnr():
