@@ -119,7 +119,7 @@ def load_scoring_clip(preset=None, device: str | torch.device = "cpu"):
     if p.is_tiny:
         folder = Path(resolve_model_location(p))
         if (folder / "clip" / "config.json").exists():
-            from stableemote_utils.tiny_clip import TinyClipProcessor, load_tiny_clip
+            from stableemote_utils.tinyemote.clip import TinyClipProcessor, load_tiny_clip
 
             model, tokenizer = load_tiny_clip(folder, device)
             return (model, TinyClipProcessor(tokenizer)), TINY_CLIP_LABEL

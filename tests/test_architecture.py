@@ -54,6 +54,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bench",
         "quickstart",
         "figures",
+        "tinyemote.clip",
         "tinyemote.pretrain",
         "tinyemote.evaluate",
     ),

@@ -135,8 +135,8 @@ def test_comparison_clip_scores_name_the_clip(monkeypatch, tmp_path):
     from transformers import CLIPTokenizer
 
     from stableemote_utils import metrics
-    from stableemote_utils.tiny_clip import TinyClipProcessor, build_clip
     from stableemote_utils.tiny_model import write_clip_tokenizer
+    from stableemote_utils.tinyemote.clip import TinyClipProcessor, build_clip
 
     tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path / "tok"))
     clip = (build_clip(0), TinyClipProcessor(tok))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stableemote_utils import tiny_clip as tc
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.tinyemote import clip as tc
 
 
 @pytest.fixture(scope="module")

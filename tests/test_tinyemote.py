@@ -126,7 +126,7 @@ def test_readme_grid_is_drawn_with_fixed_prompts_and_seeds(tinyemote_pipe, tmp_p
     import numpy as np
     from PIL import Image
 
-    from stableemote_utils.tinyemote import GRID_PROMPTS, tinyemote_grid
+    from stableemote_utils.tinyemote.evaluate import GRID_PROMPTS, tinyemote_grid
 
     assert len(GRID_PROMPTS) == 16 and "cat face" in GRID_PROMPTS
     a = tinyemote_grid(tmp_path / "a.png", tinyemote_pipe, prompts=GRID_PROMPTS[:4])
@@ -137,12 +137,12 @@ def test_readme_grid_is_drawn_with_fixed_prompts_and_seeds(tinyemote_pipe, tmp_p
 def test_clip_scores_have_ceiling_and_floor(tinyemote_pipe, tmp_path):
     from transformers import CLIPTokenizer
 
-    from stableemote_utils import tinyemote
-    from stableemote_utils.tiny_clip import TinyClipProcessor, build_clip
     from stableemote_utils.tiny_model import write_clip_tokenizer
+    from stableemote_utils.tinyemote import evaluate
+    from stableemote_utils.tinyemote.clip import TinyClipProcessor, build_clip
 
     tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path / "tok"))
-    got = tinyemote.clip_scores(tinyemote_pipe, (build_clip(0), TinyClipProcessor(tok)), 4)
+    got = evaluate.clip_scores(tinyemote_pipe, (build_clip(0), TinyClipProcessor(tok)), 4)
     assert set(got) == {"heldout", "train"}
     for split in got.values():
         assert split["images"] == 4

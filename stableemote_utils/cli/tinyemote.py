@@ -14,6 +14,7 @@ from stableemote_utils.files import staged_folder
 from stableemote_utils.tinyemote.evaluate import (
     evaluate_tinyemote,
     format_metrics,
+    tinyemote_grid,
     write_model_card,
 )
 from stableemote_utils.tinyemote.install import SHIPPED_DIR
@@ -144,8 +145,6 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
-    from stableemote_utils.tinyemote import tinyemote_grid
-
     print(f"wrote {tinyemote_grid(args.out)}")
 
 

@@ -19,7 +19,7 @@ The feature space of these three is fixed and needs no download: the image shrun
 16 x 16 pixels (768 numbers). It sees colour and layout, which is what separates these
 categories and these two styles; it knows nothing of meaning.
 
-Two more come from TinyEmote's own tiny CLIP (:mod:`stableemote_utils.tiny_clip`), which
+Two more come from TinyEmote's own tiny CLIP (:mod:`stableemote_utils.tinyemote.clip`), which
 does know something of meaning:
 
 * **Tiny CLIP retrieval:** each held-out name ranks the held-out images (Noto and
@@ -49,10 +49,17 @@ from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora import load_lora, unload_lora
-from stableemote_utils.metrics import kid
+from stableemote_utils.metrics import clip_score, kid
 from stableemote_utils.precision import pick_device
 from stableemote_utils.presets import get_preset
-from stableemote_utils.tinyemote.install import SHIPPED_DIR
+from stableemote_utils.tinyemote.clip import (
+    TinyClipProcessor,
+    load_clip_pairs,
+    load_tiny_clip,
+    retrieval,
+    shuffled,
+)
+from stableemote_utils.tinyemote.install import SHIPPED_DIR, shipped_digest
 from stableemote_utils.tinyemote.pretrain import is_flag, reconstruction_psnr
 from stableemote_utils.training import recipe, train
 
@@ -199,10 +206,6 @@ def clip_scores(pipe, clip, per_split: int | None = None) -> dict:
         Noto emoji of those names against the same prompts, and of the real emoji against
         the prompts shuffled so that none keeps its own.
     """
-    from stableemote_utils.data import load_emoji_dataset
-    from stableemote_utils.metrics import clip_score
-    from stableemote_utils.tiny_clip import shuffled
-
     held = load_emoji_dataset("noto", 64, split="heldout")
     train = sorted(
         load_emoji_dataset("noto", 64, split="train"),
@@ -225,9 +228,7 @@ def clip_scores(pipe, clip, per_split: int | None = None) -> dict:
 
 
 def clip_retrieval(clip_model, tokenizer) -> dict:
-    """Held-out name -> image retrieval of the tiny CLIP (see :func:`tiny_clip.retrieval`)."""
-    from stableemote_utils.tiny_clip import load_clip_pairs, retrieval
-
+    """Held-out name -> image retrieval of the tiny CLIP (see :func:`stableemote_utils.tinyemote.clip.retrieval`)."""
     return retrieval(clip_model, tokenizer, load_clip_pairs("heldout"))
 
 
@@ -258,11 +259,6 @@ def tinyemote_grid(path, pipe=None, prompts=GRID_PROMPTS, seed: int = GRID_SEED)
     Made by ``stableemote tiny-grid``. Image ``i`` is "An emoji of {prompts[i]}" with
     generator seed ``seed + i``, 25 steps, guidance 7.5; held-out names are marked.
     """
-    from stableemote_utils.data import is_heldout
-    from stableemote_utils.images import image_grid, save_image
-    from stableemote_utils.loading import load_components, make_pipeline
-    from stableemote_utils.presets import get_preset
-
     if pipe is None:
         pipe = make_pipeline(load_components("tiny", device="cpu"))
     fraction = get_preset("tiny").heldout_fraction
@@ -346,8 +342,6 @@ def evaluate_tinyemote(
         pipe, per_category, grid_path=out / "samples_by_category.png"
     )
     if (Path(components.source) / "clip" / "config.json").exists():
-        from stableemote_utils.tiny_clip import TinyClipProcessor, load_tiny_clip
-
         clip_model, tokenizer = load_tiny_clip(components.source)
         record["clip_retrieval"] = clip_retrieval(clip_model, tokenizer)
         record["tiny_clip_score"] = clip_scores(pipe, (clip_model, TinyClipProcessor(tokenizer)))

@@ -8,7 +8,7 @@ Five stages, each with this repo's own code, deterministic on one machine:
    ``scaling_factor`` is then set so the scaled latents have unit standard deviation
    (SD 1.5's 0.18215 was chosen the same way). ``vae_from`` reuses an earlier VAE instead.
 2. **Tiny CLIP.** A small ``CLIPModel`` is trained contrastively on emoji and their
-   names (:mod:`stableemote_utils.tiny_clip`); its text tower becomes the text encoder.
+   names (:mod:`stableemote_utils.tinyemote.clip`); its text tower becomes the text encoder.
 3. **Training data.** The Noto training split, with every emoji that is not a flag
    repeated ``balance_repeats`` times, so the ~260 flags do not set the model's prior.
 4. **UNet.** A small ``UNet2DConditionModel`` is trained from random weights (every
@@ -42,13 +42,13 @@ from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import staged_folder
 from stableemote_utils.precision import pick_device
 from stableemote_utils.presets import get_preset
-from stableemote_utils.tiny_clip import ClipTrainConfig, clip_stage, text_tower
 from stableemote_utils.tiny_model import (
     TINYEMOTE_UNET_CONFIG,
     TINYEMOTE_VAE_CONFIG,
     build_tiny_model,
     write_clip_tokenizer,
 )
+from stableemote_utils.tinyemote.clip import ClipTrainConfig, clip_stage, text_tower
 from stableemote_utils.training import (
     TrainConfig,
     batch_indices,

@@ -446,7 +446,7 @@ def clip_stage(
 
     from transformers import CLIPModel, CLIPTokenizer
 
-    from stableemote_utils.tiny_model import staged_folder
+    from stableemote_utils.files import staged_folder
 
     folder = Path(folder)
     if (folder / "clip_training.json").exists():
