@@ -1,10 +1,18 @@
 """Training of the UNet on cached latents, with accelerate: LoRA, or every weight.
 
 The step itself (sample a timestep, noise the latent, predict the noise, MSE, backward
-into the LoRA weights) is :func:`training_loss`; :func:`train` is the loop around it:
-cache, precision, checkpoints and resume, validation, logging, guards. ``mode="full"``
-trains every UNet weight instead of a LoRA (how TinyEmote's UNet is trained from
-scratch, see :mod:`stableemote_utils.pretrain`).
+into the LoRA weights) is :func:`training_loss`; :func:`train` runs it on a whole run:
+
+* :func:`train` checks the options, locks the run folder and calls :func:`_train`;
+* :func:`_set_up_run` builds what the loop needs (accelerator, the checkpoint to continue,
+  data, encode-once caches, the trainable UNet and its optimizer) as a :class:`_Run`;
+* :func:`_training_loop` is the loop, on one screen: batch, noise, UNet, loss, backward,
+  optimizer step, then logging, checkpoint and validation;
+* record-keeping lives in named helpers (:func:`_measure_heldout`,
+  :func:`_write_checkpoint`, :func:`_save_validation_grid`, :func:`_write_results`).
+
+``mode="full"`` trains every UNet weight instead of a LoRA (how TinyEmote's UNet is
+trained from scratch, see :mod:`stableemote_utils.tinyemote`).
 """
 
 from __future__ import annotations
@@ -39,10 +47,10 @@ ORIGINAL_PROMPTS = (
     "robot face",
     "winking face",
 )
-# Every random draw of step s on process r comes from a generator seeded with
-# seed * _SEED_STRIDE + s * _RANK_STRIDE + r: a resumed run draws the same numbers.
+# Every random draw of step s on process p comes from a generator seeded with
+# seed * _SEED_STRIDE + s * _STEP_STRIDE + p: a resumed run draws the same numbers.
 _SEED_STRIDE = 1_000_003
-_RANK_STRIDE = 1_009
+_STEP_STRIDE = 1_009
 HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 HELDOUT_NOISE_SEED = 1234
 # Settings a resumed run may change: they do not change the trained weights (or, for
@@ -174,25 +182,30 @@ def recipe(name: str = "original", **overrides) -> TrainConfig:
 
 
 def step_generator(
-    seed: int, step: int, rank: int = 0, device: str | torch.device = "cpu"
+    seed: int, step: int, process_index: int = 0, device: str | torch.device = "cpu"
 ) -> torch.Generator:
     """The generator for every random draw of one step on one process (see ``_SEED_STRIDE``)."""
     return torch.Generator(device=device).manual_seed(
-        seed * _SEED_STRIDE + step * _RANK_STRIDE + rank
+        seed * _SEED_STRIDE + step * _STEP_STRIDE + process_index
     )
 
 
 def batch_indices(
-    step: int, batch_size: int, num_examples: int, seed: int, rank: int = 0, world: int = 1
+    step: int,
+    batch_size: int,
+    num_examples: int,
+    seed: int,
+    process_index: int = 0,
+    world: int = 1,
 ) -> torch.Tensor:
-    """Which examples process ``rank`` trains on at ``step``: ``(batch_size,)`` indices.
+    """Which examples process ``process_index`` (of ``world``) trains on at ``step``: ``(batch_size,)``.
 
     The examples are shuffled once per epoch (seeded); the global batch of a step is the
     next ``batch_size * world`` positions in that order and each process takes its own
     slice, so processes see disjoint shards and any step can be recomputed on resume.
     """
     global_batch = batch_size * world
-    start = step * global_batch + rank * batch_size
+    start = step * global_batch + process_index * batch_size
     positions = torch.arange(start, start + batch_size)
     epochs = positions // num_examples
     out = torch.empty(batch_size, dtype=torch.long)
@@ -551,21 +564,270 @@ def _is_first_launched_process() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
+@dataclass
+class _Run:
+    """One training session's working set, built by :func:`_set_up_run`.
+
+    ``step``, ``losses`` and ``heldout`` are the run's progress (carried over from the
+    checkpoint on resume); the loop updates them.
+    """
+
+    config: TrainConfig
+    preset: object  # presets.Preset
+    out: Path
+    accelerator: object  # accelerate.Accelerator
+    dtype: torch.dtype
+    precision_reason: str
+    run_id: str
+    components: object  # loading.Components: VAE and text encoder parked on the CPU
+    train_cache: dict[str, torch.Tensor]  # latent_mean/latent_std (N, 4, h, w), text (N, 77, D)
+    held_cache: dict[str, torch.Tensor]
+    unet: torch.nn.Module  # as accelerate prepared it: what the training step calls
+    raw_unet: torch.nn.Module  # unwrapped: what is measured, sampled and saved
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_schedule: object  # torch LR scheduler
+    step: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
+    heldout: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def full(self) -> bool:
+        return self.config.mode == "full"
+
+    def say(self, *args, **kwargs) -> None:
+        """``print`` on the main process only."""
+        if self.main:
+            print(*args, **kwargs)
+
+
 def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite: bool):
     """:func:`train` once the options are checked and the run folder is locked."""
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
+    run = _set_up_run(config, preset, out, resume, overwrite)
+    _open_trackers(run.accelerator, config, out)
+    if 0 not in run.heldout:
+        _measure_heldout(run, 0)
+    step_times, interrupted = _training_loop(run)
+    if interrupted:
+        run.say(
+            f"stableemote: interrupted: stopped after step {run.step}; its checkpoint is in "
+            f"{run.ckpt_dir}. Continue with --resume latest (in Python: train(config, "
+            "resume='latest')).",
+            file=sys.stderr,
+        )
+    stopped_early = run.step < config.steps
+    adapter_path = None
+    if run.main and not stopped_early:
+        adapter_path = _write_results(run, step_times)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return TrainResult(
+        out,
+        adapter_path,
+        run.step,
+        run.losses,
+        run.heldout,
+        _median(step_times),
+        stopped_early,
+        run.main,
+        interrupted,
+    )
 
-    from stableemote_utils.checkpoints import load_checkpoint, restore_rng, save_checkpoint
-    from stableemote_utils.data import load_emoji_dataset
-    from stableemote_utils.latent_cache import build_or_load_cache
-    from stableemote_utils.loading import load_components
-    from stableemote_utils.lora import add_lora, set_lora_state_dict
-    from stableemote_utils.lora_files import lora_state_dict, save_lora
-    from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
-    from stableemote_utils.presets import cache_dir, precision_setting
 
+def _training_loop(run: _Run) -> tuple[list[float], bool]:
+    """The loop: batch, noise, UNet, loss, backward, optimizer step; log, checkpoint, validate.
+
+    Runs from ``run.step`` to ``config.steps`` (or ``stop_after_steps``), updating
+    ``run.step``, ``run.losses`` and ``run.heldout``.
+
+    Returns:
+        ``(seconds per step of each log interval, whether Ctrl-C stopped the run early)``.
+    """
+    from tqdm.auto import tqdm
+
+    config, accelerator = run.config, run.accelerator
+    dev = accelerator.device
+    world, process_index = accelerator.num_processes, accelerator.process_index
+    latent_mean = run.train_cache["latent_mean"].to(dev)
+    latent_std = run.train_cache["latent_std"].to(dev)
+    text_all = run.train_cache["text"].to(dev)
+    empty_text = run.train_cache["extra_text"][0:1].to(dev)
+    alphas_cumprod = run.components.scheduler.alphas_cumprod.to(dev)
+    num_examples = latent_mean.shape[0]
+    end_step = (
+        config.steps
+        if config.stop_after_steps is None
+        else min(config.steps, config.stop_after_steps)
+    )
+    bar = tqdm(
+        total=config.steps,
+        initial=run.step,
+        disable=not (run.main and config.progress_bar),
+        desc="training",
+        unit="step",
+    )
+    pending: list[torch.Tensor] = []
+    step_times: list[float] = []
+    interrupt = {"requested": False}
+    restore_sigint = _finish_the_step_on_interrupt(interrupt)
+    stopping = False
+    step = run.step
+    run.unet.train()
+    last = time.perf_counter()
+    try:
+        while step < end_step:
+            idx = batch_indices(
+                step, config.batch_size, num_examples, config.seed, process_index, world
+            ).to(dev)
+            g = step_generator(config.seed, step, process_index, dev)
+            text = text_all[idx]
+            if config.caption_dropout > 0:
+                drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
+                text = torch.where(drop.view(-1, 1, 1), empty_text.expand_as(text), text)
+            with accelerator.autocast():
+                loss = training_loss(
+                    run.unet,
+                    latent_mean[idx],
+                    latent_std[idx],
+                    text,
+                    alphas_cumprod,
+                    g,
+                    config.min_snr_gamma,
+                    config.noise_offset,
+                )
+            accelerator.backward(loss)
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
+            run.optimizer.step()
+            run.lr_schedule.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            run.step = step
+            pending.append(loss.detach().float())
+            stopping = _any_process_interrupted(accelerator, interrupt)
+            if step % config.log_every == 0 or step == end_step or stopping:
+                # One host sync per log interval, not per step.
+                values = accelerator.reduce(torch.stack(pending), reduction="mean").cpu()
+                pending.clear()
+                bad = (~torch.isfinite(values)).nonzero()
+                if len(bad):
+                    first_bad = step - len(values) + int(bad[0]) + 1
+                    raise _non_finite(first_bad, values[int(bad[0])].item(), run.ckpt_dir)
+                run.losses.extend(values.tolist())
+                now = time.perf_counter()
+                step_times.append((now - last) / len(values))
+                last = now
+                bar.update(len(values))
+                bar.set_postfix(loss=f"{values.mean():.4f}", s_per_step=f"{step_times[-1]:.3f}")
+                accelerator.log(
+                    {
+                        "loss": values.mean().item(),
+                        "lr": run.lr_schedule.get_last_lr()[0],
+                        "steps_per_second": 1.0 / max(step_times[-1], 1e-9),
+                    },
+                    step=step,
+                )
+            # Validation is a picture for people: it must never cost the checkpoint of its
+            # step or kill the run it watches. The held-out loss goes into the checkpoint, so
+            # it is measured first; the sample grid comes after the checkpoint.
+            validating = step % config.validate_every == 0 or step == config.steps
+            if validating:
+                try:
+                    _measure_heldout(run, step)
+                except Exception as err:  # noqa: BLE001 - reported, training goes on
+                    _report_failure("the held-out loss", step, err)
+            if step % config.checkpoint_every == 0 or step == end_step or stopping:
+                _write_checkpoint(run, step)
+            if stopping:
+                break
+            if validating:
+                try:
+                    _save_validation_grid(run, step)
+                except Exception as err:  # noqa: BLE001 - reported, training goes on
+                    _report_failure("the validation grid", step, err)
+    except torch.OutOfMemoryError as err:
+        raise StableEmoteError(
+            f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. "
+            "Turn on --gradient-checkpointing and continue with --resume latest, or start a new run "
+            "(new --output-dir) with a lower --batch-size or --resolution, or --use-8bit-adam. "
+            f"({str(err)[:120]})"
+        ) from err
+    finally:
+        bar.close()
+        restore_sigint()
+    return step_times, stopping and step < config.steps
+
+
+# ---------------------------------------------------------------------------
+# Setting a run up
+# ---------------------------------------------------------------------------
+
+
+def _set_up_run(
+    config: TrainConfig, preset, out: Path, resume: str | None, overwrite: bool
+) -> _Run:
+    """Accelerator, the checkpoint to continue, data, encode-once caches, the trainable UNet."""
+    from stableemote_utils.checkpoints import load_checkpoint
+
+    accelerator, dtype, reason = _make_accelerator(config, out)
+    main = accelerator.is_main_process
+    if main:
+        print(f"precision: {reason}")
+    # The run folder: which checkpoint to continue (if any), with the same settings, and
+    # checkpoints that do not belong to this timeline moved out of the way.
     ckpt_dir = out / "checkpoints"
+    resume_from = _resolve_resume(resume, ckpt_dir)
+    saved = None if resume_from is None else load_checkpoint(resume_from)
+    if saved is not None:
+        _check_resume_config(saved[0], config, mixed_precision_for(dtype))
+    if main:
+        _claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
+    train_set, heldout_set = _load_splits(config, preset, accelerator)
+    components, train_cache, held_cache = _encode_once(
+        config, preset, accelerator, dtype, train_set, heldout_set
+    )
+    unet, params, optimizer, lr_schedule = _trainable_unet(
+        config, components, accelerator, None if saved is None else saved[1]
+    )
+    run = _Run(
+        config=config,
+        preset=preset,
+        out=out,
+        accelerator=accelerator,
+        dtype=dtype,
+        precision_reason=reason,
+        run_id=(saved[0].get("run_id") if saved else None) or uuid.uuid4().hex,
+        components=components,
+        train_cache=train_cache,
+        held_cache=held_cache,
+        unet=unet,
+        # Without DDP, but with accelerate's fp32-output wrapper (in place on the module the
+        # training forward uses): whatever runs it outside the training step does so under
+        # accelerator.autocast(), so its fp32 outputs never meet half-precision weights bare.
+        raw_unet=accelerator.unwrap_model(unet),
+        params=params,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+    )
+    if saved is not None:
+        _restore_progress(run, saved, resume_from)
+    return run
+
+
+def _make_accelerator(config: TrainConfig, out: Path):
+    """``(accelerator, compute dtype, the precision policy's reason)``."""
+    from accelerate import Accelerator
+
+    from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
+    from stableemote_utils.presets import precision_setting
 
     device = pick_device(config.device)
     dtype, reason = choose_dtype(device, precision_setting(config.precision))
@@ -576,22 +838,14 @@ def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(out),
     )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    main = accelerator.is_main_process
-    say = print if main else (lambda *a, **k: None)
-    say(f"precision: {reason}")
+    return accelerator, dtype, reason
 
-    # The run folder: which checkpoint to continue (if any), with the same settings, and
-    # checkpoints that do not belong to this timeline moved out of the way.
-    resume_from = _resolve_resume(resume, ckpt_dir)
-    saved_state = None
-    if resume_from is not None:
-        saved_state, saved_lora, saved_opt, saved_rng = load_checkpoint(resume_from)
-        _check_resume_config(saved_state, config, mixed_precision_for(dtype))
-    if main:
-        _claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
-    run_id = (saved_state or {}).get("run_id") or uuid.uuid4().hex
 
+def _load_splits(config: TrainConfig, preset, accelerator) -> tuple[list, list]:
+    """The training and held-out examples; a dataset too small for either is refused."""
+    from stableemote_utils.data import load_emoji_dataset
+
+    world = accelerator.num_processes
     # Data first: a missing dataset or one smaller than a batch fails before any model loads.
     with accelerator.main_process_first():
         train_set = load_emoji_dataset(
@@ -622,7 +876,19 @@ def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite
             "held-out loss cannot be measured. Add images with more distinct names (a few dozen "
             "at least)."
         )
-    # Models, then encode once and take the VAE and text encoder off the accelerator.
+    return train_set, heldout_set
+
+
+def _encode_once(config: TrainConfig, preset, accelerator, dtype, train_set, heldout_set):
+    """Load the model, encode every image and caption once, park the VAE and text encoder.
+
+    Returns:
+        ``(components, train_cache, held_cache)``.
+    """
+    from stableemote_utils.latent_cache import build_or_load_cache
+    from stableemote_utils.loading import load_components
+    from stableemote_utils.presets import cache_dir
+
     use_preset = preset.is_tiny and config.model == preset.model
     components = load_components(
         preset if use_preset else config.model, device=accelerator.device, dtype=dtype
@@ -654,25 +920,30 @@ def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite
         )
     components.vae.to("cpu")
     components.text_encoder.to("cpu")
-    dev = accelerator.device
-    latent_mean = train_cache["latent_mean"].to(dev)
-    latent_std = train_cache["latent_std"].to(dev)
-    text_all = train_cache["text"].to(dev)
-    empty_text = train_cache["extra_text"][0:1].to(dev)
-    scheduler = components.scheduler
-    alphas_cumprod = scheduler.alphas_cumprod.to(dev)
+    return components, train_cache, held_cache
+
+
+def _trainable_unet(config: TrainConfig, components, accelerator, saved_weights):
+    """The UNet with its trainable weights (a fresh or saved LoRA, or every weight),
+    optimizer and LR schedule, prepared by accelerate.
+
+    Returns:
+        ``(unet, trainable params, optimizer, lr_schedule)``.
+    """
+    from diffusers.optimization import get_scheduler
+
+    from stableemote_utils.lora import add_lora, set_lora_state_dict
 
     unet = components.unet
-    torch.manual_seed(config.seed)
-    full = config.mode == "full"
-    if full:  # every weight trains, kept in fp32 (autocast does the low-precision maths)
+    torch.manual_seed(config.seed)  # the LoRA's initial A matrices
+    if config.mode == "full":  # every weight trains, kept in fp32 (autocast does the maths)
         unet.to(torch.float32).requires_grad_(True)
-        if saved_state is not None:
-            unet.load_state_dict(saved_lora)
+        if saved_weights is not None:
+            unet.load_state_dict(saved_weights)
     else:
         add_lora(unet, config.rank, config.alpha)
-        if saved_state is not None:
-            set_lora_state_dict(unet, saved_lora)
+        if saved_weights is not None:
+            set_lora_state_dict(unet, saved_weights)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if config.channels_last:
@@ -697,275 +968,175 @@ def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite
     if config.compile:
         unet = torch.compile(unet)
     unet, optimizer = accelerator.prepare(unet, optimizer)
-    # Without DDP, but with accelerate's fp32-output wrapper (in place on the module the
-    # training forward uses): whatever runs it outside the training step does so under
-    # accelerator.autocast(), so its fp32 outputs never meet half-precision weights bare.
-    raw_unet = accelerator.unwrap_model(unet)
+    return unet, params, optimizer, lr_schedule
 
-    step, losses, heldout = 0, [], {}
-    if saved_state is not None:
-        step = saved_state["step"]
-        losses = list(saved_state["losses"])
-        heldout = {int(k): v for k, v in saved_state["heldout"].items()}
-        optimizer.load_state_dict(saved_opt)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if saved_state["config"]["steps"] == config.steps:
-                lr_schedule.load_state_dict(saved_state["lr_scheduler"])
-            else:  # a longer (or shorter) run: the schedule is redrawn over the new length
-                say(
-                    f"steps changed {saved_state['config']['steps']} -> {config.steps}: LR schedule redrawn"
-                )
-                for _ in range(step):
-                    lr_schedule.step()
-        if accelerator.scaler is not None and saved_state.get("scaler"):
-            accelerator.scaler.load_state_dict(saved_state["scaler"])
-        restore_rng(saved_rng)
-        if saved_state.get("world_size", 1) != world:
-            say(
-                f"note: the run was started on {saved_state.get('world_size')} processes, now {world}"
+
+def _restore_progress(run: _Run, saved: tuple, resume_from: Path) -> None:
+    """Put back step, losses, held-out record, optimizer, LR schedule, loss scaler and RNG."""
+    from stableemote_utils.checkpoints import restore_rng
+
+    state, _, optimizer_state, rng = saved
+    run.step = state["step"]
+    run.losses = list(state["losses"])
+    run.heldout = {int(k): v for k, v in state["heldout"].items()}
+    run.optimizer.load_state_dict(optimizer_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if state["config"]["steps"] == run.config.steps:
+            run.lr_schedule.load_state_dict(state["lr_scheduler"])
+        else:  # a longer (or shorter) run: the schedule is redrawn over the new length
+            run.say(
+                f"steps changed {state['config']['steps']} -> {run.config.steps}: LR schedule redrawn"
             )
-        say(f"resumed from {resume_from} at step {step}")
+            for _ in range(run.step):
+                run.lr_schedule.step()
+    scaler = run.accelerator.scaler
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    restore_rng(rng)
+    world = run.accelerator.num_processes
+    if state.get("world_size", 1) != world:
+        run.say(f"note: the run was started on {state.get('world_size')} processes, now {world}")
+    run.say(f"resumed from {resume_from} at step {run.step}")
 
-    autocast_dtype = dtype if dtype != torch.float32 else None
 
-    def measure_heldout(at_step: int) -> None:
-        if main:
-            heldout[at_step] = heldout_loss(
-                raw_unet,
-                held_cache["latent_mean"],
-                held_cache["text"],
-                scheduler.alphas_cumprod,
-                autocast_dtype=autocast_dtype,
-            )
-            accelerator.log({"heldout_loss": heldout[at_step]}, step=at_step)
+# ---------------------------------------------------------------------------
+# Record-keeping: held-out loss, validation grids, checkpoints, results
+# ---------------------------------------------------------------------------
 
-    def sample_validation_grid(at_step: int) -> None:
-        if main:
-            components.vae.to(dev)
-            try:
-                # Under the training autocast: the UNet, the VAE and the latents between them
-                # agree on a dtype whatever the precision (fp32 weights in full training
-                # included), as in the training step.
-                with accelerator.autocast():
-                    grid = _sample_grid(
-                        components,
-                        raw_unet,
-                        train_cache["extra_text"][1:],
-                        train_cache["extra_text"][0:1],
-                        config,
-                        config.resolution_px,
-                        config.validation_steps,
-                    )
-            finally:
-                components.vae.to("cpu")
-            from stableemote_utils.images import save_image
 
-            save_image(grid, out / "samples" / f"step-{at_step:06d}.png")
-            _log_image(accelerator, "samples", grid, at_step)
-
-    def report_failure(what: str, at_step: int, err: Exception) -> None:
-        print(
-            f"stableemote: warning: {what} at step {at_step} failed ({type(err).__name__}: "
-            f"{str(err)[:200]}); training goes on.",
-            file=sys.stderr,
-        )
-
-    def checkpoint(at_step: int) -> None:
-        if main:
-            state = {
-                "run_id": run_id,
-                "precision": mixed_precision_for(dtype),
-                "config": config.to_dict(),
-                "lr_scheduler": lr_schedule.state_dict(),
-                "scaler": accelerator.scaler.state_dict()
-                if accelerator.scaler is not None
-                else None,
-                "losses": losses,
-                "heldout": heldout,
-                "world_size": world,
-            }
-            save_checkpoint(
-                ckpt_dir,
-                at_step,
-                {k: v.detach().cpu() for k, v in raw_unet.state_dict().items()}
-                if full
-                else lora_state_dict(raw_unet),
-                optimizer.state_dict(),
-                state,
-                config.keep_checkpoints,
-                weights_file="unet.safetensors" if full else "pytorch_lora_weights.safetensors",
-            )
-        accelerator.wait_for_everyone()
-
-    _open_trackers(accelerator, config, out)
-    if 0 not in heldout:
-        measure_heldout(0)
-    end_step = (
-        config.steps
-        if config.stop_after_steps is None
-        else min(config.steps, config.stop_after_steps)
+def _measure_heldout(run: _Run, at_step: int) -> None:
+    """Record the held-out loss at ``at_step`` (main process)."""
+    if not run.main:
+        return
+    run.heldout[at_step] = heldout_loss(
+        run.raw_unet,
+        run.held_cache["latent_mean"],
+        run.held_cache["text"],
+        run.components.scheduler.alphas_cumprod,
+        autocast_dtype=run.dtype if run.dtype != torch.float32 else None,
     )
-    from tqdm.auto import tqdm
+    run.accelerator.log({"heldout_loss": run.heldout[at_step]}, step=at_step)
 
-    bar = tqdm(
-        total=config.steps,
-        initial=step,
-        disable=not (main and config.progress_bar),
-        desc="training",
-        unit="step",
-    )
-    pending: list[torch.Tensor] = []
-    step_times: list[float] = []
-    unet.train()
-    last = time.perf_counter()
-    interrupt = {"requested": False}
-    restore_sigint = _finish_the_step_on_interrupt(interrupt)
 
-    def stop_requested() -> bool:
-        """Whether any process was interrupted (all processes stop after the same step)."""
-        if world == 1:
-            return interrupt["requested"]
-        flag = torch.tensor([float(interrupt["requested"])], device=dev)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+def _save_validation_grid(run: _Run, at_step: int) -> None:
+    """Sample the validation prompts and save ``samples/step-NNNNNN.png`` (main process)."""
+    from stableemote_utils.images import save_image
 
-    stopping = False
+    if not run.main:
+        return
+    components = run.components
+    components.vae.to(run.accelerator.device)
     try:
-        while step < end_step:
-            idx = batch_indices(
-                step, config.batch_size, len(train_set), config.seed, rank, world
-            ).to(dev)
-            g = step_generator(config.seed, step, rank, dev)
-            text = text_all[idx]
-            if config.caption_dropout > 0:
-                drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
-                text = torch.where(drop.view(-1, 1, 1), empty_text.expand_as(text), text)
-            with accelerator.autocast():
-                loss = training_loss(
-                    unet,
-                    latent_mean[idx],
-                    latent_std[idx],
-                    text,
-                    alphas_cumprod,
-                    g,
-                    config.min_snr_gamma,
-                    config.noise_offset,
-                )
-            accelerator.backward(loss)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            pending.append(loss.detach().float())
-            stopping = stop_requested()
-            if step % config.log_every == 0 or step == end_step or stopping:
-                # One host sync per log interval, not per step.
-                values = accelerator.reduce(torch.stack(pending), reduction="mean").cpu()
-                pending.clear()
-                bad = (~torch.isfinite(values)).nonzero()
-                if len(bad):
-                    first_bad = step - len(values) + int(bad[0]) + 1
-                    raise _non_finite(first_bad, values[int(bad[0])].item(), ckpt_dir)
-                losses.extend(values.tolist())
-                now = time.perf_counter()
-                step_times.append((now - last) / len(values))
-                last = now
-                bar.update(len(values))
-                bar.set_postfix(loss=f"{values.mean():.4f}", s_per_step=f"{step_times[-1]:.3f}")
-                accelerator.log(
-                    {
-                        "loss": values.mean().item(),
-                        "lr": lr_schedule.get_last_lr()[0],
-                        "steps_per_second": 1.0 / max(step_times[-1], 1e-9),
-                    },
-                    step=step,
-                )
-            # Validation is a picture for people: it must never cost the checkpoint of its
-            # step or kill the run it watches. The held-out loss goes into the checkpoint, so
-            # it is measured first; the sample grid comes after the checkpoint.
-            validating = step % config.validate_every == 0 or step == config.steps
-            if validating:
-                try:
-                    measure_heldout(step)
-                except Exception as err:  # noqa: BLE001 - reported, training goes on
-                    report_failure("the held-out loss", step, err)
-            if step % config.checkpoint_every == 0 or step == end_step or stopping:
-                checkpoint(step)
-            if stopping:
-                break
-            if validating:
-                try:
-                    sample_validation_grid(step)
-                except Exception as err:  # noqa: BLE001 - reported, training goes on
-                    report_failure("the validation grid", step, err)
-    except torch.OutOfMemoryError as err:
-        raise StableEmoteError(
-            f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. "
-            "Turn on --gradient-checkpointing and continue with --resume latest, or start a new run "
-            "(new --output-dir) with a lower --batch-size or --resolution, or --use-8bit-adam. "
-            f"({str(err)[:120]})"
-        ) from err
+        # Under the training autocast: the UNet, the VAE and the latents between them
+        # agree on a dtype whatever the precision (fp32 weights in full training
+        # included), as in the training step.
+        with run.accelerator.autocast():
+            grid = _sample_grid(
+                components,
+                run.raw_unet,
+                run.train_cache["extra_text"][1:],
+                run.train_cache["extra_text"][0:1],
+                run.config,
+                run.config.resolution_px,
+                run.config.validation_steps,
+            )
     finally:
-        bar.close()
-        restore_sigint()
+        components.vae.to("cpu")
+    save_image(grid, run.out / "samples" / f"step-{at_step:06d}.png")
+    _log_image(run.accelerator, "samples", grid, at_step)
 
-    stopped_early = step < config.steps
-    interrupted = stopping and stopped_early
-    if interrupted:
-        say(
-            f"stableemote: interrupted: stopped after step {step}; its checkpoint is in {ckpt_dir}. "
-            "Continue with --resume latest (in Python: train(config, resume='latest')).",
-            file=sys.stderr,
-        )
-    adapter_path = None
-    if main and not stopped_early:
-        from stableemote_utils.hub import write_model_card
-        from stableemote_utils.plots import save_loss_plot
 
-        meta = {
-            "base_model": str(config.model),
-            "rank": str(config.rank),
-            "alpha": str(config.alpha),
-            "steps": str(step),
-            "resolution_px": str(config.resolution_px),
-            "dataset": str(config.dataset),
-        }
-        if full:
-            raw_unet.save_pretrained(out / "unet", safe_serialization=True)
-            adapter_path = out / "unet" / "diffusion_pytorch_model.safetensors"
-        else:
-            adapter_path = save_lora(raw_unet, out, meta)
-        save_loss_plot(losses, out / "loss.png")
-        summary = {
-            "config": config.to_dict(),
-            "steps": step,
-            "heldout_loss": heldout,
-            "seconds_per_step": _median(step_times),
-            "precision": reason,
-            "num_processes": world,
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        if not full:
-            write_model_card(out, config, heldout, preset)
-        if config.push_to_hub and not full:
-            from stableemote_utils.hub import push_adapter
-
-            push_adapter(out, config.push_to_hub)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(
-        out,
-        adapter_path,
-        step,
-        losses,
-        heldout,
-        _median(step_times),
-        stopped_early,
-        main,
-        interrupted,
+def _report_failure(what: str, at_step: int, err: Exception) -> None:
+    print(
+        f"stableemote: warning: {what} at step {at_step} failed ({type(err).__name__}: "
+        f"{str(err)[:200]}); training goes on.",
+        file=sys.stderr,
     )
+
+
+def _write_checkpoint(run: _Run, at_step: int) -> None:
+    """Write ``checkpoints/checkpoint-NNNNNN`` (main process) and prune the run's old ones."""
+    from stableemote_utils.checkpoints import save_checkpoint
+    from stableemote_utils.lora_files import lora_state_dict
+
+    if run.main:
+        scaler = run.accelerator.scaler
+        state = {
+            "run_id": run.run_id,
+            "precision": mixed_precision_for(run.dtype),
+            "config": run.config.to_dict(),
+            "lr_scheduler": run.lr_schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "losses": run.losses,
+            "heldout": run.heldout,
+            "world_size": run.accelerator.num_processes,
+        }
+        if run.full:
+            weights = {k: v.detach().cpu() for k, v in run.raw_unet.state_dict().items()}
+        else:
+            weights = lora_state_dict(run.raw_unet)
+        save_checkpoint(
+            run.ckpt_dir,
+            at_step,
+            weights,
+            run.optimizer.state_dict(),
+            state,
+            run.config.keep_checkpoints,
+            weights_file="unet.safetensors" if run.full else "pytorch_lora_weights.safetensors",
+        )
+    run.accelerator.wait_for_everyone()
+
+
+def _any_process_interrupted(accelerator, interrupt: dict) -> bool:
+    """Whether Ctrl-C reached any process (all processes then stop after the same step)."""
+    if accelerator.num_processes == 1:
+        return interrupt["requested"]
+    flag = torch.tensor([float(interrupt["requested"])], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def _write_results(run: _Run, step_times: list[float]) -> Path:
+    """The finished run's adapter (or UNet), loss plot, summary, model card; push if asked.
+
+    Returns:
+        The adapter file (in full training, the UNet's weights file).
+    """
+    from stableemote_utils.hub import write_model_card
+    from stableemote_utils.lora_files import save_lora
+    from stableemote_utils.plots import save_loss_plot
+
+    config, out = run.config, run.out
+    meta = {
+        "base_model": str(config.model),
+        "rank": str(config.rank),
+        "alpha": str(config.alpha),
+        "steps": str(run.step),
+        "resolution_px": str(config.resolution_px),
+        "dataset": str(config.dataset),
+    }
+    if run.full:
+        run.raw_unet.save_pretrained(out / "unet", safe_serialization=True)
+        adapter_path = out / "unet" / "diffusion_pytorch_model.safetensors"
+    else:
+        adapter_path = save_lora(run.raw_unet, out, meta)
+    save_loss_plot(run.losses, out / "loss.png")
+    summary = {
+        "config": config.to_dict(),
+        "steps": run.step,
+        "heldout_loss": run.heldout,
+        "seconds_per_step": _median(step_times),
+        "precision": run.precision_reason,
+        "num_processes": run.accelerator.num_processes,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if not run.full:
+        write_model_card(out, config, run.heldout, run.preset)
+    if config.push_to_hub and not run.full:
+        from stableemote_utils.hub import push_adapter
+
+        push_adapter(out, config.push_to_hub)
+    return adapter_path
 
 
 def _finish_the_step_on_interrupt(interrupt: dict):

@@ -44,8 +44,8 @@ def test_batches_shard_the_data_without_overlap():
     n, bs, world = 20, 3, 2
     seen = []
     for step in range(3):
-        a = batch_indices(step, bs, n, seed=0, rank=0, world=world)
-        b = batch_indices(step, bs, n, seed=0, rank=1, world=world)
+        a = batch_indices(step, bs, n, seed=0, process_index=0, world=world)
+        b = batch_indices(step, bs, n, seed=0, process_index=1, world=world)
         assert not set(a.tolist()) & set(b.tolist())
         seen += a.tolist() + b.tolist()
     assert len(set(seen)) == len(seen) == 18  # one epoch: no example twice
