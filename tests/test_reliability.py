@@ -277,6 +277,11 @@ def test_unusable_adapters_are_flagged_by_inspect_and_refused_by_compare(
     assert code == 2
     assert words in one_line_error(capsys)
     assert not grid.exists()
+    # The demo and the notebooks load adapters through load_lora: refused there too.
+    from stableemote_utils.lora import load_lora
+
+    with pytest.raises(StableEmoteError, match=words):
+        load_lora(None, bad)
 
 
 # ---------------------------------------------------------------------------
