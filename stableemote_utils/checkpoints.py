@@ -8,38 +8,29 @@ under a temporary name and renamed when complete, so a run killed mid-write leav
 previous checkpoint as the latest; a folder whose files do not match their checksums is
 skipped with a warning.
 
-A run folder belongs to one run: :func:`run_lock` keeps a second process out while a run
-trains, each checkpoint records its run's id so pruning (:func:`prune_checkpoints`) only
-ever deletes that run's older, intact checkpoints, and checkpoints that are not part of a
-run's timeline are moved aside (:func:`set_aside`), never deleted.
+Each checkpoint records its run's id, so pruning (:func:`prune_checkpoints`) only ever
+deletes that run's older, intact checkpoints (see :mod:`stableemote_utils.run_folder` for
+the rest of "a folder is one run").
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 import sys
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import save_state_dict_atomic
 
 STATE_FILE = "training_state.json"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Checkpoints moved out of a run's way (an abandoned timeline, a replaced run) go here.
-SET_ASIDE_DIR = "set-aside"
-RUN_LOCK_FILE = ".stableemote-run.lock"
-RUN_OWNER_FILE = ".stableemote-run.owner"
 
 
 def _sha256(path: Path) -> str:
@@ -181,72 +172,6 @@ def prune_checkpoints(folder: str | os.PathLike, run_id: str | None, keep_last: 
                 shutil.rmtree(old, ignore_errors=True)
             return doomed
     return []
-
-
-def set_aside(paths: list[Path], run_folder: str | os.PathLike, reason: str) -> Path | None:
-    """Move checkpoint folders out of the way into ``run_folder/set-aside/<time>-<reason>/``.
-
-    Nothing is deleted: the folders keep their names, so any of them can be resumed from
-    with ``--resume <path>``. Returns the folder they went to (``None`` if none moved).
-    """
-    if not paths:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    target = Path(run_folder) / SET_ASIDE_DIR / f"{stamp}-{reason}"
-    n = 1
-    while target.exists():
-        n += 1
-        target = Path(run_folder) / SET_ASIDE_DIR / f"{stamp}-{reason}-{n}"
-    target.mkdir(parents=True)
-    for path in paths:
-        path.rename(target / path.name)
-    return target
-
-
-@contextlib.contextmanager
-def run_lock(run_folder: str | os.PathLike):
-    """Hold the run folder for one run at a time, for as long as the ``with`` block lasts.
-
-    An exclusive ``filelock`` on ``run_folder/.stableemote-run.lock``; the holder's PID, host
-    and start time go into ``.stableemote-run.owner`` so a refused run can name it. The
-    operating system drops the lock when its process ends, however it ends, so a lock left
-    by a killed run does not block the next one.
-
-    Raises:
-        StableEmoteError: if another process holds the folder.
-    """
-    from filelock import FileLock, Timeout
-
-    folder = Path(run_folder)
-    owner_file = folder / RUN_OWNER_FILE
-    lock = FileLock(str(folder / RUN_LOCK_FILE), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        try:
-            owner = json.loads(owner_file.read_text())
-            who = f"PID {owner['pid']} on {owner['host']}, started {owner['started']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            who = "a process that has not written its PID yet"
-        raise StableEmoteError(
-            f"Another run is training into '{folder}' ({who}). Wait for it to finish or stop "
-            "it, or choose another --output-dir: two runs in one folder would overwrite each "
-            "other's checkpoints and adapter."
-        ) from None
-    try:
-        owner_file.write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                }
-            )
-        )
-        yield folder
-    finally:
-        owner_file.unlink(missing_ok=True)
-        lock.release()
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:

@@ -36,6 +36,12 @@ import torch.nn.functional as F
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_train_options
+from stableemote_utils.run_folder import (
+    check_resume_config,
+    claim_run_folder,
+    resolve_resume,
+    run_lock,
+)
 
 ORIGINAL_PROMPTS = (
     "smiling face with open mouth",
@@ -53,56 +59,6 @@ _SEED_STRIDE = 1_000_003
 _STEP_STRIDE = 1_009
 HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 HELDOUT_NOISE_SEED = 1234
-# Settings a resumed run may change: they do not change the trained weights (or, for
-# steps, redraw the LR schedule on purpose). Every other TrainConfig field must match.
-_RESUME_MAY_CHANGE = frozenset(
-    {
-        "preset",  # resolved into model, dataset and sizes, which are compared
-        "output_dir",
-        "steps",
-        "precision",  # the precision actually used is compared instead
-        "device",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "validate_every",
-        "validation_prompts",
-        "validation_seed",
-        "validation_steps",
-        "heldout_limit",
-        "report_to",
-        "log_every",
-        "gradient_checkpointing",
-        "channels_last",
-        "compile",
-        "push_to_hub",
-        "stop_after_steps",
-        "progress_bar",
-    }
-)
-# mixed_precision_for's names -> the --precision value that selects it.
-_PRECISION_FLAG = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
-_CLI_FLAGS = {
-    "resolution_px": "--resolution",
-    "stop_after_steps": "--stop-after",
-    **{
-        f: "--" + f.replace("_", "-")
-        for f in [
-            "model",
-            "dataset",
-            "batch_size",
-            "rank",
-            "alpha",
-            "learning_rate",
-            "lr_warmup_steps",
-            "caption_dropout",
-            "min_snr_gamma",
-            "noise_offset",
-            "seed",
-            "use_8bit_adam",
-            "max_train_examples",
-        ]
-    },
-}
 
 
 @dataclass
@@ -366,89 +322,6 @@ def mixed_precision_for(dtype: torch.dtype) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
 
 
-def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
-    from stableemote_utils.checkpoints import latest_checkpoint, verify_checkpoint
-
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = latest_checkpoint(checkpoint_dir)
-        if found is None:
-            print(
-                f"stableemote: no checkpoint in {checkpoint_dir}; starting from step 0",
-                file=sys.stderr,
-            )
-        return found
-    path = Path(resume).expanduser()
-    problem = verify_checkpoint(path) if path.is_dir() else "not a folder"
-    if problem:
-        raise StableEmoteError(
-            f"Cannot resume from '{resume}': {problem}. Pass --resume latest to pick the newest intact "
-            f"checkpoint in {checkpoint_dir}, or a checkpoint-NNNNNN folder."
-        )
-    return path
-
-
-def _option_name(field: str) -> str:
-    """How the command line spells a :class:`TrainConfig` field (the field itself if it has no flag)."""
-    return _CLI_FLAGS.get(field, field)
-
-
-def _check_resume_config(saved_state: dict, config: TrainConfig, precision: str) -> None:
-    """Refuse to resume when a setting that changes the trained weights differs."""
-    saved, now = saved_state["config"], config.to_dict()
-    diff = [
-        f"{k}: {saved[k]!r} -> {now[k]!r} ({_option_name(k)})"
-        for k in now
-        if k not in _RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]
-    ]
-    if saved_state.get("precision") not in (None, precision):
-        diff.append(
-            f"precision: {saved_state['precision']!r} -> {precision!r} (--precision; pass "
-            f"--precision {_PRECISION_FLAG[saved_state['precision']]} to continue)"
-        )
-    if diff:
-        raise StableEmoteError(
-            "The checkpoint was made with other settings, so resuming would not continue the same run: "
-            + "; ".join(diff)
-            + ". Use the original settings, or a new --output-dir to start a fresh run."
-        )
-
-
-def _claim_run_folder(
-    out: Path, ckpt_dir: Path, resume: str | None, resume_from: Path | None, overwrite: bool
-) -> None:
-    """Make ``ckpt_dir`` hold only this run's timeline, moving (never deleting) the rest.
-
-    A fresh run refuses a folder with checkpoints unless ``overwrite``; a resumed run moves
-    aside every checkpoint newer than the one it continues (an abandoned branch, or
-    damaged ones), so that "latest" means this timeline.
-    """
-    from stableemote_utils.checkpoints import checkpoint_step, list_checkpoints, set_aside
-
-    existing = list_checkpoints(ckpt_dir)
-    if resume is None:
-        if existing and not overwrite:
-            raise StableEmoteError(
-                f"The run folder '{out}' already holds the checkpoints of a run (newest: "
-                f"{existing[-1].name}). Continue that run with --resume latest, start it over "
-                "with --overwrite (its checkpoints are moved to set-aside/), or choose a new "
-                "--output-dir."
-            )
-        moved, why = existing, "replaced-run"
-    else:
-        start = 0 if resume_from is None else checkpoint_step(resume_from)
-        moved, why = [p for p in existing if checkpoint_step(p) > start], f"after-step-{start}"
-    target = set_aside(moved, out, why)
-    if target is not None:
-        print(
-            f"stableemote: moved {len(moved)} checkpoint(s) that are not part of this run's "
-            f"timeline ({', '.join(p.name for p in moved[:3])}{', ...' if len(moved) > 3 else ''}) "
-            f"to {target}",
-            file=sys.stderr,
-        )
-
-
 def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, resolution_px, steps):
     """Validation images: each prompt at the fixed validation seed, safety checker off."""
     from stableemote_utils.images import image_grid
@@ -532,7 +405,6 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         StableEmoteError: a bad option (before any work), a locked or used folder, a
             checkpoint made with other settings, bad data, a non-finite loss.
     """
-    from stableemote_utils.checkpoints import run_lock
     from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
     from stableemote_utils.presets import get_preset, precision_setting
 
@@ -784,12 +656,12 @@ def _set_up_run(
     # The run folder: which checkpoint to continue (if any), with the same settings, and
     # checkpoints that do not belong to this timeline moved out of the way.
     ckpt_dir = out / "checkpoints"
-    resume_from = _resolve_resume(resume, ckpt_dir)
+    resume_from = resolve_resume(resume, ckpt_dir)
     saved = None if resume_from is None else load_checkpoint(resume_from)
     if saved is not None:
-        _check_resume_config(saved[0], config, mixed_precision_for(dtype))
+        check_resume_config(saved[0], config.to_dict(), mixed_precision_for(dtype))
     if main:
-        _claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
+        claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
     train_set, heldout_set = _load_splits(config, preset, accelerator)
     components, train_cache, held_cache = _encode_once(
         config, preset, accelerator, dtype, train_set, heldout_set

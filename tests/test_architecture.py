@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "precision",
         "options",
         "checkpoints",
+        "run_folder",
         "hub",
         "plots",
         "cli",  # subpackage __init__ files hold only a docstring
