@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,30 @@ def _hub_error(location: str, err: Exception) -> StableEmoteError:
     )
 
 
+@contextlib.contextmanager
+def no_weight_loading_bar():
+    """Within the block, transformers draws no "Loading weights" bar; other bars are untouched.
+
+    transformers 5 draws one for every ``from_pretrained``, even from a local folder, which
+    only clutters a notebook. Download bars stay, and the previous tqdm hook is restored on
+    exit, so the learner's own settings are left as they were.
+    """
+    from transformers.utils import logging as hf_logging
+
+    previous = None
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
 def load_components(
     model: Preset | str | None = None,
     device: str | torch.device = "cpu",
@@ -126,10 +151,11 @@ def load_components(
     location = resolve_model_location(model)
     check_model_location(location)
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(
-            location, subfolder="text_encoder", dtype=dtype
-        )
+        with no_weight_loading_bar():
+            tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
+            text_encoder = CLIPTextModel.from_pretrained(
+                location, subfolder="text_encoder", dtype=dtype
+            )
         vae = AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=dtype)
         unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=dtype)
         try:

@@ -57,7 +57,8 @@ def truncated_words(tokenizer, prompt: str) -> str:
 
     The window holds ``model_max_length - 2`` prompt tokens (start and end take two).
     """
-    ids = tokenizer(prompt, truncation=False, add_special_tokens=False).input_ids
+    # verbose=False: a prompt longer than the window is the point here, not a mistake to warn about.
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=False, verbose=False).input_ids
     room = tokenizer.model_max_length - 2
     return tokenizer.decode(ids[room:]) if len(ids) > room else ""
 

@@ -58,3 +58,16 @@ def test_broken_weights_in_a_model_folder(tmp_path, tiny_model_dir):
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(StableEmoteError, match="could not be read"):
         load_components(str(broken))
+
+
+def test_loading_draws_no_weight_loading_bar_and_leaves_the_bar_settings(tiny_model_dir, capfd):
+    from transformers import CLIPTextModel
+    from transformers.utils import logging as hf_logging
+
+    CLIPTextModel.from_pretrained(tiny_model_dir, subfolder="text_encoder")
+    assert "Loading weights" in capfd.readouterr().err  # what a notebook showed before
+    load_components(str(tiny_model_dir))
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+    previous = hf_logging.set_tqdm_hook(None)
+    assert previous is None  # our hook is gone again
