@@ -252,19 +252,22 @@ def _is_phrase(keyword: str) -> bool:
     return any(c in keyword for c in " -’")
 
 
-def emoji_category(name: str, char: str = "") -> str:
+def emoji_category(name: str, char: str | None = None) -> str:
     """The broad category of an emoji, one of :data:`CATEGORIES`.
 
     Args:
         name: the emoji's English name, e.g. ``"smiling cat with heart-eyes"``.
-        char: the emoji itself if known; country flags are recognised by their
-            regional-indicator letters, since their names are just the country.
+        char: the emoji itself; country flags are recognised by their regional-indicator
+            letters, since their names are just the country. ``None`` looks it up by name
+            in the ``emoji`` package; ``""`` means unknown.
 
     Returns:
         ``"flag"``, a category of :data:`CATEGORY_KEYWORDS` (phrases are matched before
         single words, so "teddy bear" is an activity, not an animal), or ``"object"``.
     """
     n = name.strip().lower()
+    if char is None:
+        char = _emoji_char_by_name().get(n, "")
     if char and (
         all(ord(c) in _REGIONAL_INDICATORS for c in char) or char.startswith(_FLAG_TAG_START)
     ):
@@ -312,11 +315,9 @@ def balanced_sample(names: list[str], count: int, seed: int = 0) -> list[int]:
 
     if count >= len(names):
         return list(range(len(names)))
-    chars = _emoji_char_by_name()
     by_category: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        category = emoji_category(name, chars.get(name.strip().lower(), ""))
-        by_category.setdefault(category, []).append(i)
+        by_category.setdefault(emoji_category(name), []).append(i)
     exact = {c: count * len(ix) / len(names) for c, ix in by_category.items()}
     quota = {c: int(x) for c, x in exact.items()}
     by_remainder = sorted(exact, key=lambda c: (quota[c] - exact[c], CATEGORIES.index(c)))

@@ -209,6 +209,8 @@ def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
         ("red heart", "", "symbol"),
         ("1st place medal", "", "activity"),
         ("magnet", "", "object"),
+        ("Japan", None, "flag"),  # the character looked up by name
+        ("Japan", "", "object"),  # no character, and the name alone says nothing
     ],
 )
 def test_emoji_category(name, char, category):
