@@ -189,10 +189,14 @@ def figure_noise_schedule(path: str | os.PathLike) -> Path:
     return out
 
 
-def figure_sd15_pipeline(path: str | os.PathLike, resolution_px: int = 512) -> Path:
+def figure_sd15_pipeline(
+    path: str | os.PathLike, resolution_px: int = 512, sampling_steps: int = 50
+) -> Path:
     """A box diagram of SD 1.5 sampling with the tensor shape on every arrow, saved as PNG.
 
-    The shapes come from :func:`pipeline_shapes` over the published SD 1.5 configs.
+    The shapes come from :func:`pipeline_shapes` over the published SD 1.5 configs. The
+    loop arrow says how many times the UNet runs (``sampling_steps``, the pipeline's
+    default 50) and that those steps are spread over the 1000 *training* timesteps.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
@@ -200,7 +204,7 @@ def figure_sd15_pipeline(path: str | os.PathLike, resolution_px: int = 512) -> P
     shapes = pipeline_shapes(
         sd15_config("unet"), sd15_config("vae"), sd15_config("text_encoder"), resolution_px
     )
-    steps = sd15_scheduler().config.num_train_timesteps
+    train_steps = sd15_scheduler().config.num_train_timesteps
 
     def fmt(key: str) -> str:
         return "(" + ", ".join(str(s) for s in shapes[key]) + ")"
@@ -260,10 +264,10 @@ def figure_sd15_pipeline(path: str | os.PathLike, resolution_px: int = 512) -> P
     arrow(
         "sched",
         "unet",
-        f"repeat for each step\n(of {steps} training timesteps)",
+        f"repeat {sampling_steps} times (sampling steps,\nspread over the {train_steps} training timesteps)",
         start=(8.55, 0.45),
         end=(6.75, 1.45),
-        dx=-0.9,
+        dx=-1.2,
         dy=-0.25,
     )
     arrow(
