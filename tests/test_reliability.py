@@ -352,9 +352,12 @@ _SLOW_TRAINER = """
 import sys, time
 from stableemote_utils import training
 from stableemote_utils.cli.main import main
-real = training.training_loss
+real, calls = training.training_loss, []
 def slow(*a, **k):
-    time.sleep(0.4)
+    # Steps 1 and 2 run (checkpoint-000002 is written); step 3 then waits to be killed,
+    # so the run holds its lock however slowly the machine runs the test's second run.
+    calls.append(1)
+    time.sleep(0.4 if len(calls) < 3 else 3600)
     return real(*a, **k)
 training.training_loss = slow
 sys.exit(main(sys.argv[1:]))

@@ -58,8 +58,9 @@ def test_every_figure_in_the_readme_exists_and_is_made_by_code():
         assert (ROOT / "images" / name).exists(), name
     made = set(all_figures())
     # results_* come from `stableemote quickstart --figures-dir images`, tinyemote_* from
-    # `stableemote evaluate-tiny`: made by code too, but by commands that train.
-    copied = ("results_", "tinyemote_")
+    # `stableemote evaluate-tiny`, demo_* are screenshots `make test-browser` writes to
+    # outputs/browser/: made by code too, but by commands that train or drive a browser.
+    copied = ("results_", "tinyemote_", "demo_")
     missing = {n for n in shown if n not in made and not n.startswith(copied)}
     assert not missing, f"figures with no code that makes them: {missing}"
 
