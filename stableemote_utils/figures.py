@@ -16,7 +16,7 @@ from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.denoising import pipeline_shapes, plot_noise_schedule, sd15_scheduler
 from stableemote_utils.images import IMAGES_DIR, image_grid, save_figure, save_image
 from stableemote_utils.lora import lora_size_table
-from stableemote_utils.lora_files import layout_models
+from stableemote_utils.lora_inspect import layout_models
 from stableemote_utils.text import clip_tokenizer, token_table
 from stableemote_utils.tiny_model import sd15_config
 from stableemote_utils.vae import unet_cost_estimate

@@ -25,10 +25,10 @@ from stableemote_utils.lora_files import (
     canonical_lora_state_dict,
     check_lora_file,
     check_lora_fits,
-    layout_models,
     read_lora_file,
     target_layer_shapes,
 )
+from stableemote_utils.lora_inspect import layout_models
 
 
 def _lora_parameters(unet: torch.nn.Module, adapter_name: str = "default"):

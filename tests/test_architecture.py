@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "data",
         "notebook",
         "lora_files",
+        "lora_inspect",
     ),
     "lessons": (
         "vae",

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from stableemote_utils import figures
 from stableemote_utils import lora as L
 from stableemote_utils import lora_files as LF
+from stableemote_utils import lora_inspect as LI
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import make_pipeline
 
@@ -418,7 +419,7 @@ def test_refuses_missing_files_and_ambiguous_folders(pipe, tmp_path):
 
 def test_export_kohya_round_trip(trained, tiny_components, tmp_path):
     src, file, with_lora, _, inputs = trained
-    out = LF.export_kohya(file, tmp_path / "emoji_kohya.safetensors")
+    out = LI.export_kohya(file, tmp_path / "emoji_kohya.safetensors")
     with safe_open(str(out), framework="pt") as f:
         keys = list(f.keys())
         alphas = {k: f.get_tensor(k) for k in keys if k.endswith(".alpha")}
@@ -444,23 +445,23 @@ def test_export_kohya_round_trip(trained, tiny_components, tmp_path):
 
 def test_export_kohya_fp16_and_bad_targets(trained, tmp_path):
     _, file, *_ = trained
-    full = LF.export_kohya(file, tmp_path / "a.safetensors")
-    half = LF.export_kohya(file, tmp_path / "b.safetensors", dtype=torch.float16)
-    n_weights = LF.inspect_lora(file)["parameters"]
+    full = LI.export_kohya(file, tmp_path / "a.safetensors")
+    half = LI.export_kohya(file, tmp_path / "b.safetensors", dtype=torch.float16)
+    n_weights = LI.inspect_lora(file)["parameters"]
     # Same header, weights at 2 bytes instead of 4 (the 0-dim alphas stay fp32).
     assert abs((full.stat().st_size - half.stat().st_size) - 2 * n_weights) < 1000
-    assert LF.inspect_lora(half)["dtypes"] == ["float16", "float32"]  # weights, alphas
+    assert LI.inspect_lora(half)["dtypes"] == ["float16", "float32"]  # weights, alphas
     with pytest.raises(StableEmoteError, match="must end in .safetensors"):
-        LF.export_kohya(file, tmp_path / "out.ckpt")
+        LI.export_kohya(file, tmp_path / "out.ckpt")
     with pytest.raises(StableEmoteError, match="is the input file"):
-        LF.export_kohya(file, file)
+        LI.export_kohya(file, file)
 
 
 def test_export_kohya_refuses_an_adapter_that_fits_no_sd1_layout(tmp_path):
     file = tmp_path / "sdxl.safetensors"
     save_file(sdxl_like_lora_state_dict(), str(file))
     with pytest.raises(StableEmoteError, match="Only adapters for the SD 1.x UNet"):
-        LF.export_kohya(file, tmp_path / "out.safetensors")
+        LI.export_kohya(file, tmp_path / "out.safetensors")
 
 
 # --- inspection and sizes ---------------------------------------------------------------
@@ -468,7 +469,7 @@ def test_export_kohya_refuses_an_adapter_that_fits_no_sd1_layout(tmp_path):
 
 def test_inspect_lora_describes_the_file(trained):
     src, file, *_ = trained
-    info = LF.inspect_lora(file)
+    info = LI.inspect_lora(file)
     assert info["ranks"] == [4] and info["alphas"] == [2.0]
     assert info["target_modules"] == sorted(LF.LORA_TARGET_MODULES)
     assert info["parameters"] == sum(v.numel() for v in LF.lora_state_dict(src.unet).values())
@@ -503,10 +504,10 @@ def test_parameter_count_covers_feed_forward_and_conv_layers(tiny_components):
 
 
 def test_layout_models_are_on_the_meta_device():
-    tiny = LF.layout_models("tiny")
+    tiny = LI.layout_models("tiny")
     assert next(tiny["unet"].parameters()).device.type == "meta"
     with pytest.raises(StableEmoteError, match="Unknown layout"):
-        LF.layout_models("sdxl")
+        LI.layout_models("sdxl")
 
 
 def test_figure_lora_rank(tmp_path):

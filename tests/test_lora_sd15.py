@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from stableemote_utils import lora as L
 from stableemote_utils import lora_files as LF
+from stableemote_utils import lora_inspect as LI
 from stableemote_utils.errors import StableEmoteError
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,7 @@ def test_full_size_adapter_save_load_unload(sd15_pipe, tmp_path):
 
     with safe_open(str(file), framework="pt") as f:
         assert set(f.keys()) == set(state)
-    info = LF.inspect_lora(file)
+    info = LI.inspect_lora(file)
     assert info["fits"]["sd15"] is None and info["fits"]["tiny"] is not None
     assert info["parameters"] == SD15_RANK4_PARAMETERS
 
@@ -107,7 +108,7 @@ def test_full_size_kohya_export_round_trip(sd15_pipe, tmp_path):
     with_lora = run_unet(unet)
     file = LF.save_lora(unet, tmp_path / "peft")
     unet.delete_adapters("default")
-    out = LF.export_kohya(file, tmp_path / "emoji.safetensors")
+    out = LI.export_kohya(file, tmp_path / "emoji.safetensors")
     with safe_open(str(out), framework="pt") as f:
         keys = set(f.keys())
     assert len(keys) == 3 * SD15_RANK4_TENSORS // 2

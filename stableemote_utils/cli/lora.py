@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.lora_files import export_kohya, inspect_lora
+from stableemote_utils.lora_inspect import export_kohya, inspect_lora
 
 EXPORT_FORMATS = ("kohya",)
 EXPORT_DTYPES = ("keep", "fp16", "fp32")
