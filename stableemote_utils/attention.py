@@ -1,5 +1,7 @@
 """Cross-attention maps: where in the picture each word of the prompt is looked at.
 
+Lesson module of notebook ``06_inference_comparison`` (its cross-attention section).
+
 Every transformer block of the UNet has a cross-attention layer, ``attn2``: its queries
 come from the image latents (``(B, h*w, C)``, one per latent pixel), its keys from the
 text encoder's states (``(B, 77, D)``, one per token). The softmax over the 77 token

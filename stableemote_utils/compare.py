@@ -1,5 +1,7 @@
 """A fair base-vs-LoRA comparison: same prompt, seed, scheduler, steps, guidance and size.
 
+Lesson module of notebook ``06_inference_comparison``.
+
 Every image is recorded (prompt, seed, scheduler class and config, steps, guidance,
 resolution, LoRA file and scale) in a JSON file next to the grid, and
 :func:`regenerate` makes the same grid again from that record alone.

@@ -1,5 +1,7 @@
 """The noise schedule and the tensors around the denoising loop.
 
+Lesson module of notebook ``03_unet_denoising_loop``.
+
 Notebook 03 writes the sampling loop itself; this module holds the small formulas it
 reuses (forward noising, signal-to-noise ratio, the predicted clean latent), the
 schedule plot and a diagram of the SD 1.5 pipeline with its tensor shapes.

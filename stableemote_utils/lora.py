@@ -1,5 +1,7 @@
 """LoRA on the UNet: add an adapter, load one into a pipeline, fuse it, count its size.
 
+Lesson module of notebook ``04_lora_injection``.
+
 A LoRA adapter adds to a frozen weight ``W`` (``d_out x d_in``) a low-rank update
 ``(alpha / r) * B @ A`` with ``A`` of shape ``(r, d_in)`` and ``B`` of shape
 ``(d_out, r)``. The course puts it on the UNet's attention projections

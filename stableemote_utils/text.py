@@ -1,5 +1,7 @@
 """CLIP text embeddings: a prompt -> 77 token ids -> a (77, D) matrix the UNet reads.
 
+Lesson module of notebook ``02_clip_text_embeddings``.
+
 SD 1.5 uses CLIP ViT-L/14's text tower (D = 768); the tiny preset uses the same
 tokenizer with a small random encoder (D = 64). Notebook 02 walks through it.
 """

@@ -1,5 +1,7 @@
 """The VAE: pixels <-> latents, the scaling factor, reconstruction quality, and why it pays.
 
+Lesson module of notebook ``01_vae_latents``.
+
 Stable Diffusion 1.5 never denoises pixels. Its VAE (``diffusers.AutoencoderKL``) turns
 an image ``(B, 3, H, W)`` in [-1, 1] into a latent ``(B, 4, H/8, W/8)``; the UNet works
 there, and the decoder turns the result back into pixels. Notebook 01 walks through it.

@@ -224,3 +224,39 @@ def test_checks_catch_a_deferred_cycle_and_an_upward_import(toy):
 def test_checks_catch_an_unplaced_module(toy):
     graph = package_imports(toy, "toy")
     assert unplaced(graph, {"a": ("", "low", "sub"), "b": ("mid",)}) == ["sub.high"]
+
+
+# Each lesson module names its notebook in its docstring, and that notebook imports it.
+LESSONS = {
+    "vae": "01_vae_latents",
+    "text": "02_clip_text_embeddings",
+    "denoising": "03_unet_denoising_loop",
+    "lora": "04_lora_injection",
+    "training": "05_lora_training",
+    "compare": "06_inference_comparison",
+    "attention": "06_inference_comparison",
+}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param(
+            m,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="training.py is being reworked elsewhere; its docstring is next",
+            ),
+        )
+        if m == "training"
+        else m
+        for m in LESSONS
+    ],
+)
+def test_lesson_modules_name_their_notebook(module):
+    notebook = LESSONS[module]
+    path = ROOT.parent / "notebooks" / f"{notebook}.ipynb"
+    assert path.exists(), path
+    assert f"from {PACKAGE}.{module} import" in path.read_text(), f"{notebook} uses {module}"
+    doc = ast.get_docstring(ast.parse((ROOT / f"{module}.py").read_text())) or ""
+    assert f"``{notebook}``" in doc, f"{module}'s docstring should name {notebook}"
