@@ -28,7 +28,7 @@ from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.lora import load_lora, set_lora_scale, unload_lora
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.options import check_sampling_options
-from stableemote_utils.presets import Preset, get_preset
+from stableemote_utils.presets import CAPTION_TEMPLATE, Preset, get_preset
 from stableemote_utils.training import ORIGINAL_PROMPTS
 
 RECORD_VERSION = 1
@@ -62,7 +62,7 @@ def fair_comparison(
     steps: int = 25,
     guidance: float = 7.5,
     resolution_px: int = 256,
-    caption_template: str = "An emoji of {name}",
+    caption_template: str = CAPTION_TEMPLATE,
     lora_scale: float = 1.0,
     images_out: list | None = None,
 ):
@@ -236,7 +236,7 @@ def scale_sweep(
     steps: int = 25,
     guidance: float = 7.5,
     resolution_px: int = 256,
-    caption_template: str = "An emoji of {name}",
+    caption_template: str = CAPTION_TEMPLATE,
 ):
     """One prompt and seed at several LoRA scales, as a labelled strip.
 
@@ -324,7 +324,7 @@ def checkpoint_progression(
     steps: int = 25,
     guidance: float = 7.5,
     resolution_px: int = 256,
-    caption_template: str = "An emoji of {name}",
+    caption_template: str = CAPTION_TEMPLATE,
 ):
     """The same prompt and seed at step 0 (the base model) and at every saved checkpoint.
 
@@ -351,7 +351,7 @@ def adapter_comparison(
     steps: int = 25,
     guidance: float = 7.5,
     resolution_px: int = 256,
-    caption_template: str = "An emoji of {name}",
+    caption_template: str = CAPTION_TEMPLATE,
 ):
     """Several adapters (e.g. rank 2, 4, 8) against the base model, same prompt and seed.
 

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_int
-from stableemote_utils.presets import cache_dir
+from stableemote_utils.presets import CAPTION_TEMPLATE, cache_dir
 
 NOTO_FONT_PATHS = (
     "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
@@ -456,11 +456,6 @@ def build_font_folder(
     return folder
 
 
-def build_noto_folder(folder: str | os.PathLike | None = None, limit: int | None = None) -> Path:
-    """Render the Noto emoji into an ``imagefolder`` once (see :func:`build_font_folder`)."""
-    return build_font_folder("noto", folder, limit)
-
-
 def _caption_of(row: dict, where: str) -> str:
     for key in CAPTION_FIELDS:
         if key in row:
@@ -575,7 +570,7 @@ def _rows_from_hub(source: str) -> list[tuple[str, object, str]]:
 def load_emoji_dataset(
     source: str = "noto",
     resolution_px: int = 64,
-    caption_template: str = "An emoji of {name}",
+    caption_template: str = CAPTION_TEMPLATE,
     split: str = "train",
     heldout_fraction: float = 0.05,
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,

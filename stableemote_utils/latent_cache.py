@@ -23,14 +23,14 @@ from stableemote_utils.loading import SDComponents
 CACHE_FORMAT_VERSION = "1"
 
 
-def encode_prompts(components: SDComponents, prompts: list[str], batch: int = 64) -> torch.Tensor:
-    """Prompts -> CLIP last hidden states ``(N, 77, D)`` in fp32 on CPU (D = 768 for SD 1.5).
+def encode_captions(components: SDComponents, captions: list[str], batch: int = 64) -> torch.Tensor:
+    """Captions -> CLIP last hidden states ``(N, 77, D)`` in fp32 on CPU (D = 768 for SD 1.5).
 
-    :func:`stableemote_utils.text.encode_prompts` in batches of ``batch`` prompts.
+    :func:`stableemote_utils.text.encode_prompts` in batches of ``batch`` captions.
     """
     chunks = [
-        text.encode_prompts(components.tokenizer, components.text_encoder, prompts[i : i + batch])
-        for i in range(0, len(prompts), batch)
+        text.encode_prompts(components.tokenizer, components.text_encoder, captions[i : i + batch])
+        for i in range(0, len(captions), batch)
     ]
     return torch.cat([c.float().cpu() for c in chunks])
 
@@ -118,8 +118,8 @@ def build_or_load_cache(
     tensors = {
         "latent_mean": mean.contiguous(),
         "latent_std": std.contiguous(),
-        "text": encode_prompts(components, [e.caption for e in examples]).contiguous(),
-        "extra_text": encode_prompts(components, extra_prompts or [""]).contiguous(),
+        "text": encode_captions(components, [e.caption for e in examples]).contiguous(),
+        "extra_text": encode_captions(components, extra_prompts or [""]).contiguous(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -14,8 +13,8 @@ from stableemote_utils.tinyemote.pretrain import (
     balanced_noto_folder,
     is_flag,
     pretrain_tiny,
-    psnr,
 )
+from stableemote_utils.vae import psnr
 
 
 def _digests(folder):
@@ -99,10 +98,11 @@ def test_vae_from_and_unet_from_reuse_earlier_weights(tmp_path):
     assert all(torch.equal(v, shipped_unet[k].float()) for k, v in start.state_dict().items())
 
 
-def test_psnr():
-    x = torch.rand(2, 3, 8, 8) * 2 - 1
-    assert psnr(x, x).min() > 90
-    noisy = x + 0.1
+def test_vae_psnr_is_the_formula_on_pixels_rescaled_to_0_1():
+    """The pretraining record's PSNR (vae.psnr, range 2) equals 10 log10(1 / MSE) on [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    mse_01 = (((x + 1) / 2 - (noisy + 1) / 2) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(psnr(x, noisy), 10 * torch.log10(1 / mse_01))
     assert 15 < float(psnr(x, noisy).mean()) < 30
-    with pytest.raises(RuntimeError):
-        psnr(x, x[:, :, :4])

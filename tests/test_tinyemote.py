@@ -12,7 +12,7 @@ from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.tiny_model import TINYEMOTE_UNET_CONFIG, TINYEMOTE_VAE_CONFIG
 from stableemote_utils.tinyemote.evaluate import (
     category_of,
-    generate,
+    generate_batch,
     image_features,
     nearest_category,
     style_distances,
@@ -76,9 +76,9 @@ def test_missing_weights_give_a_clear_message(tmp_path):
 def test_fixed_prompt_and_seed_give_the_same_picture(tinyemote_pipe):
     import numpy as np
 
-    a = generate(tinyemote_pipe, ["An emoji of grinning face"], seed=3, steps=10)[0]
-    b = generate(tinyemote_pipe, ["An emoji of grinning face"], seed=3, steps=10)[0]
-    c = generate(tinyemote_pipe, ["An emoji of grinning face"], seed=4, steps=10)[0]
+    a = generate_batch(tinyemote_pipe, ["An emoji of grinning face"], seed=3, steps=10)[0]
+    b = generate_batch(tinyemote_pipe, ["An emoji of grinning face"], seed=3, steps=10)[0]
+    c = generate_batch(tinyemote_pipe, ["An emoji of grinning face"], seed=4, steps=10)[0]
     assert a.size == (64, 64)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
@@ -110,11 +110,11 @@ def test_a_short_lora_moves_pictures_toward_openmoji(tinyemote_pipe, tmp_path):
 
     names, reference = style_reference(limit=24)
     prompts = [f"An emoji of {n}" for n in names]
-    before = style_distances(generate(tinyemote_pipe, prompts, steps=10), reference)
+    before = style_distances(generate_batch(tinyemote_pipe, prompts, steps=10), reference)
     result = style_lora(tmp_path / "lora", steps=40)
     load_lora(tinyemote_pipe, result.adapter_path)
     try:
-        after = style_distances(generate(tinyemote_pipe, prompts, steps=10), reference)
+        after = style_distances(generate_batch(tinyemote_pipe, prompts, steps=10), reference)
     finally:
         unload_lora(tinyemote_pipe)
     assert after["openmoji"] < before["openmoji"], (before, after)

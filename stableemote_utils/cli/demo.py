@@ -36,7 +36,7 @@ from stableemote_utils.lora import load_lora, set_lora_scale
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.notebook import in_colab
 from stableemote_utils.precision import choose_dtype, pick_device
-from stableemote_utils.presets import get_preset
+from stableemote_utils.presets import CAPTION_TEMPLATE, get_preset
 
 DEMO_ADAPTER_NAME = "demo"
 DEFAULT_NAME = "grinning face"
@@ -316,7 +316,7 @@ def build_demo(
     lora_path: str | os.PathLike | None = None,
     resolution_px: int = 256,
     steps: int = 25,
-    caption_template: str = "An emoji of {name}",
+    caption_template: str = CAPTION_TEMPLATE,
     model_label: str = "Base model",
     heldout_fraction: float = 0.05,
 ):

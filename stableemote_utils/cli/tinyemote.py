@@ -15,7 +15,7 @@ from stableemote_utils.tinyemote.evaluate import (
     evaluate_tinyemote,
     format_metrics,
     tinyemote_grid,
-    write_model_card,
+    write_tinyemote_card,
 )
 from stableemote_utils.tinyemote.install import SHIPPED_DIR
 from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny
@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.output_dir) / 'metrics.json'} and style_before_after.png")
     if args.card:
         (SHIPPED_DIR / "metrics.json").write_text(json.dumps(record, indent=1))
-        print(f"wrote {write_model_card(SHIPPED_DIR)}")
+        print(f"wrote {write_tinyemote_card(SHIPPED_DIR)}")
 
 
 def add_evaluate_command(sub: argparse._SubParsersAction) -> None:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.presets import CAPTION_TEMPLATE
 
 CLIP_IMAGE_PX = 32
 CLIP_TEXT_TOKENS = 16
@@ -50,7 +51,6 @@ TINY_VISION_CONFIG = {
     "hidden_act": "quick_gelu",
 }
 PROJECTION_DIM = 64
-CAPTION_TEMPLATE = "An emoji of {name}"
 
 
 @dataclass

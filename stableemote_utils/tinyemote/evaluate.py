@@ -51,7 +51,7 @@ from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora import load_lora, unload_lora
 from stableemote_utils.metrics import clip_score, kid
 from stableemote_utils.precision import pick_device
-from stableemote_utils.presets import get_preset
+from stableemote_utils.presets import CAPTION_TEMPLATE, get_preset
 from stableemote_utils.tinyemote.clip import (
     TinyClipProcessor,
     load_clip_pairs,
@@ -67,7 +67,6 @@ FEATURE_PX = 16
 CATEGORIES = ("face", "heart", "flag", "clock", "hand")
 EVAL_SEED = 0
 EVAL_STEPS = 25
-CAPTION = "An emoji of {name}"
 
 
 def image_features(images: list) -> torch.Tensor:
@@ -123,7 +122,7 @@ def nearest_category(
 
 
 @torch.no_grad()
-def generate(
+def generate_batch(
     pipe, prompts: list[str], seed: int = EVAL_SEED, steps: int = EVAL_STEPS, batch: int = 16
 ) -> list:
     """One image per prompt; image ``i`` uses generator seed ``seed + i`` (batch-independent)."""
@@ -136,7 +135,7 @@ def generate(
 
 
 def prompt_following(
-    pipe, per_category: int = 10, caption: str = "An emoji of {name}", grid_path=None
+    pipe, per_category: int = 10, caption: str = CAPTION_TEMPLATE, grid_path=None
 ) -> dict:
     """Nearest-category accuracy of generated images (see the module docstring).
 
@@ -173,12 +172,14 @@ def prompt_following(
         got = nearest_category(image_features(images), ref_feats, ref_labels)
         return sum(g == r[1] for g, r in zip(got, rows_, strict=True)) / len(rows_)
 
-    gen = generate(pipe, [caption.format(name=r[0]) for r in prompts_rows])
+    gen = generate_batch(pipe, [caption.format(name=r[0]) for r in prompts_rows])
     if grid_path is not None:
         got = nearest_category(image_features(gen), ref_feats, ref_labels)
         labels = [f"{r[0]} -> {g}" for r, g in zip(prompts_rows, got, strict=True)]
         save_image(image_grid(gen, labels, cols=per_category, cell_px=96), grid_path)
-    held_gen = generate(pipe, [caption.format(name=r[0]) for r in held_rows], seed=EVAL_SEED + 500)
+    held_gen = generate_batch(
+        pipe, [caption.format(name=r[0]) for r in held_rows], seed=EVAL_SEED + 500
+    )
     counts = {c: sum(r[1] == c for r in held_rows) for c in CATEGORIES}
     return {
         "accuracy": accuracy(prompts_rows, gen),
@@ -217,7 +218,7 @@ def clip_scores(pipe, clip, per_split: int | None = None) -> dict:
     for label, examples, seed in (("heldout", held, 2000), ("train", train, 3000)):
         prompts = [e.caption for e in examples]
         real = [e.image for e in examples]
-        made = generate(pipe, prompts, seed=EVAL_SEED + seed)
+        made = generate_batch(pipe, prompts, seed=EVAL_SEED + seed)
         out[label] = {
             "generated": clip_score(clip, made, prompts),
             "real": clip_score(clip, real, prompts),
@@ -262,7 +263,7 @@ def tinyemote_grid(path, pipe=None, prompts=GRID_PROMPTS, seed: int = GRID_SEED)
     if pipe is None:
         pipe = make_pipeline(load_components("tiny", device="cpu"))
     fraction = get_preset("tiny").heldout_fraction
-    images = generate(pipe, [CAPTION.format(name=n) for n in prompts], seed=seed)
+    images = generate_batch(pipe, [CAPTION_TEMPLATE.format(name=n) for n in prompts], seed=seed)
     labels = [n + (" (held out)" if is_heldout(n, fraction) else "") for n in prompts]
     return save_image(image_grid(images, labels, cols=4, cell_px=128), path)
 
@@ -347,11 +348,11 @@ def evaluate_tinyemote(
         record["tiny_clip_score"] = clip_scores(pipe, (clip_model, TinyClipProcessor(tokenizer)))
 
     names, reference = style_reference()
-    prompts = [f"An emoji of {n}" for n in names]
-    before = generate(pipe, prompts, seed=EVAL_SEED + 1000)
+    prompts = [CAPTION_TEMPLATE.format(name=n) for n in names]
+    before = generate_batch(pipe, prompts, seed=EVAL_SEED + 1000)
     lora = style_lora(out / "openmoji-lora", lora_steps, device)
     load_lora(pipe, lora.adapter_path)
-    after = generate(pipe, prompts, seed=EVAL_SEED + 1000)
+    after = generate_batch(pipe, prompts, seed=EVAL_SEED + 1000)
     unload_lora(pipe)
     record["style"] = {
         "lora_steps": lora_steps,
@@ -432,7 +433,7 @@ def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
-def write_model_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
+def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
     """Write ``README.md`` for TinyEmote from ``pretrain.json`` and ``metrics.json`` beside it."""
     folder = Path(folder)
     pre = json.loads((folder / "pretrain.json").read_text())

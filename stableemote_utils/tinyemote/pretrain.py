@@ -56,6 +56,7 @@ from stableemote_utils.training import (
     step_generator,
     train,
 )
+from stableemote_utils.vae import psnr
 
 VAE_KL_WEIGHT = 1e-6
 VAE_STYLES = ("noto", "openmoji")
@@ -102,22 +103,6 @@ class PretrainConfig:
     balance_repeats: int = 3
     vae_from: str | None = None
     unet_from: str | None = None
-
-
-def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image, in dB.
-
-    Args:
-        reference, reconstruction: ``(N, 3, H, W)`` in [-1, 1].
-
-    Returns:
-        ``(N,)``: ``10 log10(1 / MSE)`` on pixels rescaled to [0, 1]; higher is better
-        (about 20 dB is blurry, 30 dB is hard to tell from the original).
-    """
-    a = (reference.float().clamp(-1, 1) + 1) / 2
-    b = (reconstruction.float().clamp(-1, 1) + 1) / 2
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10 * torch.log10(1 / mse)
 
 
 def vae_training_pixels(
@@ -211,7 +196,8 @@ def reconstruction_psnr(vae: torch.nn.Module, pixels: torch.Tensor, batch: int =
     for i in range(0, len(pixels), batch):
         x = pixels[i : i + batch].to(dev)
         recon = vae.decode(vae.encode(x).latent_dist.mean).sample
-        scores.append(psnr(x.cpu(), recon.cpu()))
+        # Clamped: the decoder can overshoot [-1, 1], and a picture shows only that range.
+        scores.append(psnr(x.cpu(), recon.cpu().clamp(-1, 1)))
     return float(torch.cat(scores).mean())
 
 
