@@ -14,6 +14,7 @@ two sizes to compare at (:func:`comparison_sizes_px`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from stableemote_utils.checkpoints import CHECKPOINT_RE
 from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid, save_image
-from stableemote_utils.lora import load_lora, set_lora_scale, unload_lora
+from stableemote_utils.lora import lora_loaded, set_lora_scale
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.options import check_sampling_options
 from stableemote_utils.presets import CAPTION_TEMPLATE, Preset, get_preset
@@ -65,6 +66,7 @@ def fair_comparison(
     caption_template: str = CAPTION_TEMPLATE,
     lora_scale: float = 1.0,
     images_out: list | None = None,
+    adapter_name: str | None = None,
 ):
     """Generate each prompt and seed with the base model and with the LoRA.
 
@@ -76,6 +78,9 @@ def fair_comparison(
         seeds: one column pair (base, LoRA) per seed.
         images_out: if given, the generated images are appended to it, in the order of
             ``record["images"]`` (for scoring them).
+        adapter_name: the name of an adapter already loaded from ``lora_path`` (see
+            :func:`stableemote_utils.lora.lora_loaded`); it is used and left loaded.
+            ``None`` loads ``lora_path`` here and removes it at the end.
 
     Returns:
         ``(grid, record)``: a PIL grid with rows = prompts and columns = base/LoRA per
@@ -86,10 +91,13 @@ def fair_comparison(
         raise StableEmoteError("The comparison needs at least one prompt and one seed.")
     check_sampling_options(steps, guidance, resolution_px, list(seeds), lora_scale)
     lora_file = resolve_lora_file(lora_path)
-    load_lora(pipe, lora_file, adapter_name="compare", scale=lora_scale)
+    loading = contextlib.nullcontext(adapter_name)
+    if adapter_name is None:
+        loading = lora_loaded(pipe, lora_file, adapter_name="compare", scale=lora_scale)
     scheduler = {"class": type(pipe.scheduler).__name__, "config": dict(pipe.scheduler.config)}
     images, entries = [], []
-    try:
+    with loading as name_loaded:
+        set_lora_scale(pipe, lora_scale, name_loaded)
         for name in prompts:
             prompt = caption_template.format(name=name)
             for seed in seeds:
@@ -112,8 +120,7 @@ def fair_comparison(
                             "scheduler": scheduler,
                         }
                     )
-    finally:
-        unload_lora(pipe)
+        pipe.enable_lora()
     col_labels = [f"{m} s{s}" for s in seeds for m in ("base", "LoRA")]
     grid = image_grid(images, cols=2 * len(seeds), row_labels=list(prompts), col_labels=col_labels)
     record = {
@@ -237,11 +244,14 @@ def scale_sweep(
     guidance: float = 7.5,
     resolution_px: int = 256,
     caption_template: str = CAPTION_TEMPLATE,
+    adapter_name: str | None = None,
 ):
     """One prompt and seed at several LoRA scales, as a labelled strip.
 
     Scale 0 is the base model, 1 the adapter as trained; values in between blend the
-    low-rank update in linearly (``W + scale * (alpha / r) * B A``).
+    low-rank update in linearly (``W + scale * (alpha / r) * B A``). ``adapter_name``
+    names an adapter already loaded from ``lora_path`` (left loaded, at scale 1
+    afterwards); ``None`` loads it here and removes it at the end.
 
     Returns:
         A PIL strip, one column per scale, labelled ``scale 0.25`` etc.
@@ -250,14 +260,15 @@ def scale_sweep(
     if not scales:
         raise StableEmoteError("The scale sweep needs at least one scale, e.g. 0, 0.5, 1.")
     text = caption_template.format(name=prompt)
-    load_lora(pipe, lora_path, adapter_name="sweep")
+    loading = contextlib.nullcontext(adapter_name)
+    if adapter_name is None:
+        loading = lora_loaded(pipe, lora_path, adapter_name="sweep")
     images = []
-    try:
+    with loading as name_loaded:
         for scale in scales:
-            set_lora_scale(pipe, float(scale), "sweep")
+            set_lora_scale(pipe, float(scale), name_loaded)
             images.append(generate(pipe, text, seed, steps, guidance, resolution_px))
-    finally:
-        unload_lora(pipe)
+        set_lora_scale(pipe, 1.0, name_loaded)
     return image_grid(
         images,
         cols=len(images),
@@ -309,11 +320,8 @@ def _generate_with_adapter(
 
     if lora_path is None:
         return [generate(pipe, t, seed, steps, guidance, resolution_px) for t in texts]
-    load_lora(pipe, lora_path, adapter_name="compare-one")
-    try:
+    with lora_loaded(pipe, lora_path, adapter_name="compare-one"):
         return [generate(pipe, t, seed, steps, guidance, resolution_px) for t in texts]
-    finally:
-        unload_lora(pipe)
 
 
 def checkpoint_progression(

@@ -14,7 +14,9 @@ Saving, reading, checking, inspecting and exporting adapter files live in
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -199,6 +201,22 @@ def set_lora_scale(pipe, scale: float, adapter_name: str = "default") -> None:
 def unload_lora(pipe) -> None:
     """Remove every LoRA adapter from the pipeline; the base weights are untouched."""
     pipe.unload_lora_weights()
+
+
+@contextlib.contextmanager
+def lora_loaded(
+    pipe, path: str | os.PathLike, adapter_name: str = "default", scale: float = 1.0
+) -> Iterator[str]:
+    """Load an adapter for the length of a ``with`` block, then remove it again.
+
+    Yields the adapter's name, for helpers that take an already loaded adapter (so that
+    several of them share one load, e.g. ``fair_comparison(..., adapter_name=name)``).
+    """
+    load_lora(pipe, path, adapter_name=adapter_name, scale=scale)
+    try:
+        yield adapter_name
+    finally:
+        unload_lora(pipe)
 
 
 def fuse_lora(pipe, scale: float = 1.0) -> None:

@@ -19,6 +19,7 @@ from stableemote_utils.compare import (
 )
 from stableemote_utils.images import save_image
 from stableemote_utils.loading import load_components, make_pipeline
+from stableemote_utils.lora import lora_loaded
 from stableemote_utils.precision import choose_dtype, pick_device
 from stableemote_utils.presets import get_preset
 from stableemote_utils.training import ORIGINAL_PROMPTS, TrainResult, recipe, train
@@ -63,23 +64,19 @@ def run_quickstart(
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))
     original, heldout = comparison_prompts(p, heldout_count=HELDOUT_PROMPTS_SHOWN)
     prompts = [*original[:4], *heldout]
-    grid, record = fair_comparison(
-        pipe,
-        result.adapter_path,
-        prompts,
-        seeds=(0, 1),
-        steps=p.sample_steps,
-        resolution_px=p.resolution_px,
-        caption_template=p.caption_template,
-    )
-    png, js = save_comparison(grid, record, out / "comparison.png")
     common = dict(
         steps=p.sample_steps, resolution_px=p.resolution_px, caption_template=p.caption_template
     )
-    sweep = save_image(
-        scale_sweep(pipe, result.adapter_path, ORIGINAL_PROMPTS[2], **common),
-        out / "scale_sweep.png",
-    )
+    # One load of the trained adapter serves the comparison and the scale sweep.
+    with lora_loaded(pipe, result.adapter_path, adapter_name="quickstart") as adapter:
+        grid, record = fair_comparison(
+            pipe, result.adapter_path, prompts, seeds=(0, 1), adapter_name=adapter, **common
+        )
+        sweep_strip = scale_sweep(
+            pipe, result.adapter_path, ORIGINAL_PROMPTS[2], adapter_name=adapter, **common
+        )
+    png, js = save_comparison(grid, record, out / "comparison.png")
+    sweep = save_image(sweep_strip, out / "scale_sweep.png")
     progression = save_image(
         checkpoint_progression(pipe, out, ORIGINAL_PROMPTS[2], **common), out / "progression.png"
     )

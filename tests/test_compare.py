@@ -114,6 +114,28 @@ def test_regenerate_refuses_a_changed_adapter(pipe, tmp_path):
         regenerate(js, pipe)
 
 
+def test_one_load_serves_the_comparison_and_the_sweep(pipe, adapter, monkeypatch):
+    from stableemote_utils import lora
+
+    kwargs = dict(steps=STEPS, resolution_px=SIZE_PX)
+    alone_grid, alone_record = fair_comparison(pipe, adapter, ["cat face"], (2,), **kwargs)
+    alone_sweep = scale_sweep(pipe, adapter, "cat face", 2, (0.0, 1.0), **kwargs)
+    loads = []
+    real_load = lora.load_lora
+    monkeypatch.setattr(lora, "load_lora", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    with lora.lora_loaded(pipe, adapter, adapter_name="shared") as name:
+        grid, record = fair_comparison(
+            pipe, adapter, ["cat face"], (2,), adapter_name=name, **kwargs
+        )
+        sweep = scale_sweep(pipe, adapter, "cat face", 2, (0.0, 1.0), adapter_name=name, **kwargs)
+        assert has_adapter(pipe), "an adapter loaded by the caller stays loaded"
+    assert len(loads) == 1
+    assert not has_adapter(pipe)
+    assert np.array_equal(pixels(grid), pixels(alone_grid))
+    assert np.array_equal(pixels(sweep), pixels(alone_sweep))
+    assert record["images"] == alone_record["images"]
+
+
 def test_scale_sweep_runs_from_base_to_adapter(pipe, adapter):
     strip = scale_sweep(pipe, adapter, "cat face", 2, (0.0, 1.0), STEPS, resolution_px=SIZE_PX)
     assert not has_adapter(pipe)
