@@ -37,6 +37,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "tinyemote.install",
         "loading",
         "data",
+        "emoji_fonts",
         "notebook",
         "lora_files",
         "lora_inspect",

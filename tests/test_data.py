@@ -9,16 +9,15 @@ from stableemote_utils.data import (
     CATEGORIES,
     balanced_sample,
     emoji_category,
-    emoji_name,
     image_to_tensor,
     images_to_tensor,
     is_heldout,
     load_emoji_dataset,
-    noto_emoji_chars,
     square_resize,
     tensor_to_images,
     to_rgb_on_white,
 )
+from stableemote_utils.emoji_fonts import emoji_name, noto_emoji_chars
 from stableemote_utils.errors import StableEmoteError
 
 

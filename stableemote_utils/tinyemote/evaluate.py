@@ -39,12 +39,8 @@ from pathlib import Path
 
 import torch
 
-from stableemote_utils.data import (
-    build_font_folder,
-    images_to_tensor,
-    is_heldout,
-    load_emoji_dataset,
-)
+from stableemote_utils.data import images_to_tensor, is_heldout, load_emoji_dataset
+from stableemote_utils.emoji_fonts import build_font_folder
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import load_components, make_pipeline
