@@ -67,6 +67,7 @@ def add_lora(
     Returns:
         The number of trainable parameters (797,184 for rank 4 on SD 1.5).
     """
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     if int(rank) < 1:
@@ -94,8 +95,9 @@ def add_lora(
         ) from err
     params = _lora_parameters(unet, adapter_name)
     for _, p in params:
-        p.data = p.data.float()
         p.requires_grad_(True)
+    # Only the adapter is trainable now; diffusers' helper keeps trainable weights in fp32.
+    cast_training_params(unet, dtype=torch.float32)
     return sum(p.numel() for _, p in params)
 
 
