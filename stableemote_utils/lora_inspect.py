@@ -155,6 +155,9 @@ def kohya_state_dict(result: dict, dtype: torch.dtype | None = None) -> dict[str
     tensor; ``alpha = r`` when the source has none, which keeps the scale at 1).
     Text-encoder layers get the ``lora_te_`` prefix.
     """
+    # Not diffusers.utils.convert_state_dict_to_kohya: it writes alpha = rank whatever the
+    # adapter's alpha, and names text-encoder layers lora_te1_ (SDXL), which SD 1.x loaders
+    # skip. UNet keys agree with it (tests/test_lora.py checks all three).
     out = {}
     for component, by_layer in result["layers"].items():
         if component not in KOHYA_PREFIXES:

@@ -545,3 +545,36 @@ def sdxl_like_lora_state_dict(rank: int = 2) -> dict[str, torch.Tensor]:
         state[f"unet.{name}.lora_A.weight"] = torch.zeros(rank, d_in, dtype=torch.float16)
         state[f"unet.{name}.lora_B.weight"] = torch.zeros(d_out, rank, dtype=torch.float16)
     return state
+
+
+def test_kohya_keys_match_diffusers_for_the_unet_and_keep_alpha_and_sd1_text_names():
+    """Why kohya_state_dict is ours and not diffusers.utils.convert_state_dict_to_kohya.
+
+    For UNet layers both give the same keys; but diffusers writes alpha = rank whatever
+    the adapter's alpha (so an alpha-8 rank-4 adapter loses half its strength in the web
+    UIs) and names text-encoder layers ``lora_te1_`` (SDXL's first encoder), which SD 1.x
+    loaders do not read.
+    """
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    g = torch.Generator().manual_seed(0)
+    unet_layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"
+    te_layer = "text_model.encoder.layers.0.self_attn.q_proj"
+    peft = {}
+    for prefix, layer in (("unet", unet_layer), ("text_encoder", te_layer)):
+        peft[f"{prefix}.{layer}.lora_A.weight"] = torch.randn(4, 8, generator=g)
+        peft[f"{prefix}.{layer}.lora_B.weight"] = torch.randn(8, 4, generator=g)
+    result = LF.match_lora(peft, {})
+    LF.apply_header_alpha(result, {"alpha": "8"})  # the UNet's alpha, from the file header
+    ours = LI.kohya_state_dict(result)
+    theirs = convert_state_dict_to_kohya(peft)
+
+    unet_stem = "lora_unet_" + unet_layer.replace(".", "_")
+    for suffix in (".lora_down.weight", ".lora_up.weight"):
+        torch.testing.assert_close(ours[unet_stem + suffix], theirs[unet_stem + suffix])
+    assert float(ours[unet_stem + ".alpha"]) == 8.0
+    assert float(theirs[unet_stem + ".alpha"]) == 4.0  # alpha = rank: the scale is lost
+    te_stem = "lora_te_" + te_layer.replace(".", "_")
+    assert te_stem + ".lora_down.weight" in ours
+    assert te_stem + ".lora_down.weight" not in theirs
+    assert any(k.startswith("lora_te1_") for k in theirs)
