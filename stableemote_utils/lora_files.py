@@ -97,6 +97,8 @@ def save_lora(
             "LoRA file metadata must map strings to strings (safetensors headers hold text); "
             "convert numbers with str() first."
         )
+    # Not StableDiffusionPipeline.save_lora_weights: it writes the same tensors and config
+    # entry, but cannot add our header entries and writes in place (tests/test_lora.py).
     state = lora_state_dict(unet, adapter_name)
     config = _peft_config_metadata(unet, adapter_name)
     header = {

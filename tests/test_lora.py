@@ -213,6 +213,45 @@ def test_save_lora_writes_the_file_and_its_metadata(trained):
     assert config["unet.r"] == 4 and config["unet.lora_alpha"] == 2
 
 
+def test_save_lora_writes_what_diffusers_save_lora_weights_writes_plus_our_header(
+    trained, tmp_path
+):
+    """Why save_lora is ours and not StableDiffusionPipeline.save_lora_weights.
+
+    The tensors and diffusers' adapter-config entry are the same, and diffusers' own
+    reader gives the same state dict for both files; but diffusers' writer cannot add
+    header entries (rank, alpha, base model, the training resolution compare reads) and
+    writes in place, so an interrupted save leaves a half-written adapter.
+    """
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    pipe, ours, *_ = trained
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "diffusers",
+        unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+    )
+    theirs = tmp_path / "diffusers" / LF.LORA_WEIGHT_NAME
+    ours_state, ours_meta = LF.read_lora_file(ours)
+    theirs_state, theirs_meta = LF.read_lora_file(theirs)
+    assert ours_state.keys() == theirs_state.keys()
+    for key in ours_state:
+        assert torch.equal(ours_state[key], theirs_state[key])
+
+    def config(meta):  # a set is written as a list in no fixed order
+        entries = json.loads(meta[LF.DIFFUSERS_METADATA_KEY]).items()
+        return {k: sorted(v) if isinstance(v, list) else v for k, v in entries}
+
+    assert config(ours_meta) == config(theirs_meta)
+    read_ours = StableDiffusionPipeline.lora_state_dict(str(ours.parent))[0]
+    read_theirs = StableDiffusionPipeline.lora_state_dict(str(theirs.parent))[0]
+    assert read_ours.keys() == read_theirs.keys()
+    assert all(torch.equal(read_ours[k], read_theirs[k]) for k in read_ours)
+    assert {"rank", "alpha", "base_model"} <= ours_meta.keys()
+    assert not {"rank", "alpha", "base_model"} & theirs_meta.keys()
+
+
 def test_save_lora_never_leaves_a_half_written_file(trained, monkeypatch):
     pipe, file, *_ = trained
     before = file.read_bytes()
