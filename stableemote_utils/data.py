@@ -371,6 +371,9 @@ def _inside(folder: Path, file_name: object, where: str) -> Path:
 
 
 def _rows_from_folder(folder: Path) -> list[tuple[str, object, str]]:
+    # Not datasets.load_dataset("imagefolder"): it loads a row without a caption as None,
+    # answers a file_name outside the folder with a bare DatasetGenerationError, and writes
+    # an Arrow cache outside the folder (tests/test_data.py shows all three).
     meta = folder / "metadata.jsonl"
     if not meta.exists():
         raise StableEmoteError(

@@ -103,6 +103,36 @@ def test_local_folder_loads_with_captions(tmp_path):
     assert ex.image.size == (16, 16) and ex.image.mode == "RGB"
 
 
+def test_local_folders_are_read_by_us_not_by_datasets_imagefolder(tmp_path):
+    """Why a local folder is not loaded with datasets' ``imagefolder`` builder.
+
+    It reads the same folder, but a row without a caption loads silently as ``None``, a
+    ``file_name`` outside the folder gives a bare "An error occurred while generating the
+    dataset", and it writes an Arrow cache outside the folder it was given.
+    """
+    import datasets
+
+    image = _transparent_red_square()
+    rows = [{"file_name": "a.png", "text": "red square"}, {"file_name": "b.png"}]
+    (tmp_path / "set").mkdir()
+    (tmp_path / "escape").mkdir()
+    folder = _folder(tmp_path / "set", rows, {"a.png": image, "b.png": image})
+    cache = tmp_path / "hf-cache"
+    theirs = datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(cache))
+    assert theirs["train"]["text"] == ["red square", None]
+    assert any(p.is_file() for p in cache.rglob("*")), "an Arrow cache outside the folder"
+    with pytest.raises(StableEmoteError, match="no caption field"):
+        load_emoji_dataset(str(folder), 16, split="all")
+
+    rows = [{"file_name": "a.png", "text": "red square"}, {"file_name": "../c.png", "text": "c"}]
+    folder = _folder(tmp_path / "escape", rows, {"a.png": image})
+    image.save(tmp_path / "c.png")
+    with pytest.raises(datasets.exceptions.DatasetGenerationError):
+        datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(cache))
+    with pytest.raises(StableEmoteError, match="line 2 names the file '../c.png'"):
+        load_emoji_dataset(str(folder), 16, split="all")
+
+
 def test_corrupt_file_is_reported_by_path_and_skipped(tmp_path, capsys):
     images = {f"{i}.png": _transparent_red_square() for i in range(20)}
     folder = _folder(
