@@ -25,7 +25,6 @@ import torch
 from stableemote_utils.errors import StableEmoteError
 
 CROSS_ATTENTION_NAME = "attn2"
-HEATMAP_ALPHA = 0.55
 
 
 class CrossAttentionRecorder:
@@ -213,56 +212,3 @@ def cross_attention_maps(
         "map_side": side,
         "maps": torch.stack(per_step),
     }
-
-
-def plot_attention_maps(results: dict[str, dict], title: str | None = None):
-    """Heatmaps over the images: one row per word and model, one column per step.
-
-    Args:
-        results: model label (``"base"``, ``"LoRA"``) -> a :func:`cross_attention_maps` result;
-            all must share words and steps.
-
-    Returns:
-        A matplotlib figure. Each map is scaled to its own maximum, so the colours show
-        where a word is looked at, not how much (the number in each title is the peak).
-    """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    first = next(iter(results.values()))
-    words, steps = first["words"], first["steps"]
-    rows = [(w, label) for w in range(len(words)) for label in results]
-    fig, axes = plt.subplots(
-        len(rows),
-        len(steps) + 1,
-        figsize=(1.9 * (len(steps) + 1), 1.9 * len(rows)),
-        squeeze=False,
-    )
-    for r, (w, label) in enumerate(rows):
-        res = results[label]
-        image = np.asarray(res["image"])
-        extent = (0, image.shape[1], image.shape[0], 0)
-        axes[r][0].imshow(image)
-        axes[r][0].set_title(f"{label}: image", fontsize=8)
-        axes[r][0].set_ylabel(f"'{words[w]}'", fontsize=9)
-        for c, step in enumerate(steps):
-            heat = res["maps"][c, w].numpy()
-            ax = axes[r][c + 1]
-            ax.imshow(image, extent=extent)
-            ax.imshow(
-                heat / max(heat.max(), 1e-12),
-                cmap="jet",
-                alpha=HEATMAP_ALPHA,
-                extent=extent,
-                interpolation="bilinear",
-                vmin=0,
-                vmax=1,
-            )
-            ax.set_title(f"{label} step {step} (peak {heat.max():.2f})", fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -3,8 +3,9 @@
 Lesson module of notebook ``03_unet_denoising_loop``.
 
 Notebook 03 writes the sampling loop itself; this module holds the small formulas it
-reuses (forward noising, signal-to-noise ratio, the predicted clean latent), the
-schedule plot and a diagram of the SD 1.5 pipeline with its tensor shapes.
+reuses (forward noising, signal-to-noise ratio, the predicted clean latent) and the
+tensor shapes of the SD 1.5 pipeline; the schedule plot and the pipeline diagram are in
+:mod:`stableemote_utils.figures`.
 
 Notation (DDPM): ``alpha_bar_t`` = ``scheduler.alphas_cumprod[t]``, the share of the
 signal's variance left at timestep ``t``; ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``.
@@ -80,39 +81,6 @@ def sd15_scheduler():
     from diffusers import PNDMScheduler
 
     return PNDMScheduler.from_config(sd15_config("scheduler"))
-
-
-def plot_noise_schedule(scheduler):
-    """A three-panel matplotlib figure: betas, alphas_cumprod, and log10 SNR against t.
-
-    Returns:
-        The figure (call ``plt.show()`` in a notebook, or save it).
-    """
-    import matplotlib.pyplot as plt
-
-    betas = scheduler.betas.double()
-    alphas_cumprod = scheduler.alphas_cumprod.double()
-    t = torch.arange(len(betas))
-    beta_kind = scheduler.config.beta_schedule
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    axes[0].plot(t, betas, color="#d8703b")
-    axes[0].set_title(f"betas ({beta_kind})")
-    axes[1].plot(t, alphas_cumprod, label="alphas_cumprod (signal variance)", color="#3b7dd8")
-    axes[1].plot(t, 1 - alphas_cumprod, label="1 - alphas_cumprod (noise variance)", color="#888")
-    axes[1].set_title("how much signal is left")
-    axes[1].legend(fontsize=8, loc="center right")
-    axes[2].plot(t, torch.log10(snr(alphas_cumprod)), color="#2a9d5c")
-    axes[2].axhline(0, color="#aaa", lw=0.8)
-    axes[2].set_title("log10 SNR = log10(a / (1 - a))")
-    for ax in axes:
-        ax.set_xlabel("training timestep t")
-    fig.suptitle(
-        f"SD 1.5 training noise schedule: {len(betas)} steps, beta "
-        f"{float(betas[0]):.5f} -> {float(betas[-1]):.4f}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return fig
 
 
 def pipeline_shapes(

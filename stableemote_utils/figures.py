@@ -1,4 +1,8 @@
-"""Every figure in ``images/``, made by this repository's code: ``stableemote figures``.
+"""Every plot: the ones the notebooks show, and every figure in ``images/``.
+
+The lesson modules hold no plotting code; their notebooks import the plots from here
+(the training loss plot is :mod:`stableemote_utils.plots`, since training writes it).
+The figures in ``images/`` are made by ``stableemote figures``.
 
 Each figure's content comes from configs, the real CLIP tokenizer, or the offline emoji
 set, not from trained weights, so the same command gives the same pictures anywhere.
@@ -11,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from stableemote_utils.data import load_emoji_dataset
-from stableemote_utils.denoising import pipeline_shapes, plot_noise_schedule, sd15_scheduler
+from stableemote_utils.denoising import pipeline_shapes, sd15_scheduler, snr
 from stableemote_utils.images import IMAGES_DIR, image_grid, save_figure, save_image
 from stableemote_utils.lora import lora_size_table
 from stableemote_utils.lora_inspect import layout_models
@@ -21,6 +26,8 @@ from stableemote_utils.text import clip_tokenizer, token_table
 from stableemote_utils.tiny_model import sd15_config
 from stableemote_utils.vae import unet_cost_estimate
 
+# Opacity of an attention heatmap drawn over its image.
+HEATMAP_ALPHA = 0.55
 # A spread of faces, animals, objects and symbols for the dataset figure.
 DATASET_FIGURE_NAMES = (
     "grinning face",
@@ -40,6 +47,101 @@ DATASET_FIGURE_NAMES = (
     "party popper",
     "thumbs up",
 )
+
+
+# ---------------------------------------------------------------------------
+# Plots the notebooks show
+# ---------------------------------------------------------------------------
+
+
+def plot_noise_schedule(scheduler):
+    """A three-panel matplotlib figure: betas, alphas_cumprod, and log10 SNR against t.
+
+    Returns:
+        The figure (call ``plt.show()`` in a notebook, or save it).
+    """
+    import matplotlib.pyplot as plt
+
+    betas = scheduler.betas.double()
+    alphas_cumprod = scheduler.alphas_cumprod.double()
+    t = torch.arange(len(betas))
+    beta_kind = scheduler.config.beta_schedule
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(t, betas, color="#d8703b")
+    axes[0].set_title(f"betas ({beta_kind})")
+    axes[1].plot(t, alphas_cumprod, label="alphas_cumprod (signal variance)", color="#3b7dd8")
+    axes[1].plot(t, 1 - alphas_cumprod, label="1 - alphas_cumprod (noise variance)", color="#888")
+    axes[1].set_title("how much signal is left")
+    axes[1].legend(fontsize=8, loc="center right")
+    axes[2].plot(t, torch.log10(snr(alphas_cumprod)), color="#2a9d5c")
+    axes[2].axhline(0, color="#aaa", lw=0.8)
+    axes[2].set_title("log10 SNR = log10(a / (1 - a))")
+    for ax in axes:
+        ax.set_xlabel("training timestep t")
+    fig.suptitle(
+        f"SD 1.5 training noise schedule: {len(betas)} steps, beta "
+        f"{float(betas[0]):.5f} -> {float(betas[-1]):.4f}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_maps(results: dict[str, dict], title: str | None = None):
+    """Heatmaps over the images: one row per word and model, one column per step.
+
+    Args:
+        results: model label (``"base"``, ``"LoRA"``) -> a :func:`cross_attention_maps` result;
+            all must share words and steps.
+
+    Returns:
+        A matplotlib figure. Each map is scaled to its own maximum, so the colours show
+        where a word is looked at, not how much (the number in each title is the peak).
+    """
+    import matplotlib.pyplot as plt
+
+    first = next(iter(results.values()))
+    words, steps = first["words"], first["steps"]
+    rows = [(w, label) for w in range(len(words)) for label in results]
+    fig, axes = plt.subplots(
+        len(rows),
+        len(steps) + 1,
+        figsize=(1.9 * (len(steps) + 1), 1.9 * len(rows)),
+        squeeze=False,
+    )
+    for r, (w, label) in enumerate(rows):
+        res = results[label]
+        image = np.asarray(res["image"])
+        extent = (0, image.shape[1], image.shape[0], 0)
+        axes[r][0].imshow(image)
+        axes[r][0].set_title(f"{label}: image", fontsize=8)
+        axes[r][0].set_ylabel(f"'{words[w]}'", fontsize=9)
+        for c, step in enumerate(steps):
+            heat = res["maps"][c, w].numpy()
+            ax = axes[r][c + 1]
+            ax.imshow(image, extent=extent)
+            ax.imshow(
+                heat / max(heat.max(), 1e-12),
+                cmap="jet",
+                alpha=HEATMAP_ALPHA,
+                extent=extent,
+                interpolation="bilinear",
+                vmin=0,
+                vmax=1,
+            )
+            ax.set_title(f"{label} step {step} (peak {heat.max():.2f})", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# The figures in images/
+# ---------------------------------------------------------------------------
 
 
 def figure_dataset_noto(path: str | os.PathLike) -> Path:

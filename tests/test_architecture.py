@@ -261,3 +261,16 @@ def test_lesson_modules_name_their_notebook(module):
     assert f"from {PACKAGE}.{module} import" in path.read_text(), f"{notebook} uses {module}"
     doc = ast.get_docstring(ast.parse((ROOT / f"{module}.py").read_text())) or ""
     assert f"``{notebook}``" in doc, f"{module}'s docstring should name {notebook}"
+
+
+@pytest.mark.parametrize("module", sorted(LESSONS))
+def test_lesson_modules_hold_no_plotting_code(module):
+    """Plots live in figures (the loss plot training writes in plots), not in the lessons."""
+    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    imported = [
+        alias.name if isinstance(node, ast.Import) else node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    ]
+    assert not [m for m in imported if m.split(".")[0] == "matplotlib"], module

@@ -10,11 +10,11 @@ from stableemote_utils.attention import (
     CrossAttentionRecorder,
     cross_attention_maps,
     mean_maps,
-    plot_attention_maps,
     recording_cross_attention,
     word_token_positions,
 )
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.figures import plot_attention_maps
 
 matplotlib.use("Agg")
 

@@ -87,7 +87,7 @@ def test_pipeline_shapes_sd15_and_tiny():
 def test_plot_noise_schedule_has_three_panels(scheduler):
     import matplotlib.pyplot as plt
 
-    fig = D.plot_noise_schedule(scheduler)
+    fig = figures.plot_noise_schedule(scheduler)
     assert len(fig.axes) == 3
     line = fig.axes[1].lines[0]
     np.testing.assert_allclose(line.get_ydata(), scheduler.alphas_cumprod.double().numpy())
