@@ -226,7 +226,7 @@ def picture_label(
 
 
 def example_prompts(
-    caption_template: str = "An emoji of {name}",
+    caption_template: str = CAPTION_TEMPLATE,
     heldout_fraction: float = 0.05,
     names: tuple[str, ...] | list[str] = EXAMPLE_NAMES,
 ) -> tuple[list[str], list[str]]:
