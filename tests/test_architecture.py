@@ -274,3 +274,23 @@ def test_lesson_modules_hold_no_plotting_code(module):
         for alias in node.names
     ]
     assert not [m for m in imported if m.split(".")[0] == "matplotlib"], module
+
+
+def test_architecture_md_lists_the_modules_each_notebook_imports():
+    """ARCHITECTURE.md's table names exactly the package modules each notebook imports."""
+    import re
+
+    modules = module_files(ROOT)
+    table = (ROOT.parent / "ARCHITECTURE.md").read_text()
+    rows = re.findall(r"^\| (\d\d_\w+) \|(.*)$", table, flags=re.MULTILINE)
+    notebooks = sorted(p.stem for p in (ROOT.parent / "notebooks").glob("*.ipynb"))
+    assert sorted(n for n, _ in rows) == notebooks, "one row per notebook"
+    for notebook, cells in rows:
+        listed = set()
+        for name in re.findall(r"`([\w.]+)`", cells):
+            while name not in modules:  # "denoising.add_noise" names a function of denoising
+                name = name.rpartition(".")[0]
+            listed.add(name)
+        source = (ROOT.parent / "notebooks" / f"{notebook}.ipynb").read_text()
+        imported = set(re.findall(rf"from {PACKAGE}\.([\w.]+) import", source))
+        assert listed == imported - {"notebook", "errors"}, notebook
