@@ -4,6 +4,7 @@
 #   make test   - create .venv, install, run lint, unit tests and the notebooks (offline)
 #   make test-browser - drive `stableemote demo` in headless Chromium (a few minutes)
 #   make notebooks-html - execute the notebooks (tiny preset) into outputs/notebooks/*.html
+#   make test-sd15 - the real-size path on the full-size architecture, random weights (CPU)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,7 +21,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_
 THREADS := OMP_WAIT_POLICY=PASSIVE
 PYTEST_ARGS ?=
 
-.PHONY: install demo test notebooks-html test-browser bench figures lint format clean
+.PHONY: install demo test notebooks-html test-browser test-sd15 bench bench-gpu figures lint format clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,16 @@ demo: install
 
 bench: install
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny-random} $(BIN)/stableemote bench
+
+# For a machine with a CUDA GPU (and a CUDA build of torch): both recipes on the full-size
+# SD 1.5 architecture with random weights (no download) at batch 8, 256 px, in fp16 and in
+# bf16 (s/step, images/s, peak GPU memory), then the FLOP floors to read them against.
+BENCH_GPU := $(OFFLINE) $(THREADS) $(BIN)/stableemote bench --preset sd15-random --device cuda \
+	--batch-size 8 --resolution 256 --steps 10 --warmup 3
+bench-gpu: install
+	$(BENCH_GPU) --precision fp16 --original-precision fp16
+	$(BENCH_GPU) --precision bf16 --original-precision bf16
+	$(BIN)/stableemote bench --flops --batch-size 8 --resolution 256
 
 figures: install
 	$(BIN)/stableemote figures
@@ -70,6 +81,14 @@ test-browser: install
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) $(PLAYWRIGHT)
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q -s --durations=5 \
 		--run-browser tests/test_demo_browser.py $(PYTEST_ARGS)
+
+# The full-size SD 1.5 architecture with random weights (built locally, no download), at
+# batch 1 and 256 px on CPU: training with validation and checkpoints, a bit-identical
+# resume, compare, lora inspect and the kohya export; prints times and peak memory. Takes
+# minutes and ~5 GB of memory, so it is not part of `make test`.
+test-sd15: install
+	$(OFFLINE) $(THREADS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} STABLEEMOTE_TEST_SD15=1 \
+		$(BIN)/python -m pytest -q -s tests/test_sd15_end_to_end.py tests/test_sd15_architecture.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

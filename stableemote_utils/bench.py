@@ -7,6 +7,11 @@ policy picks for the device.
 
 Both use the same model, data, batch size, resolution and LoRA; timing has warm-up
 steps, synchronises the device, and reports the median of the timed steps.
+
+:func:`count_step_flops` counts the floating-point operations of one training step of each
+recipe on the full-size SD 1.5 architecture (torch's FLOP counter on the meta device: no
+weights, no memory), and :func:`format_flops_table` turns them into the ideal step time on
+a T4 and an H100, the floor that every measured GPU figure can be read against.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import time
 from dataclasses import dataclass
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from stableemote_utils.data import images_to_tensor, load_emoji_dataset
 from stableemote_utils.loading import load_components
@@ -24,8 +32,13 @@ from stableemote_utils.lora import add_lora
 from stableemote_utils.precision import choose_dtype, dtype_name, pick_device
 from stableemote_utils.presets import get_preset
 from stableemote_utils.text import tokenize
+from stableemote_utils.tiny_model import sd15_config
 from stableemote_utils.training import step_generator, training_loss
 from stableemote_utils.vae import encode_to_latent_dist
+
+# Peak dense tensor-core throughput, from the vendors' data sheets.
+T4_FP16_TFLOPS = 65.0
+H100_BF16_DENSE_TFLOPS = 989.0
 
 
 @dataclass
@@ -117,13 +130,100 @@ def format_table(rows: list[BenchRow], device: str, batch_size: int, resolution_
     mem_label = "peak GPU MB" if device.startswith("cuda") else "peak RSS MB"
     lines = [
         f"device: {device}, batch {batch_size}, {resolution_px} px",
-        f"{'setting':<34} {'precision':>9} {'s/step':>9} {mem_label:>12} {'speed-up':>9}",
+        f"{'setting':<34} {'precision':>9} {'s/step':>9} {'images/s':>9} {mem_label:>12} "
+        f"{'speed-up':>9}",
     ]
     for r in rows:
         lines.append(
-            f"{r.setting:<34} {r.precision:>9} {r.seconds_per_step:>9.4f} {r.peak_memory_mb:>12.0f} "
+            f"{r.setting:<34} {r.precision:>9} {r.seconds_per_step:>9.4f} "
+            f"{batch_size / r.seconds_per_step:>9.2f} {r.peak_memory_mb:>12.0f} "
             f"{r.ratio_to_original:>8.2f}x"
         )
+    return "\n".join(lines)
+
+
+@dataclass
+class StepFlops:
+    """Floating-point operations of one training step (a multiply-add counts 2)."""
+
+    recipe: str
+    vae_encoder: float
+    text_encoder: float
+    unet_forward_backward: float
+
+    @property
+    def total(self) -> float:
+        return self.vae_encoder + self.text_encoder + self.unet_forward_backward
+
+
+def count_step_flops(
+    batch_size: int = 8, resolution_px: int = 256, rank: int = 4
+) -> list[StepFlops]:
+    """Count one training step of each recipe on the full-size SD 1.5 architecture.
+
+    The models are built from SD 1.5's configs on the meta device and run under
+    ``torch.utils.flop_counter.FlopCounterMode``: shapes only, so it takes seconds and no
+    memory. The UNet step is a forward and a backward with a rank-``rank`` LoRA (frozen
+    weights get no weight gradients); the original recipe adds the VAE encoder on the
+    ``(B, 3, H, W)`` images and the text encoder on ``(B, 77)`` token ids, without gradients.
+
+    Returns:
+        ``[original, ours]``.
+    """
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(sd15_config("unet"))
+        vae = AutoencoderKL.from_config(sd15_config("vae"))
+        text_config = {k: v for k, v in sd15_config("text_encoder").items() if k != "architectures"}
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+        for module in (vae, text_encoder):
+            module.requires_grad_(False)
+        add_lora(unet, rank)
+        b, side = batch_size, resolution_px // 8
+        pixels = torch.empty(b, 3, resolution_px, resolution_px)
+        ids = torch.zeros(b, 77, dtype=torch.long)
+        latents = torch.empty(b, unet.config.in_channels, side, side)
+        text = torch.empty(b, 77, unet.config.cross_attention_dim)
+        timesteps = torch.zeros(b, dtype=torch.long)
+
+        def count(fn) -> float:
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            return float(counter.get_total_flops())
+
+        def unet_step() -> None:
+            pred = unet(latents, timesteps, encoder_hidden_states=text).sample
+            pred.float().pow(2).mean().backward()
+
+        with torch.no_grad():
+            vae_flops = count(lambda: vae.encode(pixels).latent_dist.mean)
+            text_flops = count(lambda: text_encoder(ids)[0])
+        unet_flops = count(unet_step)
+    return [
+        StepFlops("original: VAE + CLIP every step", vae_flops, text_flops, unet_flops),
+        StepFlops("ours: cached latents + text", 0.0, 0.0, unet_flops),
+    ]
+
+
+def format_flops_table(rows: list[StepFlops], batch_size: int, resolution_px: int) -> str:
+    """The FLOP counts and the ideal step times they allow on a T4 (fp16) and an H100 (bf16)."""
+    lines = [
+        f"full-size SD 1.5, one training step, batch {batch_size}, {resolution_px} px "
+        "(TFLOP; a multiply-add counts 2)",
+        f"{'recipe':<34} {'VAE enc':>8} {'CLIP':>6} {'UNet f+b':>9} {'total':>7} "
+        f"{'T4 floor':>9} {'H100 floor':>10}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.recipe:<34} {r.vae_encoder / 1e12:>8.3f} {r.text_encoder / 1e12:>6.3f} "
+            f"{r.unet_forward_backward / 1e12:>9.3f} {r.total / 1e12:>7.3f} "
+            f"{r.total / (T4_FP16_TFLOPS * 1e12) * 1e3:>6.1f} ms "
+            f"{r.total / (H100_BF16_DENSE_TFLOPS * 1e12) * 1e3:>7.2f} ms"
+        )
+    lines.append(
+        f"floors: FLOPs / peak (T4 {T4_FP16_TFLOPS:g} fp16 TFLOPS, H100 {H100_BF16_DENSE_TFLOPS:g} "
+        f"dense bf16 TFLOPS); original / ours = {rows[0].total / rows[-1].total:.2f}x"
+    )
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.presets import Preset, get_preset
-from stableemote_utils.tiny_model import ensure_tiny_model
+from stableemote_utils.tiny_model import ensure_random_sd15, ensure_tiny_model
 from stableemote_utils.tinyemote.install import ensure_tinyemote
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -50,6 +50,8 @@ def resolve_model_location(preset: Preset | str | None = None) -> str:
         return str(ensure_tinyemote(preset.model))
     if preset.is_tiny:
         return str(ensure_tiny_model(preset.model))
+    if preset.name == "sd15-random":
+        return str(ensure_random_sd15(preset.model))
     return preset.model
 
 

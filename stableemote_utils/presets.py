@@ -4,7 +4,9 @@
 ``tiny`` is TinyEmote, the same architecture at small size, pretrained on emoji by this
 repo and shipped with it, fine-tuned on OpenMoji's style (rendered from a local font);
 ``tiny-random`` is the tiny architecture with random weights, built in seconds, for
-tests of the machinery. Anything else is taken as a model id or a local folder and uses
+tests of the machinery; ``sd15-random`` is the full-size SD 1.5 architecture with random
+weights (built locally, no download) for checking the real-size path on a CPU.
+Anything else is taken as a model id or a local folder and uses
 the ``sd15`` sizes.
 """
 
@@ -29,7 +31,7 @@ class Preset:
     """Everything that differs between the real model and the tiny one.
 
     Attributes:
-        name: ``"sd15"``, ``"tiny"``, ``"tiny-random"`` or ``"custom"``.
+        name: ``"sd15"``, ``"sd15-random"``, ``"tiny"``, ``"tiny-random"`` or ``"custom"``.
         model: a Hub model id or a local folder in the diffusers layout. For the tiny
             presets this is the folder the model is installed or built into on first use.
         resolution_px: training and sampling resolution (square images).
@@ -70,6 +72,11 @@ def tiny_model_dir() -> str:
     return os.path.join(cache_dir(), "tiny-sd")
 
 
+def random_sd15_dir() -> str:
+    """Where the full-size SD 1.5 architecture with random weights is built on first use."""
+    return os.path.join(cache_dir(), "sd15-random")
+
+
 def tinyemote_dir() -> str:
     """Where TinyEmote's shipped weights are installed on first use."""
     return os.path.join(cache_dir(), "tinyemote")
@@ -90,7 +97,7 @@ def get_preset(name_or_model: str | None = None) -> Preset:
     """Turn a preset name, a Hub model id or a local folder into a :class:`Preset`.
 
     Args:
-        name_or_model: ``"sd15"``, ``"tiny"``, ``"tiny-random"``, a Hub id such as
+        name_or_model: ``"sd15"``, ``"sd15-random"``, ``"tiny"``, ``"tiny-random"``, a Hub id such as
             ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` or a local folder. ``None``
             reads ``$STABLEEMOTE_PRESET`` and falls back to ``"sd15"``.
 
@@ -117,6 +124,8 @@ def get_preset(name_or_model: str | None = None) -> Preset:
     )
     if key.lower() == "sd15":
         return sd15
+    if key.lower() == "sd15-random":  # the real architecture, random weights, offline data
+        return replace(sd15, name="sd15-random", model=random_sd15_dir(), dataset="openmoji")
     if key.lower() == "tiny":
         return Preset(
             name="tiny",

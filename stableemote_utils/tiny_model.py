@@ -24,12 +24,13 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import read_marker, staged_folder
-from stableemote_utils.presets import cache_dir, tiny_model_dir
+from stableemote_utils.presets import cache_dir, random_sd15_dir, tiny_model_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_SEED = 0
 # Bump when the tiny architecture changes, so stale cached builds are rebuilt.
 TINY_BUILD_VERSION = "2"
+SD15_RANDOM_BUILD_VERSION = "1"
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # Wheels that ship the MIT-licensed CLIP vocabulary (their code is never imported).
 _VOCAB_WHEELS = ("open_clip_torch", "clip-anytorch")
@@ -206,6 +207,46 @@ def build_sd15_components(seed: int = 0):
     text_config = {k: v for k, v in sd15_config("text_encoder").items() if k != "architectures"}
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     return unet, vae, text_encoder
+
+
+def ensure_random_sd15(folder: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """The full-size SD 1.5 architecture with random weights, as a local model folder.
+
+    Built once (tens of seconds, ~2.2 GB on disk: the weights are stored in fp16 and load
+    in any dtype) from the published configs with :func:`build_sd15_components`, the real
+    CLIP tokenizer and SD 1.5's PNDM scheduler, in the Hub's folder layout, so that the
+    ``sd15-random`` preset runs the real-size path (training, resume, compare, adapter
+    files, bench) on a CPU without a download. It draws noise: it is for shapes, memory
+    and time, not pictures.
+    """
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder or random_sd15_dir())
+    marker = {"build_version": SD15_RANDOM_BUILD_VERSION, "seed": seed}
+    if read_marker(folder / "STABLEEMOTE_SD15_RANDOM") == marker:
+        return folder
+    with staged_folder(folder) as staging:
+        generator_state = torch.random.get_rng_state()
+        unet, vae, text_encoder = build_sd15_components(seed)
+        torch.random.set_rng_state(generator_state)
+        tokenizer = CLIPTokenizer.from_pretrained(
+            write_clip_tokenizer(staging.with_name("_tokenizer"))
+        )
+        pipe = StableDiffusionPipeline(
+            vae=vae.half(),
+            text_encoder=text_encoder.half(),
+            tokenizer=tokenizer,
+            unet=unet.half(),
+            scheduler=PNDMScheduler.from_config(sd15_config("scheduler")),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(staging, safe_serialization=True)
+        del pipe, unet, vae, text_encoder
+        (staging / "STABLEEMOTE_SD15_RANDOM").write_text(json.dumps(marker) + "\n")
+    return folder
 
 
 def build_tiny_model(

@@ -761,7 +761,7 @@ def _encode_once(config: TrainConfig, preset, accelerator, dtype, train_set, hel
     from stableemote_utils.loading import load_components
     from stableemote_utils.presets import cache_dir
 
-    use_preset = preset.is_tiny and config.model == preset.model
+    use_preset = config.model == preset.model  # a preset's own model may be built on first use
     components = load_components(
         preset if use_preset else config.model, device=accelerator.device, dtype=dtype
     )

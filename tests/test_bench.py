@@ -13,3 +13,32 @@ def test_bench_measures_both_recipes_on_the_same_batch():
     assert abs(rows[-1].ratio_to_original - expected) < 1e-9
     table = format_table(rows, "cpu", 2, 64)
     assert "s/step" in table and "ours" in table and "x" in table.splitlines()[-1]
+
+
+def test_table_gives_images_per_second():
+    from stableemote_utils.bench import BenchRow
+
+    table = format_table([BenchRow("ours", "fp16", 0.5, 100.0, 1.0)], "cuda", 8, 256)
+    header, row = table.splitlines()[1:]
+    assert "images/s" in header
+    assert "16.00" in row.split()  # batch 8 / 0.5 s per step
+
+
+def test_flops_of_a_full_size_step_match_sd15s_known_costs():
+    from stableemote_utils.bench import (
+        H100_BF16_DENSE_TFLOPS,
+        T4_FP16_TFLOPS,
+        count_step_flops,
+        format_flops_table,
+    )
+
+    original, ours = count_step_flops(batch_size=1, resolution_px=256)
+    unet_forward = ours.unet_forward_backward / 2  # frozen weights: backward ~ one forward
+    assert 170e9 < unet_forward < 190e9  # ~180 GFLOPs per image at 256 px
+    assert 1.4 < original.vae_encoder / unet_forward < 1.6  # the encoder costs ~1.5 forwards
+    assert ours.vae_encoder == ours.text_encoder == 0
+    assert original.unet_forward_backward == ours.unet_forward_backward
+    table = format_flops_table([original, ours], 1, 256)
+    floor_ms = ours.total / (T4_FP16_TFLOPS * 1e12) * 1e3
+    assert f"{floor_ms:.1f} ms" in table.splitlines()[-2]
+    assert f"{ours.total / (H100_BF16_DENSE_TFLOPS * 1e12) * 1e3:.2f} ms" in table

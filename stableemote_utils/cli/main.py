@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 from stableemote_utils import __version__
-from stableemote_utils.bench import format_table, run_bench
+from stableemote_utils.bench import count_step_flops, format_flops_table, format_table, run_bench
 from stableemote_utils.cli.common import add_common_args
 from stableemote_utils.cli.demo import add_demo_command
 from stableemote_utils.cli.lora import add_lora_commands
@@ -28,7 +28,7 @@ from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_files import check_lora_file
 from stableemote_utils.options import check_device, check_sampling_options
 from stableemote_utils.precision import choose_dtype, pick_device
-from stableemote_utils.presets import PRESET_ENV_VAR, get_preset
+from stableemote_utils.presets import PRESET_ENV_VAR, get_preset, precision_setting
 from stableemote_utils.quickstart import run_quickstart
 from stableemote_utils.training import recipe, train
 
@@ -152,8 +152,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     """Time the original recipe against ours and print the table."""
 
     p = get_preset(args.preset)
+    if args.flops:  # counted on the full-size architecture, whatever the preset
+        bs, res = args.batch_size or 8, args.resolution or 256
+        print(format_flops_table(count_step_flops(bs, res), bs, res))
+        return
     rows = run_bench(
-        args.preset, args.device, args.batch_size, args.resolution, args.steps, args.warmup
+        args.preset,
+        args.device,
+        args.batch_size,
+        args.resolution,
+        args.steps,
+        args.warmup,
+        original_precision=args.original_precision,
+        precision=precision_setting(args.precision),
     )
     device = str(pick_device(args.device))
     print(
@@ -180,7 +191,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     check_lora_file(args.lora)  # a broken adapter is refused before the model loads
     p = get_preset(args.base or args.preset)
     dev = pick_device(args.device)
-    dtype, _ = choose_dtype(dev)
+    dtype, _ = choose_dtype(dev, precision_setting())
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))
     kwargs = {}
     if args.prompts:
@@ -352,6 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="ours: fp32, fp16 or bf16 (default: $STABLEEMOTE_PRECISION, else chosen from the GPU)",
+    )
+    p.add_argument(
+        "--original-precision",
+        default="bf16",
+        help="the original recipe's precision (default: %(default)s, as it ran)",
+    )
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="count the FLOPs of one step of each recipe on the full-size architecture (meta "
+        "device, no timing) and print the ideal step time on a T4 and an H100",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
