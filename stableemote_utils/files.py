@@ -37,6 +37,7 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
     try:
         yield tmp / "folder"
+        give_open_modes(tmp / "folder")
         if folder.exists():
             shutil.rmtree(folder)
         (tmp / "folder").rename(folder)
@@ -60,6 +61,21 @@ def _open_mode(folder: Path) -> int:
     finally:
         os.close(fd)
         os.unlink(probe)
+
+
+def give_open_modes(folder: str | os.PathLike) -> None:
+    """Give every file under ``folder`` the mode ``open()`` gives a new file there.
+
+    safetensors (and so every ``save_pretrained``) writes through a private temporary file
+    and leaves mode 0600; models and exports are files people share.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    mode = _open_mode(folder)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def save_state_dict_atomic(

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.files import give_open_modes
 from stableemote_utils.options import check_train_options
 from stableemote_utils.run_folder import (
     check_resume_config,
@@ -989,6 +990,7 @@ def _write_results(run: _Run, step_times: list[float]) -> Path:
     }
     if run.full:
         run.raw_unet.save_pretrained(out / "unet", safe_serialization=True)
+        give_open_modes(out / "unet")  # safetensors leaves 0600
         adapter_path = out / "unet" / "diffusion_pytorch_model.safetensors"
     else:
         adapter_path = save_lora(run.raw_unet, out, meta)

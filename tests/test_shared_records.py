@@ -77,3 +77,22 @@ def test_adapters_exports_and_checkpoints_get_the_mode_open_gives(tmp_path, tiny
     modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
     assert set(modes.values()) == {oct(0o640)}, modes  # 0666 less the umask, not 0600
     assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob(".mode-probe-*"))
+
+
+def test_folders_written_aside_get_the_mode_open_gives(tmp_path):
+    import stat
+
+    from safetensors.torch import save_file
+
+    from stableemote_utils.files import staged_folder
+
+    old = os.umask(0o027)
+    try:
+        with staged_folder(tmp_path / "model") as staging:
+            (staging / "unet").mkdir(parents=True)
+            # what every save_pretrained does: safetensors writes a private 0600 file
+            save_file({"w": torch.zeros(2)}, staging / "unet" / "weights.safetensors")
+    finally:
+        os.umask(old)
+    written = tmp_path / "model" / "unet" / "weights.safetensors"
+    assert oct(stat.S_IMODE(written.stat().st_mode)) == oct(0o640)
