@@ -1,5 +1,7 @@
 """Training of the UNet on cached latents, with accelerate: LoRA, or every weight.
 
+The lesson of notebook ``05_lora_training``.
+
 The step itself (sample a timestep, noise the latent, predict the noise, MSE, backward
 into the LoRA weights) is :func:`training_loss`; :func:`train` runs it on a whole run:
 
@@ -12,7 +14,7 @@ into the LoRA weights) is :func:`training_loss`; :func:`train` runs it on a whol
   :func:`_write_checkpoint`, :func:`_save_validation_grid`, :func:`_write_results`).
 
 ``mode="full"`` trains every UNet weight instead of a LoRA (how TinyEmote's UNet is
-trained from scratch, see :mod:`stableemote_utils.tinyemote`).
+trained from scratch, see :mod:`stableemote_utils.tinyemote.pretrain`).
 """
 
 from __future__ import annotations

@@ -239,21 +239,7 @@ LESSONS = {
 }
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(
-            m,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="training.py is being reworked elsewhere; its docstring is next",
-            ),
-        )
-        if m == "training"
-        else m
-        for m in LESSONS
-    ],
-)
+@pytest.mark.parametrize("module", sorted(LESSONS))
 def test_lesson_modules_name_their_notebook(module):
     notebook = LESSONS[module]
     path = ROOT.parent / "notebooks" / f"{notebook}.ipynb"
