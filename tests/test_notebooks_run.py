@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 1800
+# Where notebook 05 keeps its tiny run (relative to the working folder); 06 must use it.
+NOTEBOOK_05_RUN = Path("outputs") / "emoji-lora-tiny"
 # Per notebook: the STABLEEMOTE_PRECISION its kernel gets (absent: the notebook's default).
 # The notebooks that check numbers run in bf16, the half-precision path a GPU takes (same
 # autocast, same accelerate wrapper), which a CPU runs too; the others run in fp32.
@@ -184,11 +186,22 @@ def write_html(notebook: dict, path: Path) -> Path:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_shows_what_it_promises(path, workdir):
+    trained_by_05 = (workdir / NOTEBOOK_05_RUN).is_dir()
     notebook, error = execute(path, workdir)
     html = write_html(notebook, path)
     assert error is None, f"{path.name} failed (see {html}):\n{error[-3000:]}"
     problems = figure_problems(notebook) + stderr_problems(notebook)
     assert not problems, f"{path.name} (see {html}):\n" + "\n".join(problems)
+    if path.name.startswith("06") and trained_by_05:
+        printed = "".join(
+            _source({"source": o.get("text", "")})
+            for cell in notebook.cells
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "stream"
+        )
+        assert "adapter from notebook 05" in printed, (
+            f"notebook 06 did not use the adapter notebook 05 trained in {workdir / NOTEBOOK_05_RUN}"
+        )
 
 
 # The checks themselves, on notebooks made up here: each must be able to fail.
