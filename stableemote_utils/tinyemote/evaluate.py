@@ -470,6 +470,15 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
             f"| {counts['clip']:,} | Noto + OpenMoji drawings of the training names with their "
             "names, aliases and the course template; used to score pictures |\n"
         )
+    times = []
+    if cfg.get("vae_from"):
+        times.append("VAE reused (`--vae-from`)")
+    elif "vae_seconds" in pre:
+        times.append(f"VAE {pre['vae_seconds'] / 60:.0f} min")
+    if "clip_seconds" in pre:
+        times.append(f"tiny CLIP {pre['clip_seconds'] / 60:.0f} min")
+    times.append(f"UNet {pre['unet_seconds'] / 60:.0f} min")
+    stage_times = ", ".join(times)
     m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     pf = m.get("prompt_following")
     limits = (
@@ -526,10 +535,8 @@ under CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji an
 ## Training
 
 Command: `{command}` (seed {cfg["seed"]}, {cfg["threads"]} threads).
-Device: {pre["device"]} ({pre.get("machine", "not recorded")}). Time: {pre["seconds"] / 60:.0f} min
-(VAE {pre.get("vae_seconds", float("nan")) / 60:.0f} min, tiny CLIP
-{pre.get("clip_seconds", float("nan")) / 60:.0f} min, UNet {pre["unet_seconds"] / 60:.0f} min),
-on a machine shared with other jobs. VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL.
+Device: {pre["device"]} ({pre.get("machine", "not recorded")}), shared with other jobs.
+Time per stage: {stage_times}. VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL.
 Tiny CLIP: AdamW, cosine, weight decay 0.1, symmetric contrastive loss (two drawings of a
 name both count as its match). UNet: AdamW {cfg["unet_learning_rate"]}, cosine, epsilon
 prediction on SD 1.5's noise schedule, Min-SNR gamma {cfg["min_snr_gamma"]}, caption dropout
