@@ -374,7 +374,9 @@ def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
     import time
 
     folder = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
+    # The same thread count as this process, whose in-process runs it is compared with:
+    # float sums differ bitwise between thread counts.
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(
         [sys.executable, "-c", _SLOW_TRAINER, *run_args(folder, run_data)],
         env=env,

@@ -54,7 +54,8 @@ def test_adapters_exports_and_checkpoints_get_the_mode_open_gives(tmp_path, tiny
     import stat
 
     from stableemote_utils.checkpoints import save_checkpoint
-    from stableemote_utils.lora_files import export_kohya, lora_state_dict
+    from stableemote_utils.lora_files import lora_state_dict
+    from stableemote_utils.lora_inspect import export_kohya
 
     unet = copy.deepcopy(tiny_components.unet)
     add_lora(unet, rank=2)
