@@ -471,38 +471,30 @@ def build_demo(
                         0.0, 1.5, value=1.0, step=0.05, label="LoRA scale", elem_id="lora-scale"
                     )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column(scale=2), gr.Row():
+
+            def picture_column(label: str, name: str) -> tuple[gr.Image, gr.DownloadButton]:
+                """A picture shown enlarged, with the button that downloads its true size."""
                 with gr.Column():
-                    base_out = gr.Image(
-                        label=model_label,
+                    shown = gr.Image(
+                        label=label,
                         type="pil",
                         format="png",
                         interactive=False,
                         buttons=["fullscreen"],
-                        elem_id="base-picture",
+                        elem_id=f"{name}-picture",
                     )
-                    base_dl = gr.DownloadButton(
+                    download = gr.DownloadButton(
                         f"Download {resolution_px} px PNG",
                         interactive=False,
                         size="sm",
-                        elem_id="base-download",
+                        elem_id=f"{name}-download",
                     )
+                return shown, download
+
+            with gr.Column(scale=2), gr.Row():
+                base_out, base_dl = picture_column(model_label, "base")
                 if adapter is not None:
-                    with gr.Column():
-                        lora_out = gr.Image(
-                            label=lora_label,
-                            type="pil",
-                            format="png",
-                            interactive=False,
-                            buttons=["fullscreen"],
-                            elem_id="lora-picture",
-                        )
-                        lora_dl = gr.DownloadButton(
-                            f"Download {resolution_px} px PNG",
-                            interactive=False,
-                            size="sm",
-                            elem_id="lora-download",
-                        )
+                    lora_out, lora_dl = picture_column(lora_label, "lora")
         random_seed.click(
             lambda: secrets.randbelow(MAX_SEED + 1), outputs=[seed], api_visibility="private"
         )
