@@ -331,7 +331,48 @@ def figure_sd15_pipeline(
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="#555"))
         ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
 
-    def arrow(a, b, text, start=None, end=None, dx=0.0, dy=0.25):
+    # (from, to, label, start, end, label offset): start/end None join the boxes' sides.
+    arrows = [
+        ("prompt", "tokenizer", f"ids {fmt('token_ids')}", None, None, (0.0, 0.25)),
+        ("tokenizer", "text", "", None, None, (0.0, 0.25)),
+        (
+            "text",
+            "unet",
+            f"text embeddings\n{fmt('text_embeddings')}",
+            (6.75, 3.25),
+            (6.75, 2.45),
+            (1.0, 0.0),
+        ),
+        (
+            "noise",
+            "unet",
+            f"latents {fmt('initial_noise')}, doubled:\n{fmt('unet_input')}",
+            None,
+            None,
+            (0.0, 0.35),
+        ),
+        ("unet", "cfg", f"{fmt('noise_pred')}", None, None, (0.0, 0.45)),
+        ("cfg", "sched", "", (9.55, 1.45), (9.55, 0.95), (0.0, 0.25)),
+        (
+            "sched",
+            "unet",
+            f"repeat {sampling_steps} times (sampling steps,\n"
+            f"spread over the {train_steps} training timesteps)",
+            (8.55, 0.45),
+            (6.75, 1.45),
+            (-1.2, -0.25),
+        ),
+        (
+            "sched",
+            "vae",
+            f"final latents\n{fmt('latents')}",
+            (10.55, 0.45),
+            (12.35, 1.45),
+            (0.9, -0.25),
+        ),
+        ("vae", "image", f"{fmt('image')}\nin [-1, 1]", (12.35, 2.45), (12.35, 3.25), (-1.0, 0.0)),
+    ]
+    for a, b, text, start, end, (dx, dy) in arrows:
         xa, ya = start or (boxes[a][0] + w, boxes[a][1] + h / 2)
         xb, yb = end or (boxes[b][0], boxes[b][1] + h / 2)
         ax.annotate("", (xb, yb), (xa, ya), arrowprops={"arrowstyle": "->", "color": "#333"})
@@ -346,50 +387,6 @@ def figure_sd15_pipeline(
                 color="#1a4d99",
                 bbox={"fc": "white", "ec": "none", "pad": 1},
             )
-
-    arrow("prompt", "tokenizer", f"ids {fmt('token_ids')}")
-    arrow("tokenizer", "text", "")
-    arrow(
-        "text",
-        "unet",
-        f"text embeddings\n{fmt('text_embeddings')}",
-        start=(6.75, 3.25),
-        end=(6.75, 2.45),
-        dx=1.0,
-        dy=0.0,
-    )
-    arrow(
-        "noise", "unet", f"latents {fmt('initial_noise')}, doubled:\n{fmt('unet_input')}", dy=0.35
-    )
-    arrow("unet", "cfg", f"{fmt('noise_pred')}", dy=0.45)
-    arrow("cfg", "sched", "", start=(9.55, 1.45), end=(9.55, 0.95))
-    arrow(
-        "sched",
-        "unet",
-        f"repeat {sampling_steps} times (sampling steps,\nspread over the {train_steps} training timesteps)",
-        start=(8.55, 0.45),
-        end=(6.75, 1.45),
-        dx=-1.2,
-        dy=-0.25,
-    )
-    arrow(
-        "sched",
-        "vae",
-        f"final latents\n{fmt('latents')}",
-        start=(10.55, 0.45),
-        end=(12.35, 1.45),
-        dx=0.9,
-        dy=-0.25,
-    )
-    arrow(
-        "vae",
-        "image",
-        f"{fmt('image')}\nin [-1, 1]",
-        start=(12.35, 2.45),
-        end=(12.35, 3.25),
-        dx=-1.0,
-        dy=0.0,
-    )
     ax.set_title(
         f"Stable Diffusion 1.5 at {resolution_px} px: the tensors between the parts "
         "(batch of 2 = unconditional + conditional)",
