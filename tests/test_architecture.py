@@ -65,6 +65,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cli.common",
         "cli.lora",
         "cli.tinyemote",
+        "cli.demo_generation",
+        "cli.demo_app",
         "cli.demo",
         "cli.main",
         "cli.__main__",

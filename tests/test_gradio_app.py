@@ -16,22 +16,23 @@ import torch
 from PIL import Image
 
 from stableemote_utils.cli.demo import (
-    API_NAME,
+    add_demo_command,
+    build_demo,
+    cmd_demo,
+    free_port,
+    serve_until_stopped,
+)
+from stableemote_utils.cli.demo_app import API_NAME, example_prompts
+from stableemote_utils.cli.demo_generation import (
     DEMO_ADAPTER_NAME,
     DISPLAY_MIN_PX,
     MAX_SEED,
-    add_demo_command,
-    build_demo,
     check_seed,
-    cmd_demo,
     demo_generate,
     display_image,
-    example_prompts,
     find_adapter,
-    free_port,
     picture_label,
     render_picture,
-    serve_until_stopped,
 )
 from stableemote_utils.compare import generate
 from stableemote_utils.data import is_heldout
