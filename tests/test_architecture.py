@@ -60,6 +60,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "tinyemote.clip",
         "tinyemote.pretrain",
         "tinyemote.evaluate",
+        "tinyemote.card",
     ),
     "command line": (
         "cli.common",

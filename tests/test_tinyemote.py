@@ -147,3 +147,24 @@ def test_clip_scores_have_ceiling_and_floor(tinyemote_pipe, tmp_path):
     for split in got.values():
         assert split["images"] == 4
         assert all(0 <= split[k] <= 100 for k in ("generated", "real", "shuffled"))
+
+
+def test_model_card_is_written_from_the_records_beside_the_weights(tmp_path):
+    import shutil
+
+    from stableemote_utils.tinyemote.card import (
+        format_metrics,
+        parameter_counts,
+        write_tinyemote_card,
+    )
+
+    folder = tmp_path / "tinyemote"
+    shutil.copytree(SHIPPED_DIR, folder, ignore=shutil.ignore_patterns("README.md"))
+    counts = parameter_counts(folder)
+    assert set(counts) >= {"unet", "vae", "text_encoder"} and min(counts.values()) > 0
+    card = write_tinyemote_card(folder).read_text(encoding="utf-8")
+    assert "not measured yet" not in card
+    assert format_metrics(json.loads((folder / "metrics.json").read_text())) in card
+    assert f"| {counts['unet']:,} |" in card
+    (folder / "metrics.json").unlink()
+    assert "not measured yet" in write_tinyemote_card(folder).read_text(encoding="utf-8")

