@@ -30,7 +30,7 @@ from stableemote_utils.lora import lora_loaded, set_lora_scale
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.options import check_sampling_options
 from stableemote_utils.presets import CAPTION_TEMPLATE, Preset, get_preset
-from stableemote_utils.training import ORIGINAL_PROMPTS
+from stableemote_utils.training_config import ORIGINAL_PROMPTS
 
 RECORD_VERSION = 1
 SWEEP_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)

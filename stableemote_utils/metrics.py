@@ -2,7 +2,7 @@
 
 - **Held-out loss** (works offline): the noise-prediction error of the base UNet and of
   the UNet with the adapter on emoji whose names were never trained on, at fixed
-  timesteps and fixed noise (:func:`stableemote_utils.training.heldout_loss`), on the
+  timesteps and fixed noise (:func:`~stableemote_utils.training_records.heldout_loss`), on the
   cached latents.
 - **CLIP score**: ``100 * max(cos(image, text), 0)`` between CLIP ViT-L/14's image and text
   embeddings, averaged over the images: does the picture match its prompt?
@@ -36,7 +36,8 @@ from stableemote_utils.latent_cache import build_or_load_cache
 from stableemote_utils.loading import SDComponents
 from stableemote_utils.lora import load_lora, unload_lora
 from stableemote_utils.presets import Preset, cache_dir, get_preset
-from stableemote_utils.training import HELDOUT_TIMESTEPS, TrainConfig, heldout_loss
+from stableemote_utils.training_config import TrainConfig
+from stableemote_utils.training_records import HELDOUT_TIMESTEPS, heldout_loss
 
 CLIP_MODEL_ID = "openai/clip-vit-large-patch14"
 KID_POLY_DEGREE = 3
@@ -233,7 +234,7 @@ def heldout_loss_base_vs_lora(pipe, lora_path: str | os.PathLike, preset=None) -
     """Held-out noise-prediction loss of the base UNet and of the UNet with the adapter.
 
     Uses the same held-out emoji, timesteps and noise as training's validation
-    (:func:`stableemote_utils.training.heldout_loss`) and the latent cache (encoded once,
+    (:func:`~stableemote_utils.training_records.heldout_loss`) and the latent cache (encoded once,
     shared with training when the settings match). Works offline.
 
     Args:

@@ -27,6 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "options",
         "checkpoints",
         "run_folder",
+        "training_config",
         "hub",
         "plots",
         "cli",  # subpackage __init__ files hold only a docstring
@@ -50,6 +51,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "lora",
         "latent_cache",
         "training",
+        "training_setup",
+        "training_records",
         "compare",
     ),
     "tools": (

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from stableemote_utils import training
+from stableemote_utils import training_records
 from stableemote_utils.checkpoints import list_checkpoints
 from stableemote_utils.training import recipe, train
 
@@ -68,7 +68,7 @@ def test_a_failing_validation_is_reported_after_the_checkpoint_and_training_goes
         seen.append([p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")])
         raise RuntimeError("the sampler broke")
 
-    monkeypatch.setattr(training, "_sample_grid", broken_grid)
+    monkeypatch.setattr(training_records, "_sample_grid", broken_grid)
     result = train(_config(tmp_path, steps=4))
     assert result.step == 4 and result.adapter_path.exists()
     # The checkpoint of a step is on disk before that step's validation runs.

@@ -49,13 +49,8 @@ from stableemote_utils.tiny_model import (
     write_clip_tokenizer,
 )
 from stableemote_utils.tinyemote.clip import ClipTrainConfig, clip_stage, text_tower
-from stableemote_utils.training import (
-    TrainConfig,
-    batch_indices,
-    check_output_dir,
-    step_generator,
-    train,
-)
+from stableemote_utils.training import TrainConfig, batch_indices, step_generator, train
+from stableemote_utils.training_setup import check_output_dir
 from stableemote_utils.vae import psnr
 
 VAE_KL_WEIGHT = 1e-6

@@ -1,0 +1,233 @@
+"""A training run's record-keeping: held-out loss, validation grids, checkpoints, results.
+
+Infrastructure of :func:`stableemote_utils.training.train` (notebook ``05_lora_training``).
+The loop calls these at its log, checkpoint and validation steps; :func:`heldout_loss`
+is also how :mod:`stableemote_utils.metrics` scores a finished adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stableemote_utils.checkpoints import latest_checkpoint, save_checkpoint
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.files import give_open_modes
+from stableemote_utils.hub import push_adapter, write_model_card
+from stableemote_utils.images import image_grid, save_image
+from stableemote_utils.loading import make_pipeline
+from stableemote_utils.lora_files import lora_state_dict, save_lora
+from stableemote_utils.plots import save_loss_plot
+from stableemote_utils.training_setup import TrainingRun, mixed_precision_for
+
+HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
+HELDOUT_NOISE_SEED = 1234
+
+
+@torch.no_grad()
+def heldout_loss(
+    unet: torch.nn.Module,
+    latent_mean: torch.Tensor,
+    text: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    timesteps: tuple[int, ...] = HELDOUT_TIMESTEPS,
+    batch_size: int = 16,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """Mean noise-prediction MSE on held-out emoji at fixed timesteps and fixed noise.
+
+    Every example is noised at every timestep in ``timesteps`` with noise from a fixed
+    seed, and the latent mean is used (no sampling), so the number is comparable across
+    steps and runs; training loss is too noisy to read.
+    """
+    dev = next(unet.parameters()).device
+    g = torch.Generator().manual_seed(HELDOUT_NOISE_SEED)
+    noise_all = torch.randn((len(timesteps), *latent_mean.shape), generator=g)
+    total, count = 0.0, 0
+    was_training = unet.training
+    unet.eval()
+    for ti, t in enumerate(timesteps):
+        a_bar = alphas_cumprod[t].float()
+        for i in range(0, latent_mean.shape[0], batch_size):
+            x0 = latent_mean[i : i + batch_size].to(dev)
+            eps = noise_all[ti, i : i + batch_size].to(dev)
+            noisy = a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * eps
+            tt = torch.full((x0.shape[0],), t, device=dev, dtype=torch.long)
+            with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                pred = unet(
+                    noisy, tt, encoder_hidden_states=text[i : i + batch_size].to(dev)
+                ).sample
+            total += F.mse_loss(pred.float(), eps, reduction="sum").item() / eps[0].numel()
+            count += x0.shape[0]
+    unet.train(was_training)
+    return total / max(count, 1)
+
+
+def measure_heldout(run: TrainingRun, at_step: int) -> None:
+    """Record the held-out loss at ``at_step`` (main process)."""
+    if not run.main:
+        return
+    run.heldout[at_step] = heldout_loss(
+        run.raw_unet,
+        run.held_cache["latent_mean"],
+        run.held_cache["text"],
+        run.components.scheduler.alphas_cumprod,
+        autocast_dtype=run.dtype if run.dtype != torch.float32 else None,
+    )
+    run.accelerator.log({"heldout_loss": run.heldout[at_step]}, step=at_step)
+
+
+def save_validation_grid(run: TrainingRun, at_step: int) -> None:
+    """Sample the validation prompts and save ``samples/step-NNNNNN.png`` (main process)."""
+    if not run.main:
+        return
+    components = run.components
+    components.vae.to(run.accelerator.device)
+    try:
+        # Under the training autocast: the UNet, the VAE and the latents between them
+        # agree on a dtype whatever the precision (fp32 weights in full training
+        # included), as in the training step.
+        with run.accelerator.autocast():
+            grid = _sample_grid(
+                components,
+                run.raw_unet,
+                run.train_cache["extra_text"][1:],
+                run.train_cache["extra_text"][0:1],
+                run.config,
+                run.config.resolution_px,
+                run.config.validation_steps,
+            )
+    finally:
+        components.vae.to("cpu")
+    save_image(grid, run.out / "samples" / f"step-{at_step:06d}.png")
+    _log_image(run.accelerator, "samples", grid, at_step)
+
+
+def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, resolution_px, steps):
+    """Validation images: each prompt at the fixed validation seed, safety checker off."""
+    pipe = make_pipeline(components)
+    pipe.unet = unet
+    images = []
+    for i in range(prompts_embeds.shape[0]):
+        g = torch.Generator(device="cpu").manual_seed(config.validation_seed + i)
+        out = pipe(
+            prompt_embeds=prompts_embeds[i : i + 1].to(components.device, unet.dtype),
+            negative_prompt_embeds=negative_embeds.to(components.device, unet.dtype),
+            num_inference_steps=steps,
+            height=resolution_px,
+            width=resolution_px,
+            generator=g,
+        )
+        images.append(out.images[0])
+    return image_grid(images, list(config.validation_prompts), cols=len(images))
+
+
+def _log_image(accelerator, name: str, image, step: int) -> None:
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            import wandb
+
+            tracker.log({name: wandb.Image(image)}, step=step)
+        elif tracker.name == "tensorboard":
+            tracker.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
+
+
+def report_failure(what: str, at_step: int, err: Exception) -> None:
+    print(
+        f"stableemote: warning: {what} at step {at_step} failed ({type(err).__name__}: "
+        f"{str(err)[:200]}); training goes on.",
+        file=sys.stderr,
+    )
+
+
+def write_checkpoint(run: TrainingRun, at_step: int) -> None:
+    """Write ``checkpoints/checkpoint-NNNNNN`` (main process) and prune the run's old ones."""
+    if run.main:
+        scaler = run.accelerator.scaler
+        state = {
+            "run_id": run.run_id,
+            "precision": mixed_precision_for(run.dtype),
+            "config": run.config.to_dict(),
+            "lr_scheduler": run.lr_schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "losses": run.losses,
+            "heldout": run.heldout,
+            "world_size": run.accelerator.num_processes,
+        }
+        if run.full:
+            weights = {k: v.detach().cpu() for k, v in run.raw_unet.state_dict().items()}
+        else:
+            weights = lora_state_dict(run.raw_unet)
+        save_checkpoint(
+            run.ckpt_dir,
+            at_step,
+            weights,
+            run.optimizer.state_dict(),
+            state,
+            run.config.keep_checkpoints,
+            weights_file="unet.safetensors" if run.full else "pytorch_lora_weights.safetensors",
+        )
+    run.accelerator.wait_for_everyone()
+
+
+def write_results(run: TrainingRun, step_times: list[float]) -> Path:
+    """The finished run's adapter (or UNet), loss plot, summary, model card; push if asked.
+
+    Returns:
+        The adapter file (in full training, the UNet's weights file).
+    """
+    config, out = run.config, run.out
+    meta = {
+        "base_model": str(config.model),
+        "rank": str(config.rank),
+        "alpha": str(config.alpha),
+        "steps": str(run.step),
+        "resolution_px": str(config.resolution_px),
+        "dataset": str(config.dataset),
+    }
+    if run.full:
+        run.raw_unet.save_pretrained(out / "unet", safe_serialization=True)
+        give_open_modes(out / "unet")  # safetensors leaves 0600
+        adapter_path = out / "unet" / "diffusion_pytorch_model.safetensors"
+    else:
+        adapter_path = save_lora(run.raw_unet, out, meta)
+    save_loss_plot(run.losses, out / "loss.png")
+    summary = {
+        "config": config.to_dict(),
+        "steps": run.step,
+        "heldout_loss": run.heldout,
+        "seconds_per_step": median(step_times),
+        "precision": run.precision_reason,
+        "num_processes": run.accelerator.num_processes,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if not run.full:
+        write_model_card(out, config, run.heldout, run.preset)
+    if config.push_to_hub and not run.full:
+        push_adapter(out, config.push_to_hub)
+    return adapter_path
+
+
+def median(values: list[float]) -> float:
+    return float(sorted(values)[len(values) // 2]) if values else math.nan
+
+
+def non_finite_loss_error(step: int, value: float, ckpt_dir: Path) -> StableEmoteError:
+    last = latest_checkpoint(ckpt_dir)
+    where = (
+        f"The last good checkpoint is {last}; nothing after it was saved."
+        if last
+        else "No checkpoint was saved yet."
+    )
+    return StableEmoteError(
+        f"The training loss became {value} at step {step}; the run stopped. {where} Usual causes: a "
+        "learning rate too high for this rank/batch (try 1e-4 or lower, or warm-up steps), fp16 overflow "
+        "(try --precision bf16 on Ampere or newer, or fp32), or broken images in the data. Fix the cause "
+        "and continue with --resume latest."
+    )

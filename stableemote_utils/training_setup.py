@@ -1,0 +1,369 @@
+"""Setting a training run up: accelerator, run folder, data, encode-once caches, trainable UNet.
+
+Infrastructure of :func:`stableemote_utils.training.train` (notebook ``05_lora_training``):
+:func:`set_up_run` builds a :class:`TrainingRun`, the working set the loop reads and
+updates; the Ctrl-C handling that lets a run finish its step is here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+
+from stableemote_utils.checkpoints import load_checkpoint, restore_rng
+from stableemote_utils.data import load_emoji_dataset
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.hub import read_secret
+from stableemote_utils.latent_cache import build_or_load_cache
+from stableemote_utils.loading import SDComponents, load_components
+from stableemote_utils.lora import add_lora, set_lora_state_dict
+from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
+from stableemote_utils.presets import Preset, cache_dir, precision_setting
+from stableemote_utils.run_folder import check_resume_config, claim_run_folder, resolve_resume
+from stableemote_utils.training_config import TrainConfig
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder and check it is writable, before any model is loaded."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise StableEmoteError(
+            f"Cannot write to the output folder '{path}' ({err.strerror or err}). Choose a folder "
+            "you can write to with --output-dir (on Colab, mount Google Drive first to keep "
+            "checkpoints across disconnects)."
+        ) from err
+    return path
+
+
+def mixed_precision_for(dtype: torch.dtype) -> str:
+    """accelerate's mixed-precision name for a compute dtype."""
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+
+
+def is_first_launched_process() -> bool:
+    """True unless ``accelerate launch``/``torchrun`` started this as a process other than 0."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+@dataclass
+class TrainingRun:
+    """One training session's working set, built by :func:`set_up_run`.
+
+    ``step``, ``losses`` and ``heldout`` are the run's progress (carried over from the
+    checkpoint on resume); the loop updates them.
+    """
+
+    config: TrainConfig
+    preset: Preset
+    out: Path
+    accelerator: Accelerator
+    dtype: torch.dtype
+    precision_reason: str
+    run_id: str
+    components: SDComponents  # VAE and text encoder parked on the CPU
+    train_cache: dict[str, torch.Tensor]  # latent_mean/latent_std (N, 4, h, w), text (N, 77, D)
+    held_cache: dict[str, torch.Tensor]
+    unet: torch.nn.Module  # as accelerate prepared it: what the training step calls
+    raw_unet: torch.nn.Module  # unwrapped: what is measured, sampled and saved
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_schedule: object  # torch LR scheduler
+    step: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
+    heldout: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def full(self) -> bool:
+        return self.config.mode == "full"
+
+    def say(self, *args, **kwargs) -> None:
+        """``print`` on the main process only."""
+        if self.main:
+            print(*args, **kwargs)
+
+
+def set_up_run(
+    config: TrainConfig, preset: Preset, out: Path, resume: str | None, overwrite: bool
+) -> TrainingRun:
+    """Accelerator, the checkpoint to continue, data, encode-once caches, the trainable UNet."""
+    accelerator, dtype, reason = _make_accelerator(config, out)
+    main = accelerator.is_main_process
+    if main:
+        print(f"precision: {reason}")
+    # The run folder: which checkpoint to continue (if any), with the same settings, and
+    # checkpoints that do not belong to this timeline moved out of the way.
+    ckpt_dir = out / "checkpoints"
+    resume_from = resolve_resume(resume, ckpt_dir)
+    saved = None if resume_from is None else load_checkpoint(resume_from)
+    if saved is not None:
+        check_resume_config(saved[0], config.to_dict(), mixed_precision_for(dtype))
+    if main:
+        claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
+    train_set, heldout_set = _load_splits(config, preset, accelerator)
+    components, train_cache, held_cache = _encode_once(
+        config, preset, accelerator, dtype, train_set, heldout_set
+    )
+    unet, params, optimizer, lr_schedule = _trainable_unet(
+        config, components, accelerator, None if saved is None else saved[1]
+    )
+    run = TrainingRun(
+        config=config,
+        preset=preset,
+        out=out,
+        accelerator=accelerator,
+        dtype=dtype,
+        precision_reason=reason,
+        run_id=(saved[0].get("run_id") if saved else None) or uuid.uuid4().hex,
+        components=components,
+        train_cache=train_cache,
+        held_cache=held_cache,
+        unet=unet,
+        # Without DDP, but with accelerate's fp32-output wrapper (in place on the module the
+        # training forward uses): whatever runs it outside the training step does so under
+        # accelerator.autocast(), so its fp32 outputs never meet half-precision weights bare.
+        raw_unet=accelerator.unwrap_model(unet),
+        params=params,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+    )
+    if saved is not None:
+        _restore_progress(run, saved, resume_from)
+    return run
+
+
+def _make_accelerator(config: TrainConfig, out: Path):
+    """``(accelerator, compute dtype, the precision policy's reason)``."""
+    device = pick_device(config.device)
+    dtype, reason = choose_dtype(device, precision_setting(config.precision))
+    check_training_precision(device, dtype)
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision_for(dtype),
+        cpu=device.type == "cpu",
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_dir=str(out),
+    )
+    return accelerator, dtype, reason
+
+
+def _load_splits(config: TrainConfig, preset: Preset, accelerator) -> tuple[list, list]:
+    """The training and held-out examples; a dataset too small for either is refused."""
+    world = accelerator.num_processes
+    # Data first: a missing dataset or one smaller than a batch fails before any model loads.
+    with accelerator.main_process_first():
+        train_set = load_emoji_dataset(
+            config.dataset,
+            config.resolution_px,
+            config.caption_template,
+            "train",
+            preset.heldout_fraction,
+            limit=config.max_train_examples,
+        )
+        heldout_set = load_emoji_dataset(
+            config.dataset,
+            config.resolution_px,
+            config.caption_template,
+            "heldout",
+            preset.heldout_fraction,
+            limit=config.heldout_limit,
+        )
+    if len(train_set) < config.batch_size * world:
+        raise StableEmoteError(
+            f"The dataset has {len(train_set)} training images, fewer than one batch "
+            f"({config.batch_size} x {world} processes). Lower --batch-size or add images."
+        )
+    if not heldout_set:
+        raise StableEmoteError(
+            f"--dataset {config.dataset}: none of its emoji names falls in the held-out split "
+            f"({preset.heldout_fraction:.0%} of names, chosen by a hash of the name), so the "
+            "held-out loss cannot be measured. Add images with more distinct names (a few dozen "
+            "at least)."
+        )
+    return train_set, heldout_set
+
+
+def _encode_once(config: TrainConfig, preset: Preset, accelerator, dtype, train_set, heldout_set):
+    """Load the model, encode every image and caption once, park the VAE and text encoder.
+
+    Returns:
+        ``(components, train_cache, held_cache)``.
+    """
+    use_preset = config.model == preset.model  # a preset's own model may be built on first use
+    components = load_components(
+        preset if use_preset else config.model, device=accelerator.device, dtype=dtype
+    )
+    # Validation prompts go through the same caption template as the training captions.
+    extra_prompts = [
+        "",
+        *(config.caption_template.format(name=n) for n in config.validation_prompts),
+    ]
+    with accelerator.main_process_first():
+        cache_folder = Path(cache_dir()) / "latents"
+        train_cache = build_or_load_cache(
+            components,
+            train_set,
+            cache_folder,
+            config.resolution_px,
+            config.caption_template,
+            extra_prompts,
+            "train",
+        )
+        held_cache = build_or_load_cache(
+            components,
+            heldout_set,
+            cache_folder,
+            config.resolution_px,
+            config.caption_template,
+            (),
+            "heldout",
+        )
+    components.vae.to("cpu")
+    components.text_encoder.to("cpu")
+    return components, train_cache, held_cache
+
+
+def _trainable_unet(config: TrainConfig, components, accelerator, saved_weights):
+    """The UNet with its trainable weights (a fresh or saved LoRA, or every weight),
+    optimizer and LR schedule, prepared by accelerate.
+
+    Returns:
+        ``(unet, trainable params, optimizer, lr_schedule)``.
+    """
+    unet = components.unet
+    torch.manual_seed(config.seed)  # the LoRA's initial A matrices
+    if config.mode == "full":  # every weight trains, kept in fp32 (autocast does the maths)
+        unet.to(torch.float32).requires_grad_(True)
+        if saved_weights is not None:
+            unet.load_state_dict(saved_weights)
+    else:
+        add_lora(unet, config.rank, config.alpha)
+        if saved_weights is not None:
+            set_lora_state_dict(unet, saved_weights)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if config.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise StableEmoteError(
+                "--use-8bit-adam needs bitsandbytes: pip install bitsandbytes"
+            ) from err
+        optimizer = bnb.optim.AdamW8bit(params, lr=config.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
+    lr_schedule = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.steps,
+    )
+    if config.compile:
+        unet = torch.compile(unet)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    return unet, params, optimizer, lr_schedule
+
+
+def _restore_progress(run: TrainingRun, saved: tuple, resume_from: Path) -> None:
+    """Put back step, losses, held-out record, optimizer, LR schedule, loss scaler and RNG."""
+    state, _, optimizer_state, rng = saved
+    run.step = state["step"]
+    run.losses = list(state["losses"])
+    run.heldout = {int(k): v for k, v in state["heldout"].items()}
+    run.optimizer.load_state_dict(optimizer_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if state["config"]["steps"] == run.config.steps:
+            run.lr_schedule.load_state_dict(state["lr_scheduler"])
+        else:  # a longer (or shorter) run: the schedule is redrawn over the new length
+            run.say(
+                f"steps changed {state['config']['steps']} -> {run.config.steps}: LR schedule redrawn"
+            )
+            for _ in range(run.step):
+                run.lr_schedule.step()
+    scaler = run.accelerator.scaler
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    restore_rng(rng)
+    world = run.accelerator.num_processes
+    if state.get("world_size", 1) != world:
+        run.say(f"note: the run was started on {state.get('world_size')} processes, now {world}")
+    run.say(f"resumed from {resume_from} at step {run.step}")
+
+
+def open_trackers(accelerator, config: TrainConfig, out: Path) -> None:
+    if config.report_to == "none":
+        return
+    init_kwargs = {}
+    if config.report_to == "wandb":
+        key = read_secret("WANDB_API_KEY")
+        if key:
+            os.environ.setdefault("WANDB_API_KEY", key)
+        elif not os.environ.get("WANDB_MODE"):
+            print(
+                "stableemote: no WANDB_API_KEY found; logging to W&B offline (sync later with `wandb sync`)"
+            )
+            os.environ["WANDB_MODE"] = "offline"
+        init_kwargs = {"wandb": {"dir": str(out)}}
+    config_dict = {
+        k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))
+    }
+    accelerator.init_trackers("stableemote", config=config_dict, init_kwargs=init_kwargs)
+
+
+def finish_the_step_on_interrupt(interrupt: dict):
+    """Make the first Ctrl-C set ``interrupt["requested"]`` and a second one stop at once.
+
+    Returns a function that puts the previous handler back (a no-op outside the main
+    thread, where handlers cannot be set and Ctrl-C is not delivered).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_sigint(signum, frame):
+        if interrupt["requested"]:
+            raise KeyboardInterrupt
+        interrupt["requested"] = True
+        print(
+            "\nstableemote: interrupted: finishing this step and writing a checkpoint "
+            "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    if previous is None:  # installed from C: Python's default is the closest to it
+        previous = signal.default_int_handler
+    return lambda: signal.signal(signal.SIGINT, previous)
+
+
+def any_process_interrupted(accelerator, interrupt: dict) -> bool:
+    """Whether Ctrl-C reached any process (all processes then stop after the same step)."""
+    if accelerator.num_processes == 1:
+        return interrupt["requested"]
+    flag = torch.tensor([float(interrupt["requested"])], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
