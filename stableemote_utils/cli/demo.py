@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 
-from stableemote_utils.cli.common import add_common_args
+from stableemote_utils.cli.common import add_command
 from stableemote_utils.cli.demo_app import build_demo
 from stableemote_utils.cli.demo_generation import demo_generate, find_adapter
 from stableemote_utils.loading import load_components, make_pipeline
@@ -155,21 +155,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def add_demo_command(subparsers) -> None:
     """Add ``stableemote demo [--lora DIR_OR_REPO]`` to the command line's subparsers."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "demo",
+        cmd_demo,
+        common=True,
         help="Gradio app: the base model's picture, and the LoRA's beside it",
         description="Start a Gradio app: prompt (with example names), seed, steps, guidance and "
         "the base model's picture; with --lora, the LoRA's picture beside it and a LoRA-scale "
         "slider. On Colab it prints a public link; elsewhere it listens on 127.0.0.1.",
     )
-    add_common_args(p)
     p.add_argument(
         "--lora", default=None, help="adapter file, folder or Hub repo id (default: base only)"
     )
     p.add_argument("--host", default=None, help="address to serve on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link")
-    p.set_defaults(func=cmd_demo)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from stableemote_utils.cli.common import add_command
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.lora_inspect import export_kohya, inspect_lora
 
@@ -77,15 +78,18 @@ def add_lora_commands(subparsers) -> None:
     sub = lora.add_subparsers(dest="lora_command", metavar="ACTION")
     sub.required = True
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "inspect",
+        cmd_lora_inspect,
         help="print rank, alpha, target modules, parameter count, dtype and which base it fits",
     )
     p.add_argument("file", help="an adapter .safetensors file, or a folder holding one")
-    p.set_defaults(func=cmd_lora_inspect)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "export",
+        cmd_lora_export,
         help="convert an adapter for the AUTOMATIC1111 web UI / ComfyUI",
         description="Write the adapter with kohya-style keys (lora_unet_..., .lora_down.weight, "
         ".lora_up.weight, .alpha), the format the AUTOMATIC1111 web UI and ComfyUI load.",
@@ -101,4 +105,3 @@ def add_lora_commands(subparsers) -> None:
         choices=EXPORT_DTYPES,
         help="convert the weights; fp16 halves the file (default: %(default)s)",
     )
-    p.set_defaults(func=cmd_lora_export)

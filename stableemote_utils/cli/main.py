@@ -16,7 +16,7 @@ from importlib import metadata
 
 from stableemote_utils import __version__
 from stableemote_utils.bench import count_step_flops, format_flops_table, format_table, run_bench
-from stableemote_utils.cli.common import add_common_args
+from stableemote_utils.cli.common import add_command
 from stableemote_utils.cli.demo import add_demo_command
 from stableemote_utils.cli.lora import add_lora_commands
 from stableemote_utils.cli.tinyemote import add_pretrain_commands
@@ -233,18 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("info", help="print versions, device, precision and preset")
-    add_common_args(p)
+    p = add_command(
+        sub, "info", cmd_info, common=True, help="print versions, device, precision and preset"
+    )
     p.add_argument("--precision", default=None, help="force fp32, fp16 or bf16")
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "quickstart",
+        cmd_quickstart,
+        common=True,
         help="the course's main job in one go (what `make demo` runs)",
         description="Build or load the model, train a short LoRA, and write a base-vs-LoRA "
         "grid and a loss plot.",
     )
-    add_common_args(p)
     p.add_argument(
         "--output-dir", default="outputs/demo", help="where to write (default: %(default)s)"
     )
@@ -256,10 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also copy the grids and loss plot here as results_<preset>_*.png",
     )
-    p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
+        cmd_train,
+        common=True,
         help="train a LoRA on emoji (resumable; runs under accelerate launch)",
         description="Train a LoRA on the UNet's attention projections. Images and captions are "
         "encoded once and cached; checkpoints go to OUTPUT_DIR/checkpoints and --resume latest "
@@ -268,7 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_processes N $(which stableemote) train ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_common_args(p)
     p.add_argument(
         "--recipe",
         default="original",
@@ -350,15 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="torch.compile the UNet (slow first steps)"
     )
     p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (GPU only)")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "bench",
+        cmd_bench,
+        common=True,
         help="time the original recipe against ours",
         description="Seconds per training step and peak memory of (a) the original recipe (VAE and "
         "text encoder every step, bf16) and (b) ours (cached latents and text), same model and batch.",
     )
-    add_common_args(p)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
@@ -379,12 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="count the FLOPs of one step of each recipe on the full-size architecture (meta "
         "device, no timing) and print the ideal step time on a T4 and an H100",
     )
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser(
-        "compare", help="fair base-vs-LoRA grid (same prompts, seeds, scheduler, steps)"
+    p = add_command(
+        sub,
+        "compare",
+        cmd_compare,
+        common=True,
+        help="fair base-vs-LoRA grid (same prompts, seeds, scheduler, steps)",
     )
-    add_common_args(p)
     p.add_argument(
         "--base", default=None, help="base model: preset, id or folder (default: --preset)"
     )
@@ -395,12 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--out", default="outputs/compare/comparison.png")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("figures", help="regenerate the README's figures in images/")
+    p = add_command(sub, "figures", cmd_figures, help="regenerate the README's figures in images/")
     p.add_argument("--out", default=None, help="folder (default: the repository's images/)")
     p.add_argument("only", nargs="*", help="file names to make (default: all)")
-    p.set_defaults(func=cmd_figures)
 
     add_demo_command(sub)
     add_lora_commands(sub)

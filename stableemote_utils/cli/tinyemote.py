@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from stableemote_utils.cli.common import add_command
 from stableemote_utils.files import staged_folder
 from stableemote_utils.tinyemote.card import format_metrics, write_tinyemote_card
 from stableemote_utils.tinyemote.evaluate import evaluate_tinyemote, tinyemote_grid
@@ -63,8 +64,10 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``pretrain-tiny`` and ``evaluate-tiny`` to the ``stableemote`` parser."""
 
     d = PretrainConfig()
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "pretrain-tiny",
+        cmd_pretrain,
         help="train TinyEmote (VAE, tiny CLIP, then UNet from scratch) on the offline emoji",
         description="Reproduce TinyEmote's weights from scratch: a small VAE on Noto and OpenMoji "
         "emoji, a tiny CLIP trained contrastively on emoji and their names (its text tower is "
@@ -105,7 +108,6 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="copy the result over the package's shipped weights (what the tiny preset loads)",
     )
-    p.set_defaults(func=cmd_pretrain)
     add_evaluate_command(sub)
     add_grid_command(sub)
 
@@ -122,8 +124,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate-tiny`` to the ``stableemote`` parser."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "evaluate-tiny",
+        cmd_evaluate,
         help="measure TinyEmote: VAE PSNR, prompt following, LoRA style shift",
         description="Print TinyEmote's three measurements: VAE reconstruction PSNR on held-out "
         "emoji; nearest-category accuracy of generated images with its chance level; KID to "
@@ -137,7 +141,6 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--card", action="store_true", help="record the figures in the shipped model card"
     )
-    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
@@ -146,10 +149,11 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 def add_grid_command(sub: argparse._SubParsersAction) -> None:
     """Add ``tiny-grid`` (the README's 4 x 4 TinyEmote grid) to the ``stableemote`` parser."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "tiny-grid",
+        cmd_grid,
         help="draw the README's 4 x 4 grid of fixed prompts with TinyEmote (fixed seeds)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="images/tinyemote_grid.png")
-    p.set_defaults(func=cmd_grid)
