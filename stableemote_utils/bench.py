@@ -239,7 +239,6 @@ def _bench_setting(p, dev, dtype, original, pixels, captions, warmup, steps) -> 
     params = [q for q in unet.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-    ac = parts.scheduler.alphas_cumprod.to(dev)
     autocast = dict(device_type=dev.type, dtype=dtype, enabled=dtype != torch.float32)
     ids = tokenize(parts.tokenizer, captions).to(dev)
     scale = parts.vae.config.scaling_factor
@@ -254,7 +253,9 @@ def _bench_setting(p, dev, dtype, original, pixels, captions, warmup, steps) -> 
     def step(i: int) -> None:
         mean, std, text = encode() if original else cached
         with torch.autocast(**autocast):
-            loss = training_loss(unet, mean, std, text, ac, step_generator(0, i, 0, dev))
+            loss = training_loss(
+                unet, mean, std, text, parts.scheduler, step_generator(0, i, 0, dev)
+            )
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

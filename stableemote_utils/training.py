@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import SchedulerMixin
+from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
 
 from stableemote_utils.errors import StableEmoteError
@@ -113,15 +115,16 @@ def batch_indices(
 
 
 def min_snr_weights(
-    timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float
+    timesteps: torch.Tensor, noise_scheduler: SchedulerMixin, gamma: float
 ) -> torch.Tensor:
     """Min-SNR-gamma loss weights for epsilon prediction: ``min(SNR, gamma) / SNR``, ``(B,)``.
 
-    SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Low-noise steps (huge SNR) are down-weighted
-    so they stop dominating the gradient (Hang et al., 2023: faster convergence at gamma = 5).
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t), from diffusers' ``compute_snr`` on the noise
+    scheduler's ``alphas_cumprod``; ``timesteps`` is ``(B,)``. Low-noise steps (huge SNR) are
+    down-weighted so they stop dominating the gradient (Hang et al., 2023: faster
+    convergence at gamma = 5).
     """
-    ac = alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = ac / (1 - ac)
+    snr = compute_snr(noise_scheduler, timesteps)
     return torch.clamp(snr, max=gamma) / snr
 
 
@@ -130,7 +133,7 @@ def training_loss(
     latent_mean: torch.Tensor,
     latent_std: torch.Tensor,
     text: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
+    noise_scheduler: SchedulerMixin,
     generator: torch.Generator,
     min_snr_gamma: float | None = None,
     noise_offset: float = 0.0,
@@ -141,7 +144,8 @@ def training_loss(
         unet: the UNet with LoRA layers.
         latent_mean, latent_std: cached VAE latent distribution ``(B, 4, h, w)``, scaled.
         text: cached CLIP hidden states ``(B, 77, D)``.
-        alphas_cumprod: the noise schedule's cumulative alphas ``(1000,)``.
+        noise_scheduler: the model's scheduler; its ``alphas_cumprod`` ``(1000,)`` is the
+            noise schedule.
         generator: the step's generator (on the latents' device).
 
     Returns:
@@ -149,6 +153,7 @@ def training_loss(
     """
     b = latent_mean.shape[0]
     dev = latent_mean.device
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
     # 1. a fresh sample of the latent distribution (the cache keeps mean and std)
     latents = latent_mean + latent_std * torch.randn(
         latent_mean.shape, generator=generator, device=dev
@@ -161,13 +166,13 @@ def training_loss(
         )
     t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator, device=dev)
     # 3. forward noising: x_t = sqrt(a_bar) x_0 + sqrt(1 - a_bar) eps
-    a_bar = alphas_cumprod.to(dev)[t].view(b, 1, 1, 1)
+    a_bar = alphas_cumprod[t].view(b, 1, 1, 1)
     noisy = a_bar.sqrt() * latents + (1 - a_bar).sqrt() * noise
     # 4. predict the noise and compare
     pred = unet(noisy, t, encoder_hidden_states=text).sample
     per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
-        per_example = per_example * min_snr_weights(t, alphas_cumprod, min_snr_gamma)
+        per_example = per_example * min_snr_weights(t, noise_scheduler, min_snr_gamma)
     return per_example.mean()
 
 
@@ -270,7 +275,6 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
     latent_std = run.train_cache["latent_std"].to(dev)
     text_all = run.train_cache["text"].to(dev)
     empty_text = run.train_cache["extra_text"][0:1].to(dev)
-    alphas_cumprod = run.components.scheduler.alphas_cumprod.to(dev)
     num_examples = latent_mean.shape[0]
     end_step = (
         config.steps
@@ -308,7 +312,7 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
                     latent_mean[idx],
                     latent_std[idx],
                     text,
-                    alphas_cumprod,
+                    run.components.scheduler,
                     g,
                     config.min_snr_gamma,
                     config.noise_offset,

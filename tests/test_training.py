@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,14 @@ from stableemote_utils.checkpoints import (
     optimizer_to_tensors,
 )
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.training import batch_indices, min_snr_weights, recipe, train
+from stableemote_utils.training import (
+    batch_indices,
+    min_snr_weights,
+    recipe,
+    step_generator,
+    train,
+    training_loss,
+)
 
 
 def _config(tmp_path, name="run", **kw):
@@ -53,12 +61,49 @@ def test_batches_shard_the_data_without_overlap():
 
 
 def test_min_snr_weights_cap_low_noise_steps():
-    ac = torch.linspace(0.999, 0.001, 1000)
-    t = torch.tensor([0, 500, 999])
-    w = min_snr_weights(t, ac, gamma=5.0)
-    snr = ac[t] / (1 - ac[t])
-    assert w[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-5)  # SNR ~ 999 -> tiny weight
-    assert w[2] == pytest.approx(1.0)  # high noise: SNR < 5, weight 1
+    from stableemote_utils.denoising import sd15_scheduler
+
+    scheduler = sd15_scheduler()
+    t = torch.arange(1000)
+    w = min_snr_weights(t, scheduler, gamma=5.0)
+    # diffusers' compute_snr squares sqrt(a) / sqrt(1 - a): a / (1 - a) to float32 rounding.
+    ac = scheduler.alphas_cumprod.double()
+    snr = ac / (1 - ac)
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(w.double(), snr.clamp(max=5.0) / snr, rtol=4 * eps, atol=0)
+    assert w[0] < 0.01  # SNR ~ 1000 at t = 0: a tiny weight
+    assert w[999] == 1.0  # high noise: SNR < 5, weight exactly 1
+
+
+class _ZeroUNet(torch.nn.Module):
+    """Predicts zero noise: the per-example loss is the mean square of the drawn noise."""
+
+    def forward(self, noisy, t, encoder_hidden_states):
+        self.t = t
+        return SimpleNamespace(sample=torch.zeros_like(noisy))
+
+
+def test_training_loss_weights_each_example_by_min_snr():
+    from stableemote_utils.denoising import sd15_scheduler
+
+    scheduler, unet = sd15_scheduler(), _ZeroUNet()
+    mean, std, text = torch.randn(6, 4, 8, 8), torch.rand(6, 4, 8, 8), torch.randn(6, 77, 8)
+
+    def loss(gamma):
+        return training_loss(unet, mean, std, text, scheduler, step_generator(0, 3), gamma)
+
+    plain = loss(None)
+    # The same draws with weights: recompute the per-example noise from the same generator.
+    g = step_generator(0, 3)
+    torch.randn(mean.shape, generator=g)  # the latent sample
+    noise = torch.randn(mean.shape, generator=g)
+    per_example = noise.pow(2).mean(dim=(1, 2, 3))
+    assert plain.item() == pytest.approx(per_example.mean().item(), rel=1e-6)
+    weighted = loss(5.0)
+    expected = (per_example * min_snr_weights(unet.t, scheduler, 5.0)).mean()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert weighted < plain
+    assert torch.equal(loss(1e9), plain), "gamma above every SNR: every weight is 1"
 
 
 def test_optimizer_state_round_trips_through_safetensors():
