@@ -57,7 +57,7 @@ def run_quickstart(
     if steps is not None:
         config = dataclasses.replace(config, steps=steps)
     print(f"StableEmote quickstart: preset {p.name}, {config.steps} LoRA steps -> {out}/")
-    result = train(config, resume="latest")
+    result = train(config, resume="latest", preset=p)  # the preset is resolved once, above
 
     dev = pick_device(device)
     dtype, _ = choose_dtype(dev)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_train_options
 from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
-from stableemote_utils.presets import get_preset, precision_setting
+from stableemote_utils.presets import Preset, get_preset, precision_setting
 from stableemote_utils.run_folder import run_lock
 from stableemote_utils.training_config import ORIGINAL_PROMPTS, TrainConfig, TrainResult, recipe
 from stableemote_utils.training_records import (
@@ -176,7 +176,13 @@ def training_loss(
     return per_example.mean()
 
 
-def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrainResult:
+def train(
+    config: TrainConfig,
+    resume: str | None = None,
+    overwrite: bool = False,
+    *,
+    preset: Preset | None = None,
+) -> TrainResult:
     """Train a LoRA on the UNet (or, with ``mode="full"``, every UNet weight).
 
     Runs the same on CPU, one GPU, or N GPUs via ``accelerate launch``. A run folder
@@ -193,6 +199,8 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             ones) are moved to ``output_dir/set-aside/``.
         overwrite: start a fresh run in a folder that holds another run's checkpoints; they
             are moved to ``output_dir/set-aside/``, not deleted.
+        preset: ``config.preset`` already resolved by the caller (it is then not resolved
+            again); ``None`` resolves it here.
 
     Returns:
         A :class:`TrainResult`. Files written under ``output_dir``: ``checkpoints/``,
@@ -210,7 +218,13 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         raise StableEmoteError(
             "--overwrite starts the run over and --resume continues it; pass one of them."
         )
-    preset = get_preset(config.preset)
+    if preset is None:
+        preset = get_preset(config.preset)
+    elif config.preset not in (preset.name, preset.model):
+        raise StableEmoteError(
+            f"train() was given the preset {preset.name!r} ({preset.model}) for a config whose "
+            f"preset is {config.preset!r}; pass the config's own preset, or none."
+        )
     config = dataclasses.replace(
         config,
         model=config.model or preset.model,
@@ -226,7 +240,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         return _train(config, preset, out, resume, overwrite)
 
 
-def _train(config: TrainConfig, preset, out: Path, resume: str | None, overwrite: bool):
+def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, overwrite: bool):
     """:func:`train` once the options are checked and the run folder is locked."""
     run = set_up_run(config, preset, out, resume, overwrite)
     open_trackers(run.accelerator, config, out)

@@ -363,6 +363,7 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             log_every=50,
         ),
         resume="latest" if resume else None,
+        preset=preset,
     )
     record["unet_seconds"] = time.perf_counter() - t0
     record["unet_heldout_loss"] = result.heldout

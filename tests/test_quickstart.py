@@ -1,0 +1,42 @@
+"""The quickstart (``make demo``): train a short LoRA, then compare, resolving the preset once."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from stableemote_utils import presets
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.quickstart import run_quickstart
+from stableemote_utils.training import recipe, train
+
+
+@pytest.fixture
+def preset_calls(monkeypatch) -> list[tuple]:
+    """Every call of ``get_preset``, whichever module it was imported into."""
+    real, calls = presets.get_preset, []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("stableemote_utils") and getattr(module, "get_preset", None) is real:
+            monkeypatch.setattr(module, "get_preset", counting)
+    return calls
+
+
+def test_quickstart_resolves_the_preset_once(tmp_path, tiny_model_dir, preset_calls):
+    out = tmp_path / "demo"
+    result = run_quickstart("tiny-random", output_dir=str(out), device="cpu", steps=2)
+    assert result.step == 2 and result.adapter_path.exists()
+    assert (out / "comparison.png").exists() and (out / "progression.png").exists()
+    assert preset_calls == [("tiny-random",)], "resolve the preset once and pass it on"
+
+
+def test_train_refuses_a_preset_that_is_not_the_configs(tmp_path):
+    config = recipe("tiny-quick", preset="tiny-random", output_dir=str(tmp_path / "run"))
+    with pytest.raises(StableEmoteError, match="preset 'sd15'.*'tiny-random'"):
+        train(config, preset=presets.get_preset("sd15"))
+    assert not (tmp_path / "run").exists(), "refused before anything is written"
