@@ -31,6 +31,55 @@ def tiny_components(tiny_model_dir):
     return load_components(str(tiny_model_dir))
 
 
+class ShortRun:
+    """The short training runs the tests make, as a Python config or as ``stableemote`` arguments.
+
+    One set of settings (:data:`SETTINGS`) for both, so a test's Python run and its
+    command-line run ask for the same thing; a test overrides only what it is about.
+    """
+
+    # A few steps of a rank-4 LoRA on the random tiny model, checkpoints every 2 steps,
+    # validation only at the end.
+    SETTINGS: dict = {
+        "preset": "tiny-random",
+        "device": "cpu",
+        "steps": 4,
+        "batch_size": 2,
+        "checkpoint_every": 2,
+        "validate_every": 1000,
+        "learning_rate": 1e-3,
+    }
+    # Settings the command line does not take: quiet, and a small held-out set and grid.
+    PYTHON_SETTINGS: dict = {
+        "progress_bar": False,
+        "log_every": 1,
+        "heldout_limit": 4,
+        "validation_prompts": ("cat face",),
+        "validation_steps": 2,
+    }
+    FLAGS = {"resolution_px": "--resolution", "stop_after_steps": "--stop-after"}
+
+    def config(self, output_dir: str | os.PathLike, /, **overrides):
+        """A :class:`~stableemote_utils.training_config.TrainConfig` (``tiny-quick`` recipe)."""
+        from stableemote_utils.training_config import recipe
+
+        settings = {"output_dir": str(output_dir), **self.SETTINGS, **self.PYTHON_SETTINGS}
+        return recipe("tiny-quick", **{**settings, **overrides})
+
+    def argv(self, output_dir: str | os.PathLike, /, *extra: str, **overrides) -> list[str]:
+        """``["train", ...]`` for ``cli.main.main``; ``extra`` arguments come last (and win)."""
+        argv = ["train", "--output-dir", str(output_dir)]
+        for key, value in {**self.SETTINGS, **overrides}.items():
+            argv += [self.FLAGS.get(key, "--" + key.replace("_", "-")), str(value)]
+        return [*argv, *extra]
+
+
+@pytest.fixture(scope="session")
+def short_run() -> ShortRun:
+    """Builds the tests' short training runs: ``short_run.config(out)``, ``short_run.argv(out)``."""
+    return ShortRun()
+
+
 @pytest.fixture(scope="session")
 def tinyemote_dir() -> Path:
     """TinyEmote, the tiny preset's pretrained model, installed from the shipped weights."""

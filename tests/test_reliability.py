@@ -37,36 +37,6 @@ def make_folder(folder, train_names=16, heldout_names=2, size_px=16):
     return folder
 
 
-@pytest.fixture
-def data(tmp_path, tiny_model_dir):
-    return make_folder(tmp_path / "data")
-
-
-def train_args(tmp_path, data, *extra, run="run"):
-    return [
-        "train",
-        "--preset",
-        "tiny-random",
-        "--device",
-        "cpu",
-        "--dataset",
-        str(data),
-        "--output-dir",
-        str(tmp_path / run),
-        "--steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--checkpoint-every",
-        "2",
-        "--validate-every",
-        "1000",
-        "--learning-rate",
-        "1e-3",
-        *extra,
-    ]
-
-
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("stableemote: error:"), err
@@ -101,9 +71,9 @@ BAD_TRAIN_ARGS = [
 
 
 @pytest.mark.parametrize(("extra", "option"), BAD_TRAIN_ARGS, ids=lambda v: str(v))
-def test_bad_train_argument_is_one_line_before_any_work(tmp_path, capsys, extra, option):
+def test_bad_train_argument_is_one_line_before_any_work(tmp_path, capsys, short_run, extra, option):
     # The dataset does not exist: reaching it would be "work", and a different message.
-    code = main(train_args(tmp_path, tmp_path / "no-data", *extra))
+    code = main(short_run.argv(tmp_path / "run", *extra, dataset=tmp_path / "no-data"))
     err = one_line_error(capsys)
     assert code == 2
     assert option in err
@@ -111,8 +81,11 @@ def test_bad_train_argument_is_one_line_before_any_work(tmp_path, capsys, extra,
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
-    assert main(train_args(tmp_path, tmp_path / "no-data", "--device", "cuda")) == 2
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys, short_run):
+    assert (
+        main(short_run.argv(tmp_path / "run", "--device", "cuda", dataset=tmp_path / "no-data"))
+        == 2
+    )
     assert "--device cuda" in one_line_error(capsys)
 
 
@@ -160,9 +133,9 @@ def test_compare_python_api_refuses_zero_steps(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_a_dataset_without_a_heldout_split_is_one_line(tmp_path, capsys, tiny_model_dir):
+def test_a_dataset_without_a_heldout_split_is_one_line(tmp_path, capsys, tiny_model_dir, short_run):
     data = make_folder(tmp_path / "data", train_names=8, heldout_names=0)
-    assert main(train_args(tmp_path, data)) == 2
+    assert main(short_run.argv(tmp_path / "run", dataset=data)) == 2
     assert "held-out" in one_line_error(capsys)
 
 
@@ -175,12 +148,12 @@ def test_a_decompression_bomb_is_skipped_like_an_unreadable_image(tmp_path, monk
     assert "skipped unreadable image" in capsys.readouterr().err
 
 
-def test_metadata_cannot_name_files_outside_the_dataset_folder(tmp_path, capsys):
+def test_metadata_cannot_name_files_outside_the_dataset_folder(tmp_path, capsys, short_run):
     data = make_folder(tmp_path / "data")
     Image.new("RGB", (16, 16)).save(tmp_path / "secret.png")
     with open(data / "metadata.jsonl", "a") as f:
         f.write(json.dumps({"file_name": "../secret.png", "text": "escape"}) + "\n")
-    assert main(train_args(tmp_path, data)) == 2
+    assert main(short_run.argv(tmp_path / "run", dataset=data)) == 2
     err = one_line_error(capsys)
     assert "outside the dataset folder" in err and "line 19" in err
     (data / "metadata.jsonl").write_text(
@@ -299,36 +272,17 @@ def run_data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("rundata") / "data")
 
 
-def run_args(folder, data, *extra):
-    return [
-        "train",
-        "--preset",
-        "tiny-random",
-        "--device",
-        "cpu",
-        "--dataset",
-        str(data),
-        "--output-dir",
-        str(folder),
-        "--steps",
-        str(RUN_STEPS),
-        "--batch-size",
-        "2",
-        "--checkpoint-every",
-        "2",
-        "--validate-every",
-        "1000",
-        "--learning-rate",
-        "1e-3",
-        *extra,
-    ]
+@pytest.fixture(scope="module")
+def run_args(run_data, short_run):
+    """``run_args(folder, *extra)``: a ``RUN_STEPS``-step run on ``run_data`` into ``folder``."""
+    return lambda folder, *extra: short_run.argv(folder, *extra, dataset=run_data, steps=RUN_STEPS)
 
 
 @pytest.fixture(scope="module")
-def straight(run_data, tmp_path_factory):
+def straight(run_args, tmp_path_factory):
     """The uninterrupted run's adapter weights."""
     folder = tmp_path_factory.mktemp("straight") / "run"
-    assert main(run_args(folder, run_data)) == 0
+    assert main(run_args(folder)) == 0
     return load_file(folder / "pytorch_lora_weights.safetensors")
 
 
@@ -365,7 +319,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
-    run_data, straight, tmp_path, capsys
+    run_args, straight, tmp_path, capsys
 ):
     import os
     import signal
@@ -378,7 +332,7 @@ def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
     # float sums differ bitwise between thread counts.
     env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_TRAINER, *run_args(folder, run_data)],
+        [sys.executable, "-c", _SLOW_TRAINER, *run_args(folder)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -390,7 +344,7 @@ def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
             assert time.time() < deadline, "the run wrote no checkpoint"
             time.sleep(0.05)
         # A second run into the same folder while the first one trains.
-        assert main(run_args(folder, run_data, "--resume", "latest")) == 2
+        assert main(run_args(folder, "--resume", "latest")) == 2
         err = one_line_error(capsys)
         assert f"PID {proc.pid}" in err and "Another run is training" in err
         os.kill(proc.pid, signal.SIGKILL)
@@ -402,12 +356,12 @@ def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
     assert not (folder / "pytorch_lora_weights.safetensors").exists(), "killed mid-run"
     assert names(folder), "the kill left its checkpoints"
     # The killed run's lock is stale: it does not block the resume.
-    assert main(run_args(folder, run_data, "--resume", "latest")) == 0
+    assert main(run_args(folder, "--resume", "latest")) == 0
     assert_same_weights(folder, straight)
 
 
 def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(
-    run_data, straight, tmp_path, capsys, monkeypatch
+    run_args, straight, tmp_path, capsys, monkeypatch
 ):
     import os
     import signal
@@ -425,7 +379,7 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
     folder = tmp_path / "run"
     monkeypatch.setattr(training, "training_loss", interrupted_at_step_3)
     handler = signal.getsignal(signal.SIGINT)
-    assert main(run_args(folder, run_data, "--checkpoint-every", "100")) == 130
+    assert main(run_args(folder, "--checkpoint-every", "100")) == 130
     assert signal.getsignal(signal.SIGINT) is handler, "the handler is put back"
     assert len(calls) == 3, "no step after the interrupted one"
     assert names(folder) == ["checkpoint-000003"]
@@ -433,11 +387,11 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
     assert "continue with: stableemote train" in err and "--resume latest" in err
     assert "--dataset" in err.split("continue with:")[1]
     monkeypatch.setattr(training, "training_loss", real)
-    assert main(run_args(folder, run_data, "--resume", "latest")) == 0
+    assert main(run_args(folder, "--resume", "latest")) == 0
     assert_same_weights(folder, straight)
 
 
-def test_second_ctrl_c_stops_at_once(run_data, tmp_path, monkeypatch, capsys):
+def test_second_ctrl_c_stops_at_once(run_args, tmp_path, monkeypatch, capsys):
     import os
     import signal
 
@@ -454,16 +408,16 @@ def test_second_ctrl_c_stops_at_once(run_data, tmp_path, monkeypatch, capsys):
 
     folder = tmp_path / "run"
     monkeypatch.setattr(training, "training_loss", interrupted_twice)
-    assert main(run_args(folder, run_data, "--checkpoint-every", "100")) == 130
+    assert main(run_args(folder, "--checkpoint-every", "100")) == 130
     assert names(folder) == [], "stopped at once: no checkpoint written"
     assert "continue with" not in capsys.readouterr().err
 
 
-def test_damaged_checkpoints_plus_a_new_run_lose_nothing(run_data, tmp_path, capsys):
+def test_damaged_checkpoints_plus_a_new_run_lose_nothing(run_args, tmp_path, capsys):
     from stableemote_utils.checkpoints import latest_checkpoint, verify_checkpoint
 
     folder = tmp_path / "run"
-    assert main(run_args(folder, run_data, "--stop-after", "6")) == 0
+    assert main(run_args(folder, "--stop-after", "6")) == 0
     damaged = ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006"]
     assert names(folder) == damaged
     for name in damaged:
@@ -471,7 +425,7 @@ def test_damaged_checkpoints_plus_a_new_run_lose_nothing(run_data, tmp_path, cap
         weights.write_bytes(weights.read_bytes()[:100])
     # Nothing intact: the run starts over. It must neither prune its own new checkpoints
     # because damaged ones carry higher step numbers, nor delete the damaged ones.
-    new_run = run_args(folder, run_data, "--resume", "latest", "--keep-checkpoints", "1")
+    new_run = run_args(folder, "--resume", "latest", "--keep-checkpoints", "1")
     assert main([*new_run, "--stop-after", "4"]) == 0
     assert names(folder) == ["checkpoint-000004"]
     assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000004"
@@ -482,54 +436,54 @@ def test_damaged_checkpoints_plus_a_new_run_lose_nothing(run_data, tmp_path, cap
     assert (folder / "pytorch_lora_weights.safetensors").exists()
 
 
-def test_pruning_keeps_the_newest_good_checkpoints_of_this_run_only(run_data, tmp_path):
+def test_pruning_keeps_the_newest_good_checkpoints_of_this_run_only(run_args, tmp_path):
     import shutil
 
     folder = tmp_path / "run"
-    assert main(run_args(folder, run_data, "--stop-after", "4", "--keep-checkpoints", "2")) == 0
+    assert main(run_args(folder, "--stop-after", "4", "--keep-checkpoints", "2")) == 0
     # A checkpoint another run left (another run id) is not this run's to delete.
     other = folder / "checkpoints" / "checkpoint-000001"
     shutil.copytree(folder / "checkpoints" / "checkpoint-000002", other)
     state = json.loads((other / "training_state.json").read_text())
     state["run_id"] = "another-run"
     (other / "training_state.json").write_text(json.dumps(state))
-    assert main(run_args(folder, run_data, "--resume", "latest", "--keep-checkpoints", "2")) == 0
+    assert main(run_args(folder, "--resume", "latest", "--keep-checkpoints", "2")) == 0
     assert names(folder) == ["checkpoint-000001", "checkpoint-000006", "checkpoint-000008"]
 
 
-def test_a_fresh_run_into_a_used_folder_is_refused(run_data, tmp_path, capsys):
+def test_a_fresh_run_into_a_used_folder_is_refused(run_args, tmp_path, capsys):
     folder = tmp_path / "run"
-    assert main(run_args(folder, run_data, "--stop-after", "2")) == 0
+    assert main(run_args(folder, "--stop-after", "2")) == 0
     before = (folder / "checkpoints" / "checkpoint-000002" / "training_state.json").read_text()
     capsys.readouterr()
-    assert main(run_args(folder, run_data, "--learning-rate", "1e-4")) == 2
+    assert main(run_args(folder, "--learning-rate", "1e-4")) == 2
     err = one_line_error(capsys)
     assert "--resume latest" in err and "--overwrite" in err and "checkpoint-000002" in err
     assert names(folder) == ["checkpoint-000002"]
     # --overwrite starts over; the old run's checkpoints are set aside, not deleted.
-    assert main(run_args(folder, run_data, "--overwrite", "--stop-after", "2")) == 0
+    assert main(run_args(folder, "--overwrite", "--stop-after", "2")) == 0
     moved = next((folder / "set-aside").glob("*/checkpoint-000002"))
     assert (moved / "training_state.json").read_text() == before
 
 
-def test_resume_names_the_setting_that_differs(run_data, tmp_path, capsys):
+def test_resume_names_the_setting_that_differs(run_args, tmp_path, capsys):
     folder = tmp_path / "run"
-    assert main(run_args(folder, run_data, "--stop-after", "2")) == 0
+    assert main(run_args(folder, "--stop-after", "2")) == 0
     capsys.readouterr()
-    resumed = run_args(folder, run_data, "--resume", "latest", "--learning-rate", "1e-4")
+    resumed = run_args(folder, "--resume", "latest", "--learning-rate", "1e-4")
     assert main(resumed) == 2
     err = one_line_error(capsys)
     assert "learning_rate: 0.001 -> 0.0001 (--learning-rate)" in err
-    assert main(run_args(folder, run_data, "--resume", "latest", "--noise-offset", "0.1")) == 2
+    assert main(run_args(folder, "--resume", "latest", "--noise-offset", "0.1")) == 2
     assert "--noise-offset" in one_line_error(capsys)
 
 
-def test_branching_from_an_older_checkpoint_sets_the_newer_ones_aside(run_data, tmp_path):
+def test_branching_from_an_older_checkpoint_sets_the_newer_ones_aside(run_args, tmp_path):
     folder = tmp_path / "run"
-    assert main(run_args(folder, run_data, "--stop-after", "6", "--keep-checkpoints", "5")) == 0
+    assert main(run_args(folder, "--stop-after", "6", "--keep-checkpoints", "5")) == 0
     assert names(folder) == ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006"]
     older = folder / "checkpoints" / "checkpoint-000002"
-    assert main(run_args(folder, run_data, "--resume", str(older), "--stop-after", "4")) == 0
+    assert main(run_args(folder, "--resume", str(older), "--stop-after", "4")) == 0
     assert names(folder) == ["checkpoint-000002", "checkpoint-000004"]
     assert set_aside_names(folder) == ["checkpoint-000004", "checkpoint-000006"]
     # "latest" is now this timeline's step 4, not the abandoned step 6.

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import shutil
 from types import SimpleNamespace
@@ -19,29 +18,27 @@ from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.training import (
     batch_indices,
     min_snr_weights,
-    recipe,
     step_generator,
     train,
     training_loss,
 )
 
 
-def _config(tmp_path, name="run", **kw):
-    base = recipe(
-        "tiny-quick",
-        output_dir=str(tmp_path / name),
+@pytest.fixture
+def config(tmp_path, short_run):
+    """``config(name="run", **overrides)``: 8 steps on TinyEmote into ``tmp_path / name``."""
+    # Batch, device and learning rate as tiny-quick has them; checkpoints every 4 steps.
+    settings = dict(
+        preset="tiny",
+        device=None,
+        batch_size=None,
         steps=8,
         checkpoint_every=4,
-        validate_every=1000,
         max_train_examples=16,
-        heldout_limit=4,
-        validation_prompts=("cat face",),
-        validation_steps=2,
         log_every=2,
-        progress_bar=False,
         lr_warmup_steps=2,
     )
-    return dataclasses.replace(base, **kw)
+    return lambda name="run", **kw: short_run.config(tmp_path / name, **{**settings, **kw})
 
 
 def _weights(path):
@@ -117,14 +114,14 @@ def test_optimizer_state_round_trips_through_safetensors():
     assert torch.equal(back["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    straight = train(_config(tmp_path, "straight"))
-    first = train(_config(tmp_path, "resumed", stop_after_steps=4))
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, config):
+    straight = train(config("straight"))
+    first = train(config("resumed", stop_after_steps=4))
     assert first.stopped_early and first.adapter_path is None
     assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == [
         "checkpoint-000004"
     ]
-    second = train(_config(tmp_path, "resumed"), resume="latest")
+    second = train(config("resumed"), resume="latest")
     assert second.step == 8
     a, b = _weights(straight.adapter_path), _weights(second.adapter_path)
     assert a.keys() == b.keys()
@@ -134,23 +131,23 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k), "training moved B"
 
 
-def test_raising_the_step_count_on_resume(tmp_path):
-    train(_config(tmp_path, steps=4))
-    result = train(_config(tmp_path, steps=8), resume="latest")
+def test_raising_the_step_count_on_resume(tmp_path, config):
+    train(config(steps=4))
+    result = train(config(steps=8), resume="latest")
     assert result.step == 8 and not result.stopped_early
     state, *_ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert state["step"] == 8
     assert len(state["losses"]) == 8
 
 
-def test_resume_refuses_other_settings(tmp_path):
-    train(_config(tmp_path, stop_after_steps=4))
+def test_resume_refuses_other_settings(tmp_path, config):
+    train(config(stop_after_steps=4))
     with pytest.raises(StableEmoteError, match="rank: 4 -> 8"):
-        train(_config(tmp_path, rank=8), resume="latest")
+        train(config(rank=8), resume="latest")
 
 
-def test_damaged_and_half_written_checkpoints_are_not_resumed(tmp_path, capsys):
-    train(_config(tmp_path, stop_after_steps=8, checkpoint_every=2, keep_checkpoints=5))
+def test_damaged_and_half_written_checkpoints_are_not_resumed(tmp_path, capsys, config):
+    train(config(stop_after_steps=8, checkpoint_every=2, keep_checkpoints=5))
     ckpts = tmp_path / "run" / "checkpoints"
     newest = list_checkpoints(ckpts)[-1]
     assert newest.name == "checkpoint-000008"
@@ -161,11 +158,11 @@ def test_damaged_and_half_written_checkpoints_are_not_resumed(tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:100])
     assert latest_checkpoint(ckpts).name == "checkpoint-000006"
     assert "skipping damaged checkpoint" in capsys.readouterr().err
-    result = train(_config(tmp_path, steps=8, checkpoint_every=2), resume="latest")
+    result = train(config(steps=8, checkpoint_every=2), resume="latest")
     assert result.step == 8
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, config):
     real = training.training_loss
     calls = {"n": 0}
 
@@ -176,14 +173,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(training, "training_loss", flaky)
     with pytest.raises(StableEmoteError, match=r"became nan at step 6.*checkpoint-000004"):
-        train(_config(tmp_path))
+        train(config())
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in ckpts] == ["checkpoint-000004"]
     assert not (tmp_path / "run" / "pytorch_lora_weights.safetensors").exists()
 
 
-def test_heldout_loss_goes_down_with_training(tmp_path):
-    result = train(_config(tmp_path, steps=40, checkpoint_every=40, max_train_examples=64))
+def test_heldout_loss_goes_down_with_training(tmp_path, config):
+    result = train(config(steps=40, checkpoint_every=40, max_train_examples=64))
     assert result.heldout[40] < result.heldout[0]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "run" / "samples" / "step-000040.png").exists()
@@ -192,23 +189,23 @@ def test_heldout_loss_goes_down_with_training(tmp_path):
     assert "Held-out loss" in card and f"Data: `{dataset}`" in card
 
 
-def test_wandb_offline_writes_its_run(tmp_path, monkeypatch):
+def test_wandb_offline_writes_its_run(tmp_path, monkeypatch, config):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    train(_config(tmp_path, steps=2, checkpoint_every=2, report_to="wandb"))
+    train(config(steps=2, checkpoint_every=2, report_to="wandb"))
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb")), "the offline run should hold its log file"
 
 
-def test_unwritable_output_dir_fails_before_loading(tmp_path):
+def test_unwritable_output_dir_fails_before_loading(tmp_path, config):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(StableEmoteError, match="Cannot write to the output folder"):
-        train(_config(tmp_path, output_dir=str(blocker / "sub")))
+        train(config(output_dir=str(blocker / "sub")))
 
 
-def test_dataset_smaller_than_a_batch(tmp_path):
+def test_dataset_smaller_than_a_batch(tmp_path, config):
     from PIL import Image
 
     data = tmp_path / "data"
@@ -219,14 +216,14 @@ def test_dataset_smaller_than_a_batch(tmp_path):
         rows.append(json.dumps({"file_name": f"{i}.png", "text": f"square {i}"}))
     (data / "metadata.jsonl").write_text("\n".join(rows))
     with pytest.raises(StableEmoteError, match="fewer than one batch"):
-        train(_config(tmp_path, dataset=str(data), max_train_examples=None))
+        train(config(dataset=str(data), max_train_examples=None))
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path):
+def test_missing_dataset_is_a_clear_error(tmp_path, config):
     with pytest.raises(StableEmoteError, match="not a folder|does not exist|Could not load"):
-        train(_config(tmp_path, dataset=str(tmp_path / "missing")))
+        train(config(dataset=str(tmp_path / "missing")))
 
 
-def test_tensorboard_logging_writes_events(tmp_path):
-    train(_config(tmp_path, steps=2, checkpoint_every=2, report_to="tensorboard"))
+def test_tensorboard_logging_writes_events(tmp_path, config):
+    train(config(steps=2, checkpoint_every=2, report_to="tensorboard"))
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))

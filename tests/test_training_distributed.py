@@ -11,7 +11,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_two_process_cpu_run_saves_exactly_one_adapter(tmp_path, tiny_model_dir):
+def test_two_process_cpu_run_saves_exactly_one_adapter(tmp_path, tiny_model_dir, short_run):
     bindir = Path(sys.executable).parent
     accelerate = shutil.which("accelerate", path=str(bindir)) or shutil.which("accelerate")
     stableemote = shutil.which("stableemote", path=str(bindir))
@@ -30,25 +30,7 @@ def test_two_process_cpu_run_saves_exactly_one_adapter(tmp_path, tiny_model_dir)
         "--dynamo_backend",
         "no",
         stableemote,
-        "train",
-        "--preset",
-        "tiny",
-        "--recipe",
-        "tiny-quick",
-        "--device",
-        "cpu",
-        "--steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--checkpoint-every",
-        "2",
-        "--validate-every",
-        "1000",
-        "--max-train-examples",
-        "16",
-        "--output-dir",
-        str(out),
+        *short_run.argv(out, "--recipe", "tiny-quick", preset="tiny", max_train_examples=16),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

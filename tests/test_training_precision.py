@@ -6,13 +6,11 @@ so these runs reproduce on CPU what a learner's GPU run does.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from stableemote_utils import training_records
 from stableemote_utils.checkpoints import list_checkpoints
-from stableemote_utils.training import recipe, train
+from stableemote_utils.training import train
 
 
 @pytest.fixture(autouse=True)
@@ -27,30 +25,22 @@ def _fresh_accelerate_state():
     GradientState._reset_state()
 
 
-def _config(tmp_path, **kw):
-    base = recipe(
-        "tiny-quick",
-        preset="tiny-random",
+@pytest.fixture
+def config(tmp_path, short_run):
+    """``config(**overrides)``: 2 steps at 32 px into ``tmp_path / "run"``, validated at step 2."""
+    settings = dict(
         dataset="openmoji",
-        device="cpu",
-        output_dir=str(tmp_path / "run"),
         steps=2,
-        batch_size=2,
         resolution_px=32,
-        checkpoint_every=2,
         validate_every=2,
         max_train_examples=4,
         heldout_limit=2,
-        validation_prompts=("cat face",),
-        validation_steps=2,
-        log_every=1,
-        progress_bar=False,
     )
-    return dataclasses.replace(base, **kw)
+    return lambda **kw: short_run.config(tmp_path / "run", **{**settings, **kw})
 
 
-def test_bf16_training_writes_its_checkpoint_and_validation_grid(tmp_path, capsys):
-    result = train(_config(tmp_path, precision="bf16"))
+def test_bf16_training_writes_its_checkpoint_and_validation_grid(tmp_path, capsys, config):
+    result = train(config(precision="bf16"))
     run = tmp_path / "run"
     assert result.step == 2 and not result.stopped_early
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["checkpoint-000002"]
@@ -60,7 +50,7 @@ def test_bf16_training_writes_its_checkpoint_and_validation_grid(tmp_path, capsy
 
 
 def test_a_failing_validation_is_reported_after_the_checkpoint_and_training_goes_on(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, config
 ):
     seen = []
 
@@ -69,7 +59,7 @@ def test_a_failing_validation_is_reported_after_the_checkpoint_and_training_goes
         raise RuntimeError("the sampler broke")
 
     monkeypatch.setattr(training_records, "_sample_grid", broken_grid)
-    result = train(_config(tmp_path, steps=4))
+    result = train(config(steps=4))
     assert result.step == 4 and result.adapter_path.exists()
     # The checkpoint of a step is on disk before that step's validation runs.
     assert seen == [["checkpoint-000002"], ["checkpoint-000002", "checkpoint-000004"]]
@@ -79,37 +69,19 @@ def test_a_failing_validation_is_reported_after_the_checkpoint_and_training_goes
     assert not (tmp_path / "run" / "samples").exists()
 
 
-def test_fp16_training_on_cpu_is_a_one_line_error(tmp_path, capsys):
+def test_fp16_training_on_cpu_is_a_one_line_error(tmp_path, capsys, short_run):
     from stableemote_utils.cli.main import main
 
-    code = main(
-        [
-            "train",
-            "--preset",
-            "tiny-random",
-            "--device",
-            "cpu",
-            "--precision",
-            "fp16",
-            "--steps",
-            "2",
-            "--output-dir",
-            str(tmp_path / "run"),
-        ]
-    )
+    code = main(short_run.argv(tmp_path / "run", "--precision", "fp16", steps=2))
     err = capsys.readouterr().err
     assert code == 2
     assert "stableemote: error: fp16 training needs a GPU" in err
     assert "--precision bf16" in err and "Traceback" not in err
 
 
-def test_training_reads_the_precision_knob(tmp_path, capsys, monkeypatch):
+def test_training_reads_the_precision_knob(tmp_path, capsys, monkeypatch, short_run):
     from stableemote_utils.cli.main import main
 
     monkeypatch.setenv("STABLEEMOTE_PRECISION", "fp16")
-    code = main(
-        ["train", "--preset", "tiny-random", "--device", "cpu"]
-        + ["--steps", "2", "--output-dir", str(tmp_path / "run")]
-    )
-    assert code == 2
+    assert main(short_run.argv(tmp_path / "run", steps=2)) == 2
     assert "fp16 training needs a GPU" in capsys.readouterr().err
