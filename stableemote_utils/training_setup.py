@@ -172,24 +172,21 @@ def _make_accelerator(config: TrainConfig, out: Path):
 def _load_splits(config: TrainConfig, preset: Preset, accelerator) -> tuple[list, list]:
     """The training and held-out examples; a dataset too small for either is refused."""
     world = accelerator.num_processes
+
+    def split(name: str, limit: int | None) -> list:
+        return load_emoji_dataset(
+            config.dataset,
+            config.resolution_px,
+            config.caption_template,
+            name,
+            preset.heldout_fraction,
+            limit=limit,
+        )
+
     # Data first: a missing dataset or one smaller than a batch fails before any model loads.
     with accelerator.main_process_first():
-        train_set = load_emoji_dataset(
-            config.dataset,
-            config.resolution_px,
-            config.caption_template,
-            "train",
-            preset.heldout_fraction,
-            limit=config.max_train_examples,
-        )
-        heldout_set = load_emoji_dataset(
-            config.dataset,
-            config.resolution_px,
-            config.caption_template,
-            "heldout",
-            preset.heldout_fraction,
-            limit=config.heldout_limit,
-        )
+        train_set = split("train", config.max_train_examples)
+        heldout_set = split("heldout", config.heldout_limit)
     if len(train_set) < config.batch_size * world:
         raise StableEmoteError(
             f"The dataset has {len(train_set)} training images, fewer than one batch "
