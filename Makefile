@@ -20,6 +20,9 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_
 # thread can make each step ten times slower.
 THREADS := OMP_WAIT_POLICY=PASSIVE
 PYTEST_ARGS ?=
+# make test: pytest-xdist workers, each with its share of the cores and its own cache. The
+# notebooks stay together, in order, on one of them (tests/test_notebooks_run.py).
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test notebooks-html test-browser test-sd15 bench bench-gpu figures lint format clean
 
@@ -65,7 +68,7 @@ format: install
 # the half-precision path a GPU takes, the others in fp32.
 test: lint
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --durations=15 \
-		tests $(PYTEST_ARGS)
+		-n $(TEST_WORKERS) --dist loadgroup tests $(PYTEST_ARGS)
 
 notebooks-html: install
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/python -m pytest -q \

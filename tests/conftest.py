@@ -9,6 +9,15 @@ import pytest
 
 # Before torch is imported: idle OpenMP threads sleep rather than spin (shared 2-core CI).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist (make test: two workers), each worker gets its share of the cores and
+# its own model and data cache: two processes filling one cache folder at once would
+# replace each other's half-finished work.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    cache = os.environ.get("STABLEEMOTE_CACHE") or Path.home() / ".cache" / "stableemote"
+    os.environ["STABLEEMOTE_CACHE"] = str(Path(cache) / WORKER)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")

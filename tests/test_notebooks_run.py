@@ -184,6 +184,8 @@ def write_html(notebook: dict, path: Path) -> Path:
     return html
 
 
+# One xdist worker runs them all, in order (06 reads what 05 wrote).
+@pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_shows_what_it_promises(path, workdir):
     trained_by_05 = (workdir / NOTEBOOK_05_RUN).is_dir()
