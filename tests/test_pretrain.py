@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -43,6 +44,8 @@ def test_pretrain_is_deterministic_and_exports_a_loadable_model(tmp_path):
     pretrain_tiny(_quick(tmp_path / "b"))
     model = tmp_path / "a" / "tinyemote"
     assert _digests(model) == _digests(tmp_path / "b" / "tinyemote")
+    for part in ("unet", "vae", "text_encoder", "clip"):  # no folder of this machine
+        assert "_name_or_path" not in json.loads((model / part / "config.json").read_text())
     assert set(_digests(model)) == {
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",

@@ -68,6 +68,48 @@ def test_install_is_redone_when_the_shipped_weights_change(tmp_path):
     assert (target / "tokenizer" / "vocab.json").exists()
 
 
+def test_shipped_files_name_no_folder_of_the_machine_that_built_them():
+    import re
+
+    absolute = re.compile(r"(?<![\\w.])/(tmp|home|work|root|Users|content|mnt)/")
+    for f in SHIPPED_DIR.rglob("*"):
+        if f.suffix in (".json", ".md"):
+            text = f.read_text(encoding="utf-8")
+            assert not absolute.search(text), (f, absolute.search(text).group(0))
+            assert '"_name_or_path"' not in text, f
+
+
+def test_portable_record_keeps_only_the_last_part_of_absolute_paths():
+    from stableemote_utils.tinyemote.install import portable_record
+
+    record = {
+        "config": {"output_dir": "/tmp/build/out", "vae_from": "weights/vae", "steps": 5},
+        "runs": ["/home/me/run", None],
+        "command": "stableemote pretrain-tiny --output-dir '/tmp/my build/out' --threads 2",
+    }
+    assert portable_record(record) == {
+        "config": {"output_dir": "out", "vae_from": "weights/vae", "steps": 5},
+        "runs": ["run", None],
+        "command": "stableemote pretrain-tiny --output-dir out --threads 2",
+    }
+
+
+def test_rewriting_the_card_or_the_metrics_keeps_the_weights_digest(tmp_path):
+    import shutil
+
+    from stableemote_utils.tinyemote.install import shipped_digest
+
+    source = tmp_path / "shipped"
+    shutil.copytree(SHIPPED_DIR, source)
+    before = shipped_digest(source)
+    (source / "README.md").write_text("a rewritten card\n")
+    (source / "metrics.json").write_text("{}\n")
+    assert shipped_digest(source) == before
+    unet_config = source / "unet" / "config.json"
+    unet_config.write_text(unet_config.read_text() + "\n")
+    assert shipped_digest(source) != before
+
+
 def test_missing_weights_give_a_clear_message(tmp_path):
     with pytest.raises(StableEmoteError, match="pretrain-tiny"):
         ensure_tinyemote(tmp_path / "installed", tmp_path / "nothing-here")

@@ -14,7 +14,7 @@ from stableemote_utils.cli.common import add_command
 from stableemote_utils.files import staged_folder
 from stableemote_utils.tinyemote.card import format_metrics, write_tinyemote_card
 from stableemote_utils.tinyemote.evaluate import evaluate_tinyemote, tinyemote_grid
-from stableemote_utils.tinyemote.install import SHIPPED_DIR
+from stableemote_utils.tinyemote.install import SHIPPED_DIR, portable_record
 from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny
 
 
@@ -56,7 +56,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if args.install:
         with staged_folder(SHIPPED_DIR) as staging:
             shutil.copytree(model, staging)
-            shutil.copy(Path(args.output_dir) / "pretrain.json", staging / "pretrain.json")
+            shipped = portable_record(record)  # no folder of this machine in shipped files
+            (staging / "pretrain.json").write_text(json.dumps(shipped, indent=1))
         print(f"installed into {SHIPPED_DIR}; measure it with: stableemote evaluate-tiny --card")
 
 
@@ -118,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(format_metrics(record))
     print(f"wrote {Path(args.output_dir) / 'metrics.json'} and style_before_after.png")
     if args.card:
-        (SHIPPED_DIR / "metrics.json").write_text(json.dumps(record, indent=1))
+        (SHIPPED_DIR / "metrics.json").write_text(json.dumps(portable_record(record), indent=1))
         print(f"wrote {write_tinyemote_card(SHIPPED_DIR)}")
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import read_marker, staged_folder
@@ -25,11 +26,40 @@ SHIPPED_DIR = Path(__file__).parent.parent / "weights" / "tinyemote"
 MARKER = "STABLEEMOTE_TINYEMOTE"
 
 
+# Files that describe the model rather than make it up: rewriting them (the model card, the
+# measurements of the model) changes neither the weights' digest nor the install.
+RECORD_FILES = frozenset({"README.md", "metrics.json", "pretrain.json"})
+
+
+def portable_record(record):
+    """A JSON record with the build machine's absolute paths cut down to their last part.
+
+    ``/tmp/build/out`` becomes ``out``, inside strings and inside the recorded ``command``
+    alike, so a record shipped with the weights names no folder of the machine that made
+    them and its command still runs elsewhere. Relative paths are kept as they are.
+    """
+    if isinstance(record, dict):
+        return {key: portable_record(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [portable_record(value) for value in record]
+    if isinstance(record, str):
+        if " " in record and record.startswith("stableemote "):
+            return shlex.join(portable_record(shlex.split(record)))
+        if os.path.isabs(record):
+            return PurePath(record).name
+    return record
+
+
 def shipped_digest(source: Path = SHIPPED_DIR) -> str:
-    """A short hash of the shipped weights: a changed file means a reinstall."""
+    """A short hash of the shipped model (weights, configs, scheduler; not its records).
+
+    A changed model file means a reinstall. The model card and the records in
+    :data:`RECORD_FILES` are left out, so ``metrics.json`` can name the digest of the
+    weights it measured and still be right after the card is written beside it.
+    """
     h = hashlib.sha256()
     for path in sorted(source.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.relative_to(source).as_posix() not in RECORD_FILES:
             h.update(path.relative_to(source).as_posix().encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()[:16]

@@ -217,7 +217,19 @@ def export_fp16(model_dir: Path, target: Path) -> Path:
             kind = "dtype" if sub in ("text_encoder", "clip") else "torch_dtype"
             module = cls.from_pretrained(model_dir, subfolder=sub, **{kind: torch.float16})
             module.save_pretrained(staging / sub, safe_serialization=True)
+            forget_build_path(staging / sub / "config.json")
     return target
+
+
+def forget_build_path(config_file: Path) -> None:
+    """Drop ``_name_or_path`` (the folder the model was loaded from here) from a config.
+
+    diffusers writes it into ``config.json``; in shipped weights it would name a folder of
+    the machine that built them, which means nothing anywhere else.
+    """
+    config = json.loads(config_file.read_text())
+    if config.pop("_name_or_path", None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def is_flag(name: str, char: str = "") -> bool:
