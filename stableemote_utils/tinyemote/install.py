@@ -43,7 +43,7 @@ def portable_record(record):
     if isinstance(record, list):
         return [portable_record(value) for value in record]
     if isinstance(record, str):
-        if " " in record and record.startswith("stableemote "):
+        if record.startswith("stableemote "):
             return shlex.join(portable_record(shlex.split(record)))
         if os.path.isabs(record):
             return PurePath(record).name
