@@ -163,6 +163,8 @@ def check_train_options(config) -> None:
     check_seed("validation_seed", c.validation_seed)
     if c.validation_steps is not None:
         check_int("validation_steps", c.validation_steps, 1)
+    if c.validation_guidance is not None:
+        check_float("validation_guidance", c.validation_guidance, 0.0)
     check_int("heldout_limit", c.heldout_limit, 1)
     if c.max_train_examples is not None:
         check_int("--max-train-examples", c.max_train_examples, 1)

@@ -65,7 +65,10 @@ def run_quickstart(
     original, heldout = comparison_prompts(p, heldout_count=HELDOUT_PROMPTS_SHOWN)
     prompts = [*original[:4], *heldout]
     common = dict(
-        steps=p.sample_steps, resolution_px=p.resolution_px, caption_template=p.caption_template
+        steps=p.sample_steps,
+        guidance=p.guidance_scale,
+        resolution_px=p.resolution_px,
+        caption_template=p.caption_template,
     )
     # One load of the trained adapter serves the comparison and the scale sweep.
     with lora_loaded(pipe, result.adapter_path, adapter_name="quickstart") as adapter:

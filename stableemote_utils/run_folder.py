@@ -47,6 +47,7 @@ RESUME_MAY_CHANGE = frozenset(
         "validation_prompts",
         "validation_seed",
         "validation_steps",
+        "validation_guidance",
         "heldout_limit",
         "report_to",
         "log_every",

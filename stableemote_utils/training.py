@@ -233,6 +233,11 @@ def train(
         resolution_px=config.resolution_px or preset.resolution_px,
         alpha=config.alpha if config.alpha is not None else float(config.rank),
         validation_steps=config.validation_steps or preset.sample_steps,
+        validation_guidance=(
+            preset.guidance_scale
+            if config.validation_guidance is None
+            else config.validation_guidance
+        ),
     )
     out = check_output_dir(config.output_dir)
     # One lock per run: only the launching process of a distributed run takes it.

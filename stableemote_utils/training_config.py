@@ -61,6 +61,7 @@ class TrainConfig:
     validation_prompts: tuple[str, ...] = ORIGINAL_PROMPTS[:4]
     validation_seed: int = 0
     validation_steps: int | None = None  # None: the preset's sampling steps
+    validation_guidance: float | None = None  # None: the preset's guidance scale
     heldout_limit: int = 64
     max_train_examples: int | None = None
     report_to: str = "none"  # wandb | tensorboard | none

@@ -120,6 +120,7 @@ def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, reso
             prompt_embeds=prompts_embeds[i : i + 1].to(components.device, unet.dtype),
             negative_prompt_embeds=negative_embeds.to(components.device, unet.dtype),
             num_inference_steps=steps,
+            guidance_scale=config.validation_guidance,
             height=resolution_px,
             width=resolution_px,
             generator=g,

@@ -114,6 +114,7 @@ def launch_demo(
         p.caption_template,
         model_label=model_label_of(p),
         heldout_fraction=p.heldout_fraction,
+        guidance=p.guidance_scale,
     )
     demo.launch(
         share=in_colab() if share is None else share,

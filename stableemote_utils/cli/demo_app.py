@@ -112,6 +112,7 @@ def build_demo(
     caption_template: str = CAPTION_TEMPLATE,
     model_label: str = "Base model",
     heldout_fraction: float = 0.05,
+    guidance: float = DEFAULT_GUIDANCE,
 ):
     """The Gradio app over a loaded pipeline.
 
@@ -131,6 +132,7 @@ def build_demo(
         lora_path: adapter file, folder or Hub repo id (``None``: the base model only).
         model_label: what to call the base model on the page (e.g. ``"TinyEmote"``).
         heldout_fraction: the data split's held-out share, to mark the example prompts.
+        guidance: the guidance slider's starting value (the preset's ``guidance_scale``).
 
     Returns:
         A ``gradio.Blocks`` (start it with ``.launch()``).
@@ -138,6 +140,7 @@ def build_demo(
     import gradio as gr
 
     adapter = None if lora_path is None else load_demo_adapter(pipe, lora_path)
+    default_guidance = guidance
     lora_label = "LoRA"
     factor = max(1, math.ceil(DISPLAY_MIN_PX / resolution_px))
     shown = f"{resolution_px} px, shown {factor}× larger" if factor > 1 else f"{resolution_px} px"
@@ -175,7 +178,7 @@ def build_demo(
         return lora, lora_dl
 
     def generate_api(
-        prompt, seed=0, steps=steps, guidance=DEFAULT_GUIDANCE, lora_scale=1.0, side_by_side=True
+        prompt, seed=0, steps=steps, guidance=default_guidance, lora_scale=1.0, side_by_side=True
     ):
         """True-size PNGs of the base model (or None) and the LoRA (the base model without one)."""
         base, lora = demo_generate(
@@ -230,7 +233,7 @@ def build_demo(
                 )
                 random_seed = gr.Button("Random seed", size="sm", elem_id="random-seed")
                 n_steps = gr.Slider(1, MAX_STEPS, value=steps, step=1, label="Steps")
-                guidance = gr.Slider(1.0, 15.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
+                guidance = gr.Slider(1.0, 15.0, value=default_guidance, step=0.5, label="Guidance")
                 scale = None
                 if adapter is not None:
                     scale = gr.Slider(

@@ -203,7 +203,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         pipe,
         args.lora,
         steps=p.sample_steps if args.steps is None else args.steps,
-        guidance=args.guidance,
+        guidance=p.guidance_scale if args.guidance is None else args.guidance,
         resolution_px=p.resolution_px if args.resolution is None else args.resolution,
         caption_template=p.caption_template,
         images_out=made,
@@ -398,7 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, help="emoji names separated by commas")
     p.add_argument("--seeds", default=None, help="integers separated by commas (default: 0)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the preset's, 7.5 for sd15, 3 for tiny)",
+    )
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--out", default="outputs/compare/comparison.png")
 

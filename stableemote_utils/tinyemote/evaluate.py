@@ -63,6 +63,7 @@ FEATURE_PX = 16
 CATEGORIES = ("face", "heart", "flag", "clock", "hand")
 EVAL_SEED = 0
 EVAL_STEPS = 25
+GUIDANCE_SWEEP = (1.0, 2.0, 3.0, 5.0, 7.5)  # prompt following at each, to choose the preset's
 
 
 def image_features(images: list) -> torch.Tensor:
@@ -119,19 +120,35 @@ def nearest_category(
 
 @torch.no_grad()
 def generate_batch(
-    pipe, prompts: list[str], seed: int = EVAL_SEED, steps: int = EVAL_STEPS, batch: int = 16
+    pipe,
+    prompts: list[str],
+    seed: int = EVAL_SEED,
+    steps: int = EVAL_STEPS,
+    batch: int = 16,
+    guidance: float | None = None,
 ) -> list:
-    """One image per prompt; image ``i`` uses generator seed ``seed + i`` (batch-independent)."""
+    """One image per prompt; image ``i`` uses generator seed ``seed + i`` (batch-independent).
+
+    ``guidance`` ``None`` is the tiny preset's guidance scale.
+    """
+    if guidance is None:
+        guidance = get_preset("tiny").guidance_scale
     images = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
-        images += pipe(chunk, num_inference_steps=steps, generator=gens).images
+        images += pipe(
+            chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens
+        ).images
     return images
 
 
 def prompt_following(
-    pipe, per_category: int = 10, caption: str = CAPTION_TEMPLATE, grid_path=None
+    pipe,
+    per_category: int = 10,
+    caption: str = CAPTION_TEMPLATE,
+    grid_path=None,
+    guidance: float | None = None,
 ) -> dict:
     """Nearest-category accuracy of generated images (see the module docstring).
 
@@ -140,6 +157,7 @@ def prompt_following(
         per_category: prompts per category, taken in a fixed order from the training names.
         grid_path: if given, save the generated images there, one row per category, each
             captioned with its prompt's name and the category its nearest real emoji has.
+        guidance: classifier-free guidance scale (``None``: the tiny preset's).
 
     Returns:
         ``{"accuracy", "chance", "images", "heldout_accuracy", "heldout_images",
@@ -168,13 +186,16 @@ def prompt_following(
         got = nearest_category(image_features(images), ref_feats, ref_labels)
         return sum(g == r[1] for g, r in zip(got, rows_, strict=True)) / len(rows_)
 
-    gen = generate_batch(pipe, [caption.format(name=r[0]) for r in prompts_rows])
+    gen = generate_batch(pipe, [caption.format(name=r[0]) for r in prompts_rows], guidance=guidance)
     if grid_path is not None:
         got = nearest_category(image_features(gen), ref_feats, ref_labels)
         labels = [f"{r[0]} -> {g}" for r, g in zip(prompts_rows, got, strict=True)]
         save_image(image_grid(gen, labels, cols=per_category, cell_px=96), grid_path)
     held_gen = generate_batch(
-        pipe, [caption.format(name=r[0]) for r in held_rows], seed=EVAL_SEED + 500
+        pipe,
+        [caption.format(name=r[0]) for r in held_rows],
+        seed=EVAL_SEED + 500,
+        guidance=guidance,
     )
     counts = {c: sum(r[1] == c for r in held_rows) for c in CATEGORIES}
     return {
@@ -254,7 +275,8 @@ def tinyemote_grid(path, pipe=None, prompts=GRID_PROMPTS, seed: int = GRID_SEED)
     """The README's 4 x 4 grid: TinyEmote's picture for each fixed prompt, seeds fixed.
 
     Made by ``stableemote tiny-grid``. Image ``i`` is "An emoji of {prompts[i]}" with
-    generator seed ``seed + i``, 25 steps, guidance 7.5; held-out names are marked.
+    generator seed ``seed + i``, 25 steps, the tiny preset's guidance scale; held-out names
+    are marked.
     """
     if pipe is None:
         pipe = make_pipeline(load_components("tiny", device="cpu"))
@@ -335,9 +357,19 @@ def evaluate_tinyemote(
         "feature_space": f"{FEATURE_PX}x{FEATURE_PX} RGB",
     }
     record["vae_psnr"] = evaluate_vae(components.vae)
+    guidance = get_preset("tiny").guidance_scale
+    record["sampling"] = {"steps": EVAL_STEPS, "guidance": guidance}
     record["prompt_following"] = prompt_following(
         pipe, per_category, grid_path=out / "samples_by_category.png"
     )
+    record["prompt_following_by_guidance"] = {
+        str(g): {
+            k: v
+            for k, v in prompt_following(pipe, per_category, guidance=g).items()
+            if k in ("accuracy", "heldout_accuracy")
+        }
+        for g in GUIDANCE_SWEEP
+    }
     if (Path(components.source) / "clip" / "config.json").exists():
         clip_model, tokenizer = load_tiny_clip(components.source)
         record["clip_retrieval"] = clip_retrieval(clip_model, tokenizer)

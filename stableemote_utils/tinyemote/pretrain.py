@@ -85,7 +85,7 @@ class PretrainConfig:
     vae_steps: int = 3000
     vae_batch_size: int = 16
     vae_learning_rate: float = 1e-3
-    unet_steps: int = 5000
+    unet_steps: int = 6000
     unet_batch_size: int = 32
     unet_learning_rate: float = 5e-4
     caption_dropout: float = 0.1
