@@ -33,7 +33,7 @@ import torch
 from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.latent_cache import build_or_load_cache
-from stableemote_utils.loading import SDComponents
+from stableemote_utils.loading import SDComponents, no_weight_loading_bar
 from stableemote_utils.lora import load_lora, unload_lora
 from stableemote_utils.presets import Preset, cache_dir, get_preset
 from stableemote_utils.training_config import TrainConfig
@@ -87,7 +87,8 @@ def load_clip(model_id: str = CLIP_MODEL_ID, device: str | torch.device = "cpu")
 
     try:
         processor = CLIPProcessor.from_pretrained(model_id)
-        model = CLIPModel.from_pretrained(model_id).to(device).eval()
+        with no_weight_loading_bar():
+            model = CLIPModel.from_pretrained(model_id).to(device).eval()
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         why = "HF_HUB_OFFLINE is set" if offline else type(err).__name__

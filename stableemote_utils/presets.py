@@ -149,5 +149,6 @@ def get_preset(name_or_model: str | None = None) -> Preset:
             batch_size=4,
             dataset="noto",
             sample_steps=10,
+            guidance_scale=TINYEMOTE_GUIDANCE,  # TinyEmote's architecture, so its scale
         )
     return replace(sd15, name="custom", model=key)

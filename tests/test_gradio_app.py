@@ -162,6 +162,21 @@ def test_without_an_adapter_one_picture_and_no_lora_controls(pipe):
     assert (seed.minimum, seed.maximum, seed.precision) == (0, MAX_SEED, 0)
 
 
+def test_guidance_slider_starts_at_the_given_scale(pipe):
+    """``stableemote demo`` passes the preset's scale (3 for TinyEmote, 7.5 for SD 1.5)."""
+    from stableemote_utils.presets import get_preset
+
+    def guidance_start(demo) -> float:
+        sliders = [b for b in _components(demo) if type(b).__name__ == "Slider"]
+        return next(b.value for b in sliders if b.label == "Guidance")
+
+    tiny = get_preset("tiny").guidance_scale
+    assert tiny < get_preset("sd15").guidance_scale
+    demo = build_demo(pipe, None, resolution_px=SIZE_PX, steps=STEPS, guidance=tiny)
+    assert guidance_start(demo) == tiny
+    assert guidance_start(build_demo(pipe, None, resolution_px=SIZE_PX, steps=STEPS)) == 7.5
+
+
 def test_with_an_adapter_two_pictures_a_scale_slider_and_its_name(pipe, adapter):
     demo = build_demo(pipe, adapter, resolution_px=SIZE_PX, steps=STEPS, model_label="Tiny")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -33,6 +34,11 @@ def test_quickstart_resolves_the_preset_once(tmp_path, tiny_model_dir, preset_ca
     assert result.step == 2 and result.adapter_path.exists()
     assert (out / "comparison.png").exists() and (out / "progression.png").exists()
     assert preset_calls == [("tiny-random",)], "resolve the preset once and pass it on"
+    record = json.loads((out / "comparison.json").read_text())
+    guidance = presets.get_preset("tiny-random").guidance_scale
+    assert guidance != 7.5 and {e["guidance"] for e in record["images"]} == {guidance}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["validation_guidance"] == guidance, "validation uses it too"
 
 
 def test_train_refuses_a_preset_that_is_not_the_configs(tmp_path):

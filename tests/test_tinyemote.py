@@ -76,6 +76,23 @@ def test_install_is_redone_when_the_shipped_weights_change(tmp_path):
     assert (target / "tokenizer" / "vocab.json").exists()
 
 
+def test_new_measurements_reach_an_installed_copy_without_a_reinstall(tmp_path):
+    import shutil
+
+    source = tmp_path / "shipped"
+    shutil.copytree(SHIPPED_DIR, source)
+    target = ensure_tinyemote(tmp_path / "installed", source)
+    (target / "sentinel").write_text("still the first install")
+    (source / "metrics.json").write_text('{"measured": "again"}\n')
+    ensure_tinyemote(target, source)
+    assert (target / "metrics.json").read_text() == '{"measured": "again"}\n'
+    assert (target / "sentinel").exists()  # the weights were not copied again
+    (source / "metrics.json").unlink()
+    ensure_tinyemote(target, source)
+    assert not (target / "metrics.json").exists()
+    assert (target / "pretrain.json").read_bytes() == (source / "pretrain.json").read_bytes()
+
+
 def test_shipped_files_name_no_folder_of_the_machine_that_built_them():
     import re
 

@@ -29,7 +29,8 @@ def machine_description(threads: int) -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {threads} threads{gpu}, torch {torch.__version__}"
+    plural = "" if threads == 1 else "s"
+    return f"{cpu}, {threads} thread{plural}{gpu}, torch {torch.__version__}"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

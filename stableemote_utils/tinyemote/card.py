@@ -145,6 +145,7 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
         times.append(f"tiny CLIP {pre['clip_seconds'] / 60:.0f} min")
     times.append(f"UNet {pre['unet_seconds'] / 60:.0f} min")
     stage_times = ", ".join(times)
+    threads = f"{cfg['threads']} thread" + ("" if cfg["threads"] == 1 else "s")
     m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     pf = m.get("prompt_following")
     limits = (
@@ -215,7 +216,7 @@ under CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji an
 
 ## Training
 
-Command: `{command}` (seed {cfg["seed"]}, {cfg["threads"]} threads).
+Command: `{command}` (seed {cfg["seed"]}, {threads}).
 Device: {pre["device"]} ({pre.get("machine", "not recorded")}), shared with other jobs.
 Time per stage: {stage_times}. VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL.
 Tiny CLIP: AdamW, cosine, weight decay 0.1, symmetric contrastive loss (two drawings of a

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.loading import no_weight_loading_bar
 from stableemote_utils.presets import CAPTION_TEMPLATE
 
 CLIP_IMAGE_PX = 32
@@ -397,7 +398,8 @@ def load_tiny_clip(folder: str | os.PathLike, device: str | torch.device = "cpu"
             f"{folder} has no tiny CLIP (clip/config.json). It ships with TinyEmote 2; "
             "rebuild with: stableemote pretrain-tiny"
         )
-    model = CLIPModel.from_pretrained(folder / "clip", dtype=torch.float32)
+    with no_weight_loading_bar():  # a notebook shows no bar for a local 7 MB file
+        model = CLIPModel.from_pretrained(folder / "clip", dtype=torch.float32)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     return model.to(device).eval().requires_grad_(False), tokenizer
 

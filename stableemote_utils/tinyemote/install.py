@@ -65,6 +65,22 @@ def shipped_digest(source: Path = SHIPPED_DIR) -> str:
     return h.hexdigest()[:16]
 
 
+def _refresh_records(folder: Path, source: Path) -> None:
+    """Bring the installed records (``metrics.json``, ``pretrain.json``) in line with the shipped.
+
+    The digest leaves them out, so new measurements of the same weights reach an installed
+    copy here, each file replaced whole, without reinstalling the weights.
+    """
+    for name in sorted(RECORD_FILES - {"README.md"}):
+        shipped, installed = source / name, folder / name
+        if not shipped.exists():
+            installed.unlink(missing_ok=True)
+        elif not installed.exists() or installed.read_bytes() != shipped.read_bytes():
+            partial = installed.with_name(f".{name}.{os.getpid()}")
+            shutil.copyfile(shipped, partial)
+            partial.replace(installed)
+
+
 def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHIPPED_DIR) -> Path:
     """Install TinyEmote into ``folder`` (default ``<cache>/tinyemote``) if missing or stale.
 
@@ -83,6 +99,7 @@ def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHI
         )
     digest = shipped_digest(source)
     if read_marker(folder / MARKER).get("digest") == digest:
+        _refresh_records(folder, source)
         return folder
     with staged_folder(folder) as staging:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.md"))
