@@ -110,7 +110,8 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
 
 
 def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, resolution_px, steps):
-    """Validation images: each prompt at the fixed validation seed, safety checker off."""
+    """Validation images: each prompt at the fixed validation seed and the config's
+    ``validation_guidance`` (the preset's scale unless set), safety checker off."""
     pipe = make_pipeline(components)
     pipe.unet = unet
     images = []
