@@ -362,14 +362,15 @@ def evaluate_tinyemote(
     record["prompt_following"] = prompt_following(
         pipe, per_category, grid_path=out / "samples_by_category.png"
     )
-    record["prompt_following_by_guidance"] = {
-        str(g): {
-            k: v
-            for k, v in prompt_following(pipe, per_category, guidance=g).items()
-            if k in ("accuracy", "heldout_accuracy")
-        }
-        for g in GUIDANCE_SWEEP
-    }
+    sweep = {}
+    for g in GUIDANCE_SWEEP:  # the preset's own scale was measured just above
+        r = (
+            record["prompt_following"]
+            if g == guidance
+            else prompt_following(pipe, per_category, guidance=g)
+        )
+        sweep[str(g)] = {k: r[k] for k in ("accuracy", "heldout_accuracy")}
+    record["prompt_following_by_guidance"] = sweep
     if (Path(components.source) / "clip" / "config.json").exists():
         clip_model, tokenizer = load_tiny_clip(components.source)
         record["clip_retrieval"] = clip_retrieval(clip_model, tokenizer)
