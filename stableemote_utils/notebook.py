@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.precision import choose_dtype, dtype_name, pick_device
 from stableemote_utils.presets import PRECISION_ENV_VAR, Preset, get_preset, precision_setting
 
@@ -34,6 +35,17 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+def model_label(preset: Preset) -> str:
+    """How the config cell names the model: a Hub id as it is, a local folder by its name.
+
+    A local folder's full path names the machine (a user's home, a cache), so it is not
+    printed: stored notebook outputs must read the same on every machine.
+    """
+    if os.path.isabs(preset.model):
+        return f"{os.path.basename(os.path.normpath(preset.model))} (a local folder)"
+    return preset.model
+
+
 def notebook_setup(
     preset: str | None = None,
     device: str | None = None,
@@ -43,9 +55,21 @@ def notebook_setup(
     """Read the preset (argument, else ``$STABLEEMOTE_PRESET``, else ``sd15``), pick device
     and precision (argument, else ``$STABLEEMOTE_PRECISION``, else the policy: fp16 on a
     GPU below compute capability 8.0, bf16 from 8.0, fp32 on CPU), seed torch, print the
-    choices and return them."""
+    choices and return them.
+
+    Raises:
+        StableEmoteError: the ``sd15`` preset on a machine without a GPU (a Colab runtime
+            without one), unless ``device`` asks for the CPU on purpose.
+    """
     chosen = get_preset(preset)
     dev = pick_device(device)
+    if chosen.name == "sd15" and dev.type == "cpu" and device is None:
+        # On a CPU the real model takes hours where a T4 takes minutes: stop and say why.
+        raise StableEmoteError(
+            "The sd15 preset needs a GPU and this runtime has none. On Colab: Runtime > "
+            "Change runtime type > T4 GPU, then run the notebook again. Without a GPU: set "
+            "STABLEEMOTE_PRESET=tiny to follow the course with TinyEmote on the CPU."
+        )
     asked = precision_setting(precision)
     dtype, reason = choose_dtype(dev, asked)
     if asked and not precision:
@@ -56,7 +80,7 @@ def notebook_setup(
         if preset
         else ("STABLEEMOTE_PRESET" if os.environ.get("STABLEEMOTE_PRESET") else "default")
     )
-    print(f"preset:    {chosen.name} ({source}) -> model {chosen.model}")
+    print(f"preset:    {chosen.name} ({source}) -> model {model_label(chosen)}")
     print(
         f"data:      {chosen.dataset}, {chosen.resolution_px} px, captions '{chosen.caption_template}'"
     )
