@@ -2,8 +2,11 @@
 #
 #   make demo   - create .venv, install, run the course's main job (tiny preset, CPU)
 #   make test   - create .venv, install, run lint, unit tests and the notebooks (offline)
+#   make lab    - install JupyterLab and open the notebooks (tiny preset unless you say otherwise)
+#   make notebooks - re-execute the notebooks in place, storing their outputs (tiny, CPU, fp32)
+#   make test-colab - install the course as a Colab notebook does, in a fresh venv, and run 01
 #   make test-browser - drive `stableemote demo` in headless Chromium (a few minutes)
-#   make notebooks-html - execute the notebooks (tiny preset) into outputs/notebooks/*.html
+#   make notebooks-html - the stored notebooks as HTML, in outputs/notebooks/*.html
 #   make test-sd15 - the real-size path on the full-size architecture, random weights (CPU)
 
 PYTHON ?= python3
@@ -21,10 +24,10 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_
 THREADS := OMP_WAIT_POLICY=PASSIVE
 PYTEST_ARGS ?=
 # make test: pytest-xdist workers, each with its share of the cores and its own cache. The
-# notebooks stay together, in order, on one of them (tests/test_notebooks_run.py).
+# notebooks stay together, in order, on one of them (notebooks/conftest.py).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test notebooks-html test-browser test-sd15 bench bench-gpu figures lint format clean
+.PHONY: install demo test lab notebooks notebooks-html test-colab test-browser test-sd15 bench bench-gpu figures lint format clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,17 +66,34 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The notebooks run once, inside tests/ (tests/test_notebooks_run.py), which also writes
-# them to outputs/notebooks/*.html; notebooks 03-05 run there in bf16 (STABLEEMOTE_PRECISION),
-# the half-precision path a GPU takes, the others in fp32.
+# pytest --nbval re-runs every notebook in notebooks/ (tiny preset, CPU, fp32) and compares
+# each cell's output, pictures included, with the one stored in it (notebooks/conftest.py,
+# notebooks/nbval_sanitize.cfg); tests/test_notebooks_run.py runs 03-05 once more in bf16,
+# the half-precision path a GPU takes, where only their asserts count.
 test: lint
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --durations=15 \
-		-n $(TEST_WORKERS) --dist loadgroup tests $(PYTEST_ARGS)
+		-n $(TEST_WORKERS) --dist loadgroup --nbval tests notebooks $(PYTEST_ARGS)
+
+# After changing a notebook (or code it shows), store its outputs again: every notebook, or
+# those named (make notebooks NOTEBOOKS="03 04"). Cells whose re-run passes nbval's comparison
+# keep their stored outputs, so running it twice changes no byte.
+NOTEBOOKS ?=
+notebooks: install
+	$(OFFLINE) $(BIN)/python tests/notebook_outputs.py $(NOTEBOOKS)
 
 notebooks-html: install
-	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/python -m pytest -q \
-		tests/test_notebooks_run.py $(PYTEST_ARGS)
-	@echo "executed notebooks: outputs/notebooks/*.html"
+	$(BIN)/jupyter nbconvert --log-level WARN --to html --output-dir outputs/notebooks notebooks/*.ipynb
+	@echo "stored notebooks as HTML: outputs/notebooks/*.html"
+
+# JupyterLab (the "lab" extra) on the notebooks; the tiny preset runs offline on a CPU.
+lab: install
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev,lab]"
+	$(THREADS) STABLEEMOTE_PRESET=$${STABLEEMOTE_PRESET:-tiny} $(BIN)/jupyter lab notebooks/
+
+# A fresh venv (.venv-colab) installed the way a notebook's first cell installs on Colab, from
+# this checkout's git URL, then notebook 01 from a folder outside the checkout (a few minutes).
+test-colab: install
+	$(OFFLINE) $(THREADS) $(BIN)/python tests/colab_like_run.py
 
 # Debian's Chromium (Playwright's own browser download is not used), the pinned Playwright
 # that drives it, then tests/test_demo_browser.py; screenshots land in outputs/browser/.
@@ -94,4 +114,4 @@ test-sd15: install
 		$(BIN)/python -m pytest -q -s tests/test_sd15_end_to_end.py tests/test_sd15_architecture.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) .venv-colab outputs notebooks/outputs .pytest_cache

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import SchedulerMixin
 from diffusers.training_utils import compute_snr
-from tqdm.auto import tqdm
+from tqdm import tqdm  # a text bar: in a notebook its stored output is its last state
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_train_options

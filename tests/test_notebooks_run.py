@@ -1,21 +1,22 @@
-"""Execute every notebook as a learner would, write it to HTML, and check what the learner sees.
+"""The numeric notebooks again, in half precision, where only their asserts count.
 
-Each notebook in ``notebooks/`` runs top to bottom once (nbclient, the current Python
-environment, ``STABLEEMOTE_PRESET=tiny`` unless set) in one shared working folder, in order,
-so notebook 06 finds the adapter notebook 05 trained, as it does on Colab. The executed
-notebook and its HTML go to ``outputs/notebooks/`` (``$STABLEEMOTE_NOTEBOOK_OUT`` overrides)
-so a reviewer can read them; ``make notebooks-html`` runs only this file. Then:
+The stored outputs (fp32, the CPU's precision) are checked by ``pytest --nbval notebooks/``
+(``make test`` runs it; see ``notebooks/conftest.py``). A GPU learner runs the same cells
+in fp16 or bf16, so the notebooks whose config cell reads ``STABLEEMOTE_PRECISION`` run
+once more here in the precision named in :data:`NOTEBOOK_PRECISION`, the half-precision
+path a GPU takes (same autocast, same accelerate wrapper), which a CPU runs too. Each runs
+top to bottom in a scratch folder (``notebooks/`` and its stored outputs stay untouched);
+then:
 
+* no cell raises (nbclient stops at the first error);
 * every cell that promises a figure has an image among its outputs: a cell calling
   ``plt.show()``, ``display(...)``, a ``plot_*`` helper or a function the notebook defined
   to draw, or the first code cell after markdown that says "What to look at" (a helper
   that switched matplotlib's backend made such cells blank);
 * no cell's stderr holds a warning, a library's log line, or a traceback, and no cell shows
-  a "Loading weights" bar (on stderr, or as a widget);
-* no cell raises (nbclient stops at the first error and the HTML shows where).
+  a "Loading weights" bar (on stderr, or as a widget).
 
-Notebooks whose config cell reads ``STABLEEMOTE_PRECISION`` run in the precision named in
-:data:`NOTEBOOK_PRECISION`, so CI exercises the half-precision path on a CPU.
+The same figure and stderr checks run on the stored outputs in ``test_notebooks_stored``.
 """
 
 from __future__ import annotations
@@ -26,21 +27,16 @@ import re
 from pathlib import Path
 
 import pytest
+from notebook_outputs import execute, kernel_env, notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-CELL_TIMEOUT_S = 1800
-# Where notebook 05 keeps its tiny run (relative to the working folder); 06 must use it.
-NOTEBOOK_05_RUN = Path("outputs") / "emoji-lora-tiny"
-# Per notebook: the STABLEEMOTE_PRECISION its kernel gets (absent: the notebook's default).
-# The notebooks that check numbers run in bf16, the half-precision path a GPU takes (same
-# autocast, same accelerate wrapper), which a CPU runs too; the others run in fp32.
+# Per notebook: the STABLEEMOTE_PRECISION its kernel gets for this second run.
 NOTEBOOK_PRECISION: dict[str, str] = {
     "03_unet_denoising_loop": "bf16",
     "04_lora_injection": "bf16",
     "05_lora_training": "bf16",
 }
+NOTEBOOKS = [p for p in notebooks() if p.stem in NOTEBOOK_PRECISION]
 
 # Calls whose cell must show a picture. A helper that returns a PIL image or a grid shows
 # only when displayed, so `display(` counts too.
@@ -134,76 +130,18 @@ def stderr_problems(notebook: dict) -> list[str]:
     return problems
 
 
-def _out_dir() -> Path:
-    return Path(os.environ.get("STABLEEMOTE_NOTEBOOK_OUT", ROOT / "outputs" / "notebooks"))
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """One folder all notebooks run in, so 06 finds what 05 wrote under ``outputs/``."""
-    return tmp_path_factory.mktemp("notebook-run")
-
-
-def execute(path: Path, workdir: Path) -> tuple[dict, str | None]:
-    """Run one notebook; returns the executed notebook and the error text, if a cell failed."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    notebook = nbformat.read(path, as_version=4)
-    env = dict(os.environ)
-    env.setdefault("STABLEEMOTE_PRESET", "tiny")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    if path.stem in NOTEBOOK_PRECISION:
-        env["STABLEEMOTE_PRECISION"] = NOTEBOOK_PRECISION[path.stem]
-    client = NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(workdir)}},
-    )
-    error = None
-    try:
-        client.execute(env=env, cwd=str(workdir))
-    except CellExecutionError as err:
-        error = str(err)
-    return notebook, error
-
-
-def write_html(notebook: dict, path: Path) -> Path:
-    """The executed notebook (``.ipynb``) and its HTML, under the output folder."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    out = _out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, out / path.name)
-    body, _ = HTMLExporter().from_notebook_node(notebook)
-    html = out / f"{path.stem}.html"
-    html.write_text(body, encoding="utf-8")
-    return html
-
-
-# One xdist worker runs them all, in order (06 reads what 05 wrote).
-@pytest.mark.xdist_group("notebooks")
+# One xdist worker runs them, in order; the fp32 notebooks (nbval) are another group.
+@pytest.mark.xdist_group("notebooks-half-precision")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_and_shows_what_it_promises(path, workdir):
-    trained_by_05 = (workdir / NOTEBOOK_05_RUN).is_dir()
-    notebook, error = execute(path, workdir)
-    html = write_html(notebook, path)
-    assert error is None, f"{path.name} failed (see {html}):\n{error[-3000:]}"
+def test_notebook_runs_in_half_precision(path, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(path.stem)
+    env = kernel_env()
+    env["STABLEEMOTE_PRECISION"] = NOTEBOOK_PRECISION[path.stem]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    notebook, error = execute(path, env=env, cwd=workdir)
+    assert error is None, f"{path.name} failed in {env['STABLEEMOTE_PRECISION']}:\n{error[-3000:]}"
     problems = figure_problems(notebook) + stderr_problems(notebook)
-    assert not problems, f"{path.name} (see {html}):\n" + "\n".join(problems)
-    if path.name.startswith("06") and trained_by_05:
-        printed = "".join(
-            _source({"source": o.get("text", "")})
-            for cell in notebook.cells
-            for o in cell.get("outputs", [])
-            if o.get("output_type") == "stream"
-        )
-        assert "adapter from notebook 05" in printed, (
-            f"notebook 06 did not use the adapter notebook 05 trained in {workdir / NOTEBOOK_05_RUN}"
-        )
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
 
 
 # The checks themselves, on notebooks made up here: each must be able to fail.
