@@ -252,7 +252,9 @@ def _trainable_unet(config: TrainConfig, components, accelerator, saved_weights)
     unet = components.unet
     torch.manual_seed(config.seed)  # the LoRA's initial A matrices
     if config.mode == "full":  # every weight trains, kept in fp32 (autocast does the maths)
-        unet.to(torch.float32).requires_grad_(True)
+        # .float(), not .to(torch.float32): diffusers answers the latter with a warning
+        # about fp32 modules this UNet does not have.
+        unet.float().requires_grad_(True)
         if saved_weights is not None:
             unet.load_state_dict(saved_weights)
     else:

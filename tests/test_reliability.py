@@ -44,6 +44,15 @@ def one_line_error(capsys) -> str:
     return err
 
 
+PROGRESS_BARS = ("training:",)
+
+
+def lines_besides_the_progress_bar(err: str) -> list[str]:
+    """The non-empty lines of ``err`` (split at newlines and carriage returns), less tqdm's."""
+    lines = (line.strip() for line in err.replace("\r", "\n").splitlines())
+    return [line for line in lines if line and not line.startswith(PROGRESS_BARS)]
+
+
 # ---------------------------------------------------------------------------
 # Every bad argument: exit code 2, one line naming the option, before any work
 # ---------------------------------------------------------------------------
@@ -490,3 +499,101 @@ def test_branching_from_an_older_checkpoint_sets_the_newer_ones_aside(run_args, 
     from stableemote_utils.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000004"
+
+
+# ---------------------------------------------------------------------------
+# A quiet command line: our lines and the progress bar, no library notices (issue 26)
+# ---------------------------------------------------------------------------
+
+
+def stableemote_command() -> list[str]:
+    """The ``stableemote`` console command of this environment, run on this checkout."""
+    import sys
+    from pathlib import Path
+
+    return [str(Path(sys.executable).parent / "stableemote")]
+
+
+def checkout_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
+
+
+def test_train_prints_only_its_own_lines_and_the_progress_bar(run_args, tmp_path):
+    import subprocess
+
+    # Ends with a validation grid: the pipeline module loads, where transformers speaks.
+    args = run_args(tmp_path / "run", "--steps", "2", "--checkpoint-every", "1")
+    proc = subprocess.run(
+        [*stableemote_command(), *args],
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "adapter:" in proc.stdout
+    assert (tmp_path / "run" / "samples").is_dir(), "the pipeline was built"
+    others = lines_besides_the_progress_bar(proc.stderr)
+    assert all(line.startswith("stableemote:") for line in others), others
+
+
+def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
+    import signal
+    import subprocess
+    import time
+
+    from stableemote_utils.cli.demo import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [*stableemote_command(), "demo", "--preset", "tiny-random", "--device", "cpu",
+         "--port", str(port)],
+        env=dict(checkout_env(), GRADIO_ANALYTICS_ENABLED="False"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        started = ""
+        while "demo on" not in started and time.time() < deadline and proc.poll() is None:
+            started = proc.stdout.readline()
+        assert f"StableEmote demo on http://127.0.0.1:{port}" in started, started
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    others = lines_besides_the_progress_bar(err)
+    assert all(line.startswith("stableemote:") for line in others), others
+
+
+def test_known_notices_are_hidden_only_inside_the_call(tiny_model_dir):
+    import logging
+
+    import transformers
+
+    from stableemote_utils.loading import load_components
+    from stableemote_utils.notices import no_known_notices
+
+    logger = logging.getLogger("transformers.utils.import_utils")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    filters, verbosity = list(logger.filters), transformers.logging.get_verbosity()
+    logger.addHandler(handler)
+    try:
+        with no_known_notices():
+            logger.warning("`CLIPImageProcessor` requires torchvision (not installed); ...")
+            logger.warning("another notice")
+        logger.warning("`Mine` requires torchvision, said after the call")
+        load_components(str(tiny_model_dir))
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another notice", "`Mine` requires torchvision, said after the call"]
+    assert logger.filters == filters, "the filter is gone after the call"
+    assert transformers.logging.get_verbosity() == verbosity, "no log level changed"

@@ -419,9 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stableemote`` console command."""
-    # The libraries' own notices (e.g. about optional image backends) are noise on the
-    # command line; errors still show. Set TRANSFORMERS_VERBOSITY to see them.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
