@@ -210,6 +210,8 @@ def train(
     Raises:
         StableEmoteError: a bad option (before any work), a locked or used folder, a
             checkpoint made with other settings, bad data, a non-finite loss.
+        WriteFailedError: a checkpoint or the results could not be written (a full disk);
+            the earlier checkpoints are intact.
     """
     check_train_options(config)
     device = pick_device(config.device)

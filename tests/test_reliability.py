@@ -53,6 +53,13 @@ def lines_besides_the_progress_bar(err: str) -> list[str]:
     return [line for line in lines if line and not line.startswith(PROGRESS_BARS)]
 
 
+def one_line_error_after_training(capsys) -> str:
+    """The one error line of a run that trained first (so stderr has a progress bar too)."""
+    lines = lines_besides_the_progress_bar(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("stableemote: error:"), lines
+    return lines[0]
+
+
 # ---------------------------------------------------------------------------
 # Every bad argument: exit code 2, one line naming the option, before any work
 # ---------------------------------------------------------------------------
@@ -499,6 +506,140 @@ def test_branching_from_an_older_checkpoint_sets_the_newer_ones_aside(run_args, 
     from stableemote_utils.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000004"
+
+
+# ---------------------------------------------------------------------------
+# A full disk: one line, nothing half-written, nothing earlier lost (issue 26)
+# ---------------------------------------------------------------------------
+
+
+def full_disk_at(n: int, error: str = "safetensors"):
+    """A stand-in for safetensors' ``save_file`` whose ``n``-th call finds the disk full.
+
+    ``error`` is how the disk says so: ``"safetensors"`` as safetensors reports it (not an
+    ``OSError``), ``"oserror"`` as Python's own writers do.
+    """
+    import errno
+    import os
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real, calls = safetensors.torch.save_file, []
+
+    def save_file(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == n:
+            if error == "safetensors":
+                raise SafetensorError(
+                    "Error while serializing: I/O error: No space left on device (os error 28)"
+                )
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+        return real(tensors, filename, metadata=metadata)
+
+    return save_file
+
+
+def leftovers(folder) -> list[str]:
+    """Temporary files and folders anywhere under ``folder``."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if ".tmp" in p.name or p.name.endswith(".partial")
+    )
+
+
+@pytest.mark.parametrize(
+    ("fail_at", "error", "what", "kept"),
+    [
+        # Checkpoints of steps 2, 4, 6, 8 are three files each; then the adapter.
+        pytest.param(5, "safetensors", "checkpoint-000004", ["checkpoint-000002"], id="checkpoint"),
+        pytest.param(
+            13,
+            "oserror",
+            "the run's results",
+            ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006", "checkpoint-000008"],
+            id="adapter",
+        ),
+    ],
+)
+def test_a_full_disk_is_one_line_leaves_nothing_half_written_and_resumes(
+    run_args, straight, tmp_path, capsys, monkeypatch, fail_at, error, what, kept
+):
+    import safetensors.torch
+
+    from stableemote_utils.checkpoints import verify_checkpoint
+
+    folder = tmp_path / "run"
+    args = run_args(folder, "--keep-checkpoints", "10")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk_at(fail_at, error))
+    assert main(args) == 1
+    err = one_line_error_after_training(capsys)
+    assert what in err and "No space left on device" in err and "free there" in err, err
+    assert "--resume latest" in err and str(folder) in err, err
+    assert names(folder) == kept
+    assert all(verify_checkpoint(folder / "checkpoints" / name) is None for name in kept)
+    assert leftovers(folder) == []
+    assert not (folder / "pytorch_lora_weights.safetensors").exists()
+    # Space freed: the run continues from the newest checkpoint, as if never stopped.
+    monkeypatch.undo()
+    assert main(run_args(folder, "--resume", "latest", "--keep-checkpoints", "10")) == 0
+    assert_same_weights(folder, straight)
+
+
+def test_a_real_full_disk_tmpfs(run_args, straight, tmp_path, capsys):
+    """The same on a 400 KB tmpfs (root only; skipped where mounting is not allowed)."""
+    import os
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    made = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        folder = disk / "run"
+        # A checkpoint of this run is about 330 KB: the second one does not fit.
+        assert main(run_args(folder, "--checkpoint-every", "1")) == 1
+        err = one_line_error_after_training(capsys)
+        assert "checkpoint-000002" in err and "No space left on device" in err
+        assert "KB free there" in err
+        assert names(folder) == ["checkpoint-000001"]
+        assert leftovers(folder) == []
+        subprocess.run([mount, "-o", "remount,size=8m", str(disk)], check=True)
+        assert main(run_args(folder, "--checkpoint-every", "1", "--resume", "latest")) == 0
+        assert_same_weights(folder, straight)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_write_errors_are_explained_in_one_line_and_others_pass(tmp_path):
+    import errno
+
+    from safetensors import SafetensorError
+
+    from stableemote_utils.errors import WriteFailedError
+    from stableemote_utils.files import explain_write_errors, os_error_of
+
+    full = SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
+    assert os_error_of(full).errno == errno.EDQUOT
+    assert os_error_of(SafetensorError("header too large")) is None
+    assert os_error_of(ValueError("(os error 28)")) is None
+    target = tmp_path / "not-yet" / "adapter.safetensors"
+    with pytest.raises(WriteFailedError) as caught, explain_write_errors("the adapter", target):
+        raise full
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.exit_status == 1
+    assert message.startswith(f"Could not write the adapter {target} (Disk quota exceeded; ")
+    assert " free there)" in message
+    with pytest.raises(ValueError, match="a bug"), explain_write_errors("x", target):
+        raise ValueError("a bug")  # not the disk's fault: left alone
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from stableemote_utils.cli.tinyemote import add_pretrain_commands
 from stableemote_utils.compare import fair_comparison, save_comparison
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.figures import make_figures
+from stableemote_utils.files import DISK_ERRNOS, os_error_of, write_failed
 from stableemote_utils.images import IMAGES_DIR
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_files import check_lora_file
@@ -418,7 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``stableemote`` console command."""
+    """Entry point of the ``stableemote`` console command.
+
+    Returns:
+        The exit status: 0 done; 2 a problem with the input (one line on stderr); 1 a
+        full or read-only disk (one line naming the path and the space left); 130 Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -427,10 +433,18 @@ def main(argv: list[str] | None = None) -> int:
         func(args)
     except StableEmoteError as err:
         print(f"stableemote: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_status
     except KeyboardInterrupt:
         print("stableemote: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A full or read-only disk under a writer that does not explain it itself.
+        cause = os_error_of(err)
+        if cause is None or cause.errno not in DISK_ERRNOS:
+            raise
+        failed = write_failed("the file" if cause.filename else "a file", cause.filename, cause)
+        print(f"stableemote: error: {failed}", file=sys.stderr)
+        return failed.exit_status
     return 0
 
 
