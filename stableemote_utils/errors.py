@@ -24,3 +24,12 @@ class WriteFailedError(StableEmoteError):
     def __init__(self, message: str, os_error: OSError) -> None:
         super().__init__(message)
         self.os_error = os_error  # what the system said (``errno``, ``strerror``)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM asked the program to stop (a timeout, ``docker stop``, a batch scheduler).
+
+    A kind of :class:`KeyboardInterrupt`, so whatever cleans up after Ctrl-C cleans up after
+    it too; the command line exits with status 143 (128 + SIGTERM), as a shell reports a
+    process that SIGTERM ended.
+    """

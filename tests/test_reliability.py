@@ -376,8 +376,17 @@ def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
     assert_same_weights(folder, straight)
 
 
-def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(
-    run_args, straight, tmp_path, capsys, monkeypatch
+# Ctrl-C and SIGTERM (a timeout, docker stop, a batch scheduler) stop a run the same way;
+# only the exit status differs (128 + the signal's number).
+STOP_SIGNALS = [
+    pytest.param("SIGINT", 130, id="ctrl-c"),
+    pytest.param("SIGTERM", 143, id="sigterm"),
+]
+
+
+@pytest.mark.parametrize(("sig", "status"), STOP_SIGNALS)
+def test_first_ctrl_c_or_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(
+    run_args, straight, tmp_path, capsys, monkeypatch, sig, status
 ):
     import os
     import signal
@@ -389,14 +398,14 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
     def interrupted_at_step_3(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.Signals[sig])
         return real(*args, **kwargs)
 
     folder = tmp_path / "run"
     monkeypatch.setattr(training, "training_loss", interrupted_at_step_3)
-    handler = signal.getsignal(signal.SIGINT)
-    assert main(run_args(folder, "--checkpoint-every", "100")) == 130
-    assert signal.getsignal(signal.SIGINT) is handler, "the handler is put back"
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    assert main(run_args(folder, "--checkpoint-every", "100")) == status
+    assert {s: signal.getsignal(s) for s in handlers} == handlers, "the handlers are put back"
     assert len(calls) == 3, "no step after the interrupted one"
     assert names(folder) == ["checkpoint-000003"]
     err = capsys.readouterr().err
@@ -407,25 +416,66 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
     assert_same_weights(folder, straight)
 
 
-def test_second_ctrl_c_stops_at_once(run_args, tmp_path, monkeypatch, capsys):
+def test_sigterm_from_outside_checkpoints_the_step_it_stopped_and_resumes_identically(
+    run_args, straight, tmp_path, slow_trainer, sigterm_once_checkpointed
+):
+    """What ``timeout -s TERM``, ``docker stop`` or a scheduler's time limit does to a run."""
+    import os
+    import sys
+
+    from stableemote_utils.checkpoints import latest_checkpoint
+
+    folder = tmp_path / "run"
+    # The same thread count as this process, whose in-process run it is compared with.
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    # Steps from 3 on are slow: the signal, sent once step 2 is checkpointed, comes in step 3.
+    env.update(SLOW_FROM="3", SLOW_S="3")
+    cmd = [sys.executable, str(slow_trainer), *run_args(folder)]
+    status, err = sigterm_once_checkpointed(cmd, env, folder)
+    assert status == 143, err
+    assert "stableemote: terminated: stopped after step 3" in err, err
+    assert "continue with: stableemote train" in err and "Traceback" not in err, err
+    assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000003"
+    assert leftovers(folder) == []
+    assert main(run_args(folder, "--resume", "latest")) == 0
+    assert_same_weights(folder, straight)
+
+
+@pytest.mark.parametrize("second_during", ["step", "checkpoint"])
+@pytest.mark.parametrize(("sig", "status"), STOP_SIGNALS)
+def test_a_second_ctrl_c_or_sigterm_stops_at_once_and_keeps_the_checkpoints(
+    run_args, tmp_path, monkeypatch, capsys, sig, status, second_during
+):
+    """The second signal comes in the same step, or while the first one's checkpoint is
+    being written: either way the run ends at once, and no half-written folder stays."""
     import os
     import signal
 
-    from stableemote_utils import training
+    from stableemote_utils import checkpoints, training
 
-    real, calls = training.training_loss, []
+    real_loss, real_rng, calls = training.training_loss, checkpoints.rng_tensors, []
 
-    def interrupted_twice(*args, **kwargs):
+    def signal_at_step_3(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
+            os.kill(os.getpid(), signal.Signals[sig])
+            if second_during == "step":
+                os.kill(os.getpid(), signal.Signals[sig])
+        return real_loss(*args, **kwargs)
+
+    def signal_while_writing():  # called halfway through writing a checkpoint's files
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.Signals[sig])
+        return real_rng()
 
     folder = tmp_path / "run"
-    monkeypatch.setattr(training, "training_loss", interrupted_twice)
-    assert main(run_args(folder, "--checkpoint-every", "100")) == 130
-    assert names(folder) == [], "stopped at once: no checkpoint written"
+    monkeypatch.setattr(training, "training_loss", signal_at_step_3)
+    monkeypatch.setattr(checkpoints, "rng_tensors", signal_while_writing)
+    assert main(run_args(folder)) == status
+    assert len(calls) == 3
+    assert names(folder) == ["checkpoint-000002"], "the earlier checkpoint stays"
+    assert checkpoints.verify_checkpoint(folder / "checkpoints" / "checkpoint-000002") is None
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["checkpoint-000002"]
     assert "continue with" not in capsys.readouterr().err
 
 
