@@ -26,9 +26,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from stableemote_utils.files import save_state_dict_atomic
+from stableemote_utils.files import explain_write_errors, save_state_dict_atomic
 
 STATE_FILE = "training_state.json"
+# What to do when a checkpoint could not be written (the folder is gone by then).
+CHECKPOINT_WRITE_ADVICE = (
+    "The checkpoints before it are intact: free some space, then continue with --resume "
+    "latest (in Python: train(config, resume='latest'))."
+)
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -104,12 +109,39 @@ def save_checkpoint(
 
     Returns:
         The checkpoint folder.
+
+    Raises:
+        WriteFailedError: the disk is full (or read-only ...); the half-written folder is
+            removed and the earlier checkpoints are untouched.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"checkpoint-{step:06d}"
     tmp = folder / f".checkpoint-{step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with explain_write_errors("the checkpoint", final, CHECKPOINT_WRITE_ADVICE):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _write_checkpoint_files(tmp, step, lora_weights, optimizer_state, state, weights_file)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except BaseException:  # a full disk, or a second Ctrl-C: no half-written folder stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if keep_last is not None:
+        prune_checkpoints(folder, state.get("run_id"), keep_last)
+    return final
+
+
+def _write_checkpoint_files(
+    tmp: Path,
+    step: int,
+    lora_weights: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    state: dict,
+    weights_file: str,
+) -> None:
+    """Fill the new folder ``tmp`` with a checkpoint's files (see :func:`save_checkpoint`)."""
     tmp.mkdir()
     # Through the one atomic writer: it gives the files the mode open() would (0666 less the
     # umask), where safetensors alone leaves them private (0600).
@@ -129,12 +161,6 @@ def save_checkpoint(
         json.dump(record, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    if keep_last is not None:
-        prune_checkpoints(folder, state.get("run_id"), keep_last)
-    return final
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:

@@ -3,14 +3,18 @@
 Infrastructure used by the model builders, installers and exporters: one helper writes a
 folder aside and renames it into place, one writes a safetensors file (adapters, exports,
 checkpoints) aside and renames it into place with the permissions ``open()`` would give it,
-and one reads the small JSON marker files that say what a built folder holds.
+and one reads the small JSON marker files that say what a built folder holds. When the
+disk is full (or read-only, or over quota), :func:`explain_write_errors` turns the error
+into one line that names what was being written, where, and the space left there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -19,8 +23,94 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stableemote_utils.errors import WriteFailedError
+
 if TYPE_CHECKING:
     import torch
+
+# The errors that say the disk, not the program, is at fault: full, over quota, file too
+# large, read-only, failing. The command line reports these in one line wherever they arise.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+WRITE_AGAIN_ADVICE = "Free some space there (or choose another folder) and run it again."
+# Rust's std::io::Error, as safetensors reports it: "... No space left on device (os error 28)".
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """The operating-system error behind ``err``, or ``None`` if there is none.
+
+    ``err`` itself when it is an ``OSError``; the one inside a :class:`WriteFailedError`;
+    for safetensors' ``SafetensorError`` (not an ``OSError``), one rebuilt from the
+    ``(os error N)`` in its text.
+    """
+    if isinstance(err, OSError):
+        return err
+    if isinstance(err, WriteFailedError):
+        return err.os_error
+    if type(err).__name__ == "SafetensorError":
+        match = _RUST_OS_ERROR.search(str(err))
+        if match:
+            code = int(match.group(1))
+            return OSError(code, os.strerror(code))
+    return None
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes for people: ``"412.0 KB"``, ``"3.2 GB"`` (decimal units, as ``df -H``)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def free_space(path: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the disk that holds ``path`` (or its nearest existing
+    parent); ``None`` if that cannot be told."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            with contextlib.suppress(OSError):
+                return shutil.disk_usage(folder).free
+            return None
+    return None
+
+
+def write_failed(
+    what: str, path: str | os.PathLike | None, err: OSError, advice: str = WRITE_AGAIN_ADVICE
+) -> WriteFailedError:
+    """The one-line error for an ``OSError`` while writing ``what`` to ``path``.
+
+    Names the path (when known), what was being written, the system's reason and the
+    space left there, then ``advice`` (what to do next).
+    """
+    free = None if path is None else free_space(path)
+    where = "" if free is None else f"; {format_bytes(free)} free there"
+    reason = err.strerror or str(err) or type(err).__name__
+    message = f"Could not write {what} {path or ''} ({reason}{where}). {advice}"
+    return WriteFailedError(" ".join(message.split()), err)
+
+
+@contextlib.contextmanager
+def explain_write_errors(
+    what: str, path: str | os.PathLike, advice: str = WRITE_AGAIN_ADVICE
+) -> Iterator[None]:
+    """Within the block, an OS error (disk full, read-only ...) becomes a one-line error.
+
+    The block's own cleanup (temporary files and folders) runs before the error leaves it.
+    An error already explained by an inner block is explained again here: the outermost
+    block knows best what was being written (a checkpoint, not one of its files) and what
+    to do next.
+
+    Raises:
+        WriteFailedError: naming ``what``, ``path``, the reason and the free space there.
+    """
+    try:
+        yield
+    except Exception as err:
+        cause = os_error_of(err)
+        if cause is None:
+            raise
+        raise write_failed(what, path, cause, advice) from err
 
 
 @contextlib.contextmanager
@@ -95,20 +185,24 @@ def save_state_dict_atomic(
 
     Returns:
         ``path``.
+
+    Raises:
+        WriteFailedError: the disk is full (or read-only ...); nothing is left behind.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        mode = _open_mode(path.parent)
-        save_file(tensors, tmp, metadata={"format": "pt", **metadata})
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with explain_write_errors("the file", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
+        os.close(fd)
+        try:
+            mode = _open_mode(path.parent)
+            save_file(tensors, tmp, metadata={"format": "pt", **metadata})
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path

@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stableemote_utils import text, vae
 from stableemote_utils.data import EmojiExample, images_to_tensor
+from stableemote_utils.files import explain_write_errors, save_state_dict_atomic
 from stableemote_utils.loading import SDComponents
 
 CACHE_FORMAT_VERSION = "1"
@@ -121,8 +122,7 @@ def build_or_load_cache(
         "text": encode_captions(components, [e.caption for e in examples]).contiguous(),
         "extra_text": encode_captions(components, extra_prompts or [""]).contiguous(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    save_file(tensors, tmp, metadata={"fingerprint": key, "examples": str(len(examples))})
-    tmp.replace(path)
+    advice = "Free some space there, or set STABLEEMOTE_CACHE to a folder on a disk with room."
+    with explain_write_errors("the encoded-data cache", path, advice):
+        save_state_dict_atomic(tensors, path, {"fingerprint": key, "examples": str(len(examples))})
     return tensors

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.notices import no_known_notices
 from stableemote_utils.presets import Preset, get_preset
 from stableemote_utils.tiny_model import ensure_random_sd15, ensure_tiny_model
 from stableemote_utils.tinyemote.install import ensure_tinyemote
@@ -147,6 +148,14 @@ def load_components(
         StableEmoteError: for a missing folder, a folder that is not an SD model, or a Hub
             id that cannot be fetched.
     """
+    with no_known_notices():
+        return _load_components(model, device, dtype)
+
+
+def _load_components(
+    model: Preset | str | None, device: str | torch.device, dtype: torch.dtype
+) -> SDComponents:
+    """:func:`load_components`, with the libraries' known notices still on."""
     from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -196,7 +205,8 @@ def make_pipeline(components: SDComponents, scheduler: object | None = None):
     The pipeline shares the modules (no copies), so a LoRA added to ``components.unet``
     shows in the pipeline.
     """
-    from diffusers import StableDiffusionPipeline
+    with no_known_notices():  # the first import of the pipeline module says them
+        from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
         vae=components.vae,

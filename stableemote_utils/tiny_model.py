@@ -24,6 +24,7 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import read_marker, staged_folder
+from stableemote_utils.notices import no_known_notices
 from stableemote_utils.presets import cache_dir, random_sd15_dir, tiny_model_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -219,8 +220,10 @@ def ensure_random_sd15(folder: str | os.PathLike | None = None, seed: int = 0) -
     files, bench) on a CPU without a download. It draws noise: it is for shapes, memory
     and time, not pictures.
     """
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
+
+    with no_known_notices():  # the first import of the pipeline module says them
+        from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     folder = Path(folder or random_sd15_dir())
     marker = {"build_version": SD15_RANDOM_BUILD_VERSION, "seed": seed}
@@ -265,13 +268,15 @@ def build_tiny_model(
     Returns:
         The folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
     """
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    with no_known_notices():  # the first import of the pipeline module says them
+        from diffusers import (
+            AutoencoderKL,
+            PNDMScheduler,
+            StableDiffusionPipeline,
+            UNet2DConditionModel,
+        )
 
     folder = Path(folder)
     with staged_folder(folder) as staging:

@@ -188,8 +188,9 @@ def train(
     Runs the same on CPU, one GPU, or N GPUs via ``accelerate launch``. A run folder
     belongs to one run: it is locked while the run lasts, a fresh run refuses a folder
     that holds checkpoints (unless ``overwrite``), and a resume checks that every setting
-    that changes the result is the same. The first Ctrl-C finishes the step, writes a
-    checkpoint and returns (``result.interrupted``); a second one stops at once.
+    that changes the result is the same. The first Ctrl-C or SIGTERM finishes the step,
+    writes a checkpoint and returns (``result.interrupted``, ``result.stop_signal``); a
+    second one stops at once.
 
     Args:
         config: the run's settings (see :func:`recipe`).
@@ -210,6 +211,8 @@ def train(
     Raises:
         StableEmoteError: a bad option (before any work), a locked or used folder, a
             checkpoint made with other settings, bad data, a non-finite loss.
+        WriteFailedError: a checkpoint or the results could not be written (a full disk);
+            the earlier checkpoints are intact.
     """
     check_train_options(config)
     device = pick_device(config.device)
@@ -253,8 +256,9 @@ def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, o
         measure_heldout(run, 0)
     step_times, interrupted = _training_loop(run)
     if interrupted:
+        how = "terminated" if run.interrupt["signal"] == "SIGTERM" else "interrupted"
         run.say(
-            f"stableemote: interrupted: stopped after step {run.step}; its checkpoint is in "
+            f"stableemote: {how}: stopped after step {run.step}; its checkpoint is in "
             f"{run.ckpt_dir}. Continue with --resume latest (in Python: train(config, "
             "resume='latest')).",
             file=sys.stderr,
@@ -275,6 +279,7 @@ def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, o
         stopped_early,
         run.main,
         interrupted,
+        (run.interrupt["signal"] or "SIGINT") if interrupted else None,
     )
 
 
@@ -309,7 +314,7 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
     )
     pending: list[torch.Tensor] = []
     step_times: list[float] = []
-    interrupt = {"requested": False}
+    interrupt = run.interrupt
     restore_sigint = finish_the_step_on_interrupt(interrupt)
     stopping = False
     step = run.step

@@ -118,7 +118,8 @@ class TrainResult:
         seconds_per_step: median wall time of this session's steps.
         stopped_early: True when ``stop_after_steps`` ended the run.
         is_main_process: False on the other processes of a distributed run.
-        interrupted: True when Ctrl-C stopped the run (after writing a checkpoint).
+        interrupted: True when Ctrl-C or SIGTERM stopped the run (after writing a checkpoint).
+        stop_signal: which one, ``"SIGINT"`` or ``"SIGTERM"`` (``None`` if not interrupted).
     """
 
     output_dir: Path
@@ -130,3 +131,4 @@ class TrainResult:
     stopped_early: bool
     is_main_process: bool = True
     interrupted: bool = False
+    stop_signal: str | None = None

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from stableemote_utils.checkpoints import latest_checkpoint, save_checkpoint
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.files import give_open_modes
+from stableemote_utils.files import explain_write_errors, give_open_modes
 from stableemote_utils.hub import push_adapter, write_model_card
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import make_pipeline
@@ -28,6 +28,10 @@ from stableemote_utils.training_setup import TrainingRun, mixed_precision_for
 
 HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 HELDOUT_NOISE_SEED = 1234
+RESULTS_WRITE_ADVICE = (
+    "The final checkpoint is intact: free some space, then run the same command with "
+    "--resume latest to write them (in Python: train(config, resume='latest'))."
+)
 
 
 @torch.no_grad()
@@ -183,7 +187,21 @@ def write_results(run: TrainingRun, step_times: list[float]) -> Path:
 
     Returns:
         The adapter file (in full training, the UNet's weights file).
+
+    Raises:
+        WriteFailedError: the disk is full (or read-only ...); the final checkpoint is
+            intact and ``--resume latest`` writes these again.
     """
+    what = "the run's results (adapter, loss plot, summary, model card) in"
+    with explain_write_errors(what, run.out, RESULTS_WRITE_ADVICE):
+        adapter_path = _write_result_files(run, step_times)
+    if run.config.push_to_hub and not run.full:
+        push_adapter(run.out, run.config.push_to_hub)
+    return adapter_path
+
+
+def _write_result_files(run: TrainingRun, step_times: list[float]) -> Path:
+    """The files :func:`write_results` writes; returns the adapter (or UNet weights) file."""
     config, out = run.config, run.out
     meta = {
         "base_model": str(config.model),
@@ -211,8 +229,6 @@ def write_results(run: TrainingRun, step_times: list[float]) -> Path:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if not run.full:
         write_model_card(out, config, run.heldout, run.preset)
-    if config.push_to_hub and not run.full:
-        push_adapter(out, config.push_to_hub)
     return adapter_path
 
 

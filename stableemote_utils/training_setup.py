@@ -2,7 +2,7 @@
 
 Infrastructure of :func:`stableemote_utils.training.train` (notebook ``05_lora_training``):
 :func:`set_up_run` builds a :class:`TrainingRun`, the working set the loop reads and
-updates; the Ctrl-C handling that lets a run finish its step is here too.
+updates; the Ctrl-C and SIGTERM handling that lets a run finish its step is here too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from diffusers.optimization import get_scheduler
 
 from stableemote_utils.checkpoints import load_checkpoint, restore_rng
 from stableemote_utils.data import load_emoji_dataset
-from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.errors import StableEmoteError, Terminated
 from stableemote_utils.hub import read_secret
 from stableemote_utils.latent_cache import build_or_load_cache
 from stableemote_utils.loading import SDComponents, load_components
@@ -87,6 +87,10 @@ class TrainingRun:
     step: int = 0
     losses: list[float] = dataclasses.field(default_factory=list)
     heldout: dict[int, float] = dataclasses.field(default_factory=dict)
+    # Set by the Ctrl-C / SIGTERM handler (see finish_the_step_on_interrupt).
+    interrupt: dict = dataclasses.field(
+        default_factory=lambda: {"requested": False, "signal": None}
+    )
 
     @property
     def ckpt_dir(self) -> Path:
@@ -252,7 +256,9 @@ def _trainable_unet(config: TrainConfig, components, accelerator, saved_weights)
     unet = components.unet
     torch.manual_seed(config.seed)  # the LoRA's initial A matrices
     if config.mode == "full":  # every weight trains, kept in fp32 (autocast does the maths)
-        unet.to(torch.float32).requires_grad_(True)
+        # .float(), not .to(torch.float32): diffusers answers the latter with a warning
+        # about fp32 modules this UNet does not have.
+        unet.float().requires_grad_(True)
         if saved_weights is not None:
             unet.load_state_dict(saved_weights)
     else:
@@ -333,33 +339,55 @@ def open_trackers(accelerator, config: TrainConfig, out: Path) -> None:
     accelerator.init_trackers("stableemote", config=config_dict, init_kwargs=init_kwargs)
 
 
-def finish_the_step_on_interrupt(interrupt: dict):
-    """Make the first Ctrl-C set ``interrupt["requested"]`` and a second one stop at once.
+# The signals that stop a run after its step: Ctrl-C, and SIGTERM (a timeout, docker stop,
+# a batch scheduler's time limit).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    Returns a function that puts the previous handler back (a no-op outside the main
-    thread, where handlers cannot be set and Ctrl-C is not delivered).
+
+def finish_the_step_on_interrupt(interrupt: dict):
+    """Make the first Ctrl-C or SIGTERM ask the run to stop after its step; a second stops at once.
+
+    The first one sets ``interrupt["requested"]`` and ``interrupt["signal"]`` (``"SIGINT"``
+    or ``"SIGTERM"``): the loop finishes the step, writes a checkpoint and returns. A second
+    one raises :class:`KeyboardInterrupt` (Ctrl-C) or :class:`~stableemote_utils.errors.Terminated`
+    (SIGTERM) wherever the run is; a checkpoint being written is then removed, the earlier
+    ones stay.
+
+    Returns:
+        A function that puts the previous handlers back (a no-op outside the main thread,
+        where handlers cannot be set and signals are not delivered).
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
+        name = signal.Signals(signum).name
         if interrupt["requested"]:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         interrupt["requested"] = True
+        interrupt["signal"] = name
+        again = "press Ctrl-C" if signum == signal.SIGINT else "send SIGTERM"
+        what = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
         print(
-            "\nstableemote: interrupted: finishing this step and writing a checkpoint "
-            "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)",
+            f"\nstableemote: {what}: finishing this step and writing a checkpoint "
+            f"({again} again to stop at once, losing the steps since the last checkpoint)",
             file=sys.stderr,
+            flush=True,
         )
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    if previous is None:  # installed from C: Python's default is the closest to it
-        previous = signal.default_int_handler
-    return lambda: signal.signal(signal.SIGINT, previous)
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    # None: installed from C. Python's own default is the closest to it.
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, defaults[s] if handler is None else handler)
+
+    return restore
 
 
 def any_process_interrupted(accelerator, interrupt: dict) -> bool:
-    """Whether Ctrl-C reached any process (all processes then stop after the same step)."""
+    """Whether Ctrl-C or SIGTERM reached any process (all then stop after the same step)."""
     if accelerator.num_processes == 1:
         return interrupt["requested"]
     flag = torch.tensor([float(interrupt["requested"])], device=accelerator.device)

@@ -105,6 +105,73 @@ def tinyemote_pipe(tinyemote_dir):
     return make_pipeline(load_components(str(tinyemote_dir)))
 
 
+_SLOW_FROM_STEP_TRAINER = """
+import os, sys, time
+from stableemote_utils import training
+from stableemote_utils.cli.main import main
+real, calls = training.training_loss, []
+def slow(*args, **kwargs):
+    # From step SLOW_FROM on, each step takes SLOW_S seconds longer: a signal sent once the
+    # step before it is checkpointed reaches the run in that step, however busy the machine.
+    calls.append(1)
+    if len(calls) >= int(os.environ.get("SLOW_FROM", "1")):
+        time.sleep(float(os.environ.get("SLOW_S", "0")))
+    return real(*args, **kwargs)
+training.training_loss = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="session")
+def slow_trainer(tmp_path_factory) -> Path:
+    """A script that runs ``stableemote`` with steps slowed from ``$SLOW_FROM`` by ``$SLOW_S`` s.
+
+    For signals sent from outside (``python slow_trainer train ...``, or through
+    ``accelerate launch``); without those variables it trains at full speed.
+    """
+    script = tmp_path_factory.mktemp("slow-trainer") / "slow_trainer.py"
+    script.write_text(_SLOW_FROM_STEP_TRAINER)
+    return script
+
+
+def _sigterm_once_checkpointed(
+    cmd: list[str], env: dict[str, str], folder: Path, step: int = 2, timeout_s: float = 600
+) -> tuple[int, str]:
+    """Run ``cmd``; once it has written ``folder``'s checkpoint of ``step``, send it SIGTERM.
+
+    Returns:
+        ``(exit status, stderr)``. The process is killed if it outlives the test.
+    """
+    import signal
+    import subprocess
+    import time
+
+    checkpoint = folder / "checkpoints" / f"checkpoint-{step:06d}"
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + timeout_s
+        while not checkpoint.exists():
+            assert proc.poll() is None, proc.stderr.read()[-4000:]
+            assert time.time() < deadline, f"the run wrote no {checkpoint.name}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="session")
+def sigterm_once_checkpointed():
+    """``sigterm_once_checkpointed(cmd, env, folder, step=2)``: run a training command and
+    send it SIGTERM once its checkpoint of ``step`` exists; ``(exit status, stderr)``."""
+    return _sigterm_once_checkpointed
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--run-browser",

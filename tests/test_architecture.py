@@ -20,6 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "foundations": (
         "",  # the package's __init__
         "errors",
+        "notices",
         "files",
         "images",
         "presets",

@@ -276,3 +276,45 @@ def test_ctrl_c_and_sigterm_stop_the_demo_within_a_second(sig):
         assert took < 1.0, f"stopping took {took:.2f} s"
         assert app.closed.wait(2) == (app.close_s == 0)  # close() was called (and may finish)
     assert {s: signal.getsignal(s) for s in before} == before  # the handlers are put back
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(capsys, monkeypatch):
+    import socket
+
+    from stableemote_utils.cli import demo as demo_command
+    from stableemote_utils.cli.main import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded for a port that is taken")
+
+    monkeypatch.setattr(demo_command, "load_components", no_loading)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        args = ["demo", "--preset", "tiny-random", "--device", "cpu", "--port", str(port)]
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"stableemote: error: Port {port} is in use by another program")
+    assert "\n" not in err and "another --port, or leave --port out" in err, err
+
+
+def test_a_port_taken_after_the_check_is_the_same_one_line(monkeypatch, tiny_model_dir):
+    """Taken between the check and the start (or gradio finds no port): the same message."""
+    import socket
+
+    from stableemote_utils.cli import demo as demo_command
+
+    monkeypatch.setattr(demo_command, "check_port_free", lambda host, port: None)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        with pytest.raises(StableEmoteError, match=f"^Port {port} is in use by another program"):
+            demo_command.launch_demo(
+                preset="tiny-random",
+                device="cpu",
+                share=False,
+                server_port=port,
+                prevent_thread_lock=True,
+            )

@@ -15,7 +15,7 @@ from stableemote_utils import figures
 from stableemote_utils import lora as L
 from stableemote_utils import lora_files as LF
 from stableemote_utils import lora_inspect as LI
-from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.errors import StableEmoteError, WriteFailedError
 from stableemote_utils.loading import make_pipeline
 
 
@@ -262,7 +262,8 @@ def test_save_lora_never_leaves_a_half_written_file(trained, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     randomise_b(pipe.unet, seed=7)
-    with pytest.raises(OSError, match="disk full"):
+    # Reported as a write failure (one line on the command line), naming the file.
+    with pytest.raises(WriteFailedError, match=f"disk full.*{file.name}|{file.name}.*disk full"):
         LF.save_lora(pipe.unet, file.parent)
     assert file.read_bytes() == before
     assert [p.name for p in file.parent.iterdir()] == [file.name]

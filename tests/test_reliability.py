@@ -44,6 +44,22 @@ def one_line_error(capsys) -> str:
     return err
 
 
+PROGRESS_BARS = ("training:",)
+
+
+def lines_besides_the_progress_bar(err: str) -> list[str]:
+    """The non-empty lines of ``err`` (split at newlines and carriage returns), less tqdm's."""
+    lines = (line.strip() for line in err.replace("\r", "\n").splitlines())
+    return [line for line in lines if line and not line.startswith(PROGRESS_BARS)]
+
+
+def one_line_error_after_training(capsys) -> str:
+    """The one error line of a run that trained first (so stderr has a progress bar too)."""
+    lines = lines_besides_the_progress_bar(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("stableemote: error:"), lines
+    return lines[0]
+
+
 # ---------------------------------------------------------------------------
 # Every bad argument: exit code 2, one line naming the option, before any work
 # ---------------------------------------------------------------------------
@@ -360,8 +376,17 @@ def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
     assert_same_weights(folder, straight)
 
 
-def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(
-    run_args, straight, tmp_path, capsys, monkeypatch
+# Ctrl-C and SIGTERM (a timeout, docker stop, a batch scheduler) stop a run the same way;
+# only the exit status differs (128 + the signal's number).
+STOP_SIGNALS = [
+    pytest.param("SIGINT", 130, id="ctrl-c"),
+    pytest.param("SIGTERM", 143, id="sigterm"),
+]
+
+
+@pytest.mark.parametrize(("sig", "status"), STOP_SIGNALS)
+def test_first_ctrl_c_or_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(
+    run_args, straight, tmp_path, capsys, monkeypatch, sig, status
 ):
     import os
     import signal
@@ -373,14 +398,14 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
     def interrupted_at_step_3(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.Signals[sig])
         return real(*args, **kwargs)
 
     folder = tmp_path / "run"
     monkeypatch.setattr(training, "training_loss", interrupted_at_step_3)
-    handler = signal.getsignal(signal.SIGINT)
-    assert main(run_args(folder, "--checkpoint-every", "100")) == 130
-    assert signal.getsignal(signal.SIGINT) is handler, "the handler is put back"
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    assert main(run_args(folder, "--checkpoint-every", "100")) == status
+    assert {s: signal.getsignal(s) for s in handlers} == handlers, "the handlers are put back"
     assert len(calls) == 3, "no step after the interrupted one"
     assert names(folder) == ["checkpoint-000003"]
     err = capsys.readouterr().err
@@ -391,25 +416,66 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
     assert_same_weights(folder, straight)
 
 
-def test_second_ctrl_c_stops_at_once(run_args, tmp_path, monkeypatch, capsys):
+def test_sigterm_from_outside_checkpoints_the_step_it_stopped_and_resumes_identically(
+    run_args, straight, tmp_path, slow_trainer, sigterm_once_checkpointed
+):
+    """What ``timeout -s TERM``, ``docker stop`` or a scheduler's time limit does to a run."""
+    import os
+    import sys
+
+    from stableemote_utils.checkpoints import latest_checkpoint
+
+    folder = tmp_path / "run"
+    # The same thread count as this process, whose in-process run it is compared with.
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    # Steps from 3 on are slow: the signal, sent once step 2 is checkpointed, comes in step 3.
+    env.update(SLOW_FROM="3", SLOW_S="3")
+    cmd = [sys.executable, str(slow_trainer), *run_args(folder)]
+    status, err = sigterm_once_checkpointed(cmd, env, folder)
+    assert status == 143, err
+    assert "stableemote: terminated: stopped after step 3" in err, err
+    assert "continue with: stableemote train" in err and "Traceback" not in err, err
+    assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000003"
+    assert leftovers(folder) == []
+    assert main(run_args(folder, "--resume", "latest")) == 0
+    assert_same_weights(folder, straight)
+
+
+@pytest.mark.parametrize("second_during", ["step", "checkpoint"])
+@pytest.mark.parametrize(("sig", "status"), STOP_SIGNALS)
+def test_a_second_ctrl_c_or_sigterm_stops_at_once_and_keeps_the_checkpoints(
+    run_args, tmp_path, monkeypatch, capsys, sig, status, second_during
+):
+    """The second signal comes in the same step, or while the first one's checkpoint is
+    being written: either way the run ends at once, and no half-written folder stays."""
     import os
     import signal
 
-    from stableemote_utils import training
+    from stableemote_utils import checkpoints, training
 
-    real, calls = training.training_loss, []
+    real_loss, real_rng, calls = training.training_loss, checkpoints.rng_tensors, []
 
-    def interrupted_twice(*args, **kwargs):
+    def signal_at_step_3(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
+            os.kill(os.getpid(), signal.Signals[sig])
+            if second_during == "step":
+                os.kill(os.getpid(), signal.Signals[sig])
+        return real_loss(*args, **kwargs)
+
+    def signal_while_writing():  # called halfway through writing a checkpoint's files
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.Signals[sig])
+        return real_rng()
 
     folder = tmp_path / "run"
-    monkeypatch.setattr(training, "training_loss", interrupted_twice)
-    assert main(run_args(folder, "--checkpoint-every", "100")) == 130
-    assert names(folder) == [], "stopped at once: no checkpoint written"
+    monkeypatch.setattr(training, "training_loss", signal_at_step_3)
+    monkeypatch.setattr(checkpoints, "rng_tensors", signal_while_writing)
+    assert main(run_args(folder)) == status
+    assert len(calls) == 3
+    assert names(folder) == ["checkpoint-000002"], "the earlier checkpoint stays"
+    assert checkpoints.verify_checkpoint(folder / "checkpoints" / "checkpoint-000002") is None
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["checkpoint-000002"]
     assert "continue with" not in capsys.readouterr().err
 
 
@@ -490,3 +556,235 @@ def test_branching_from_an_older_checkpoint_sets_the_newer_ones_aside(run_args, 
     from stableemote_utils.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(folder / "checkpoints").name == "checkpoint-000004"
+
+
+# ---------------------------------------------------------------------------
+# A full disk: one line, nothing half-written, nothing earlier lost (issue 26)
+# ---------------------------------------------------------------------------
+
+
+def full_disk_at(n: int, error: str = "safetensors"):
+    """A stand-in for safetensors' ``save_file`` whose ``n``-th call finds the disk full.
+
+    ``error`` is how the disk says so: ``"safetensors"`` as safetensors reports it (not an
+    ``OSError``), ``"oserror"`` as Python's own writers do.
+    """
+    import errno
+    import os
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real, calls = safetensors.torch.save_file, []
+
+    def save_file(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == n:
+            if error == "safetensors":
+                raise SafetensorError(
+                    "Error while serializing: I/O error: No space left on device (os error 28)"
+                )
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+        return real(tensors, filename, metadata=metadata)
+
+    return save_file
+
+
+def leftovers(folder) -> list[str]:
+    """Temporary files and folders anywhere under ``folder``."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if ".tmp" in p.name or p.name.endswith(".partial")
+    )
+
+
+@pytest.mark.parametrize(
+    ("fail_at", "error", "what", "kept"),
+    [
+        # Checkpoints of steps 2, 4, 6, 8 are three files each; then the adapter.
+        pytest.param(5, "safetensors", "checkpoint-000004", ["checkpoint-000002"], id="checkpoint"),
+        pytest.param(
+            13,
+            "oserror",
+            "the run's results",
+            ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006", "checkpoint-000008"],
+            id="adapter",
+        ),
+    ],
+)
+def test_a_full_disk_is_one_line_leaves_nothing_half_written_and_resumes(
+    run_args, straight, tmp_path, capsys, monkeypatch, fail_at, error, what, kept
+):
+    import safetensors.torch
+
+    from stableemote_utils.checkpoints import verify_checkpoint
+
+    folder = tmp_path / "run"
+    args = run_args(folder, "--keep-checkpoints", "10")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk_at(fail_at, error))
+    assert main(args) == 1
+    err = one_line_error_after_training(capsys)
+    assert what in err and "No space left on device" in err and "free there" in err, err
+    assert "--resume latest" in err and str(folder) in err, err
+    assert names(folder) == kept
+    assert all(verify_checkpoint(folder / "checkpoints" / name) is None for name in kept)
+    assert leftovers(folder) == []
+    assert not (folder / "pytorch_lora_weights.safetensors").exists()
+    # Space freed: the run continues from the newest checkpoint, as if never stopped.
+    monkeypatch.undo()
+    assert main(run_args(folder, "--resume", "latest", "--keep-checkpoints", "10")) == 0
+    assert_same_weights(folder, straight)
+
+
+def test_a_real_full_disk_tmpfs(run_args, straight, tmp_path, capsys):
+    """The same on a 400 KB tmpfs (root only; skipped where mounting is not allowed)."""
+    import os
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    made = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        folder = disk / "run"
+        # A checkpoint of this run is about 330 KB: the second one does not fit.
+        assert main(run_args(folder, "--checkpoint-every", "1")) == 1
+        err = one_line_error_after_training(capsys)
+        assert "checkpoint-000002" in err and "No space left on device" in err
+        assert "KB free there" in err
+        assert names(folder) == ["checkpoint-000001"]
+        assert leftovers(folder) == []
+        subprocess.run([mount, "-o", "remount,size=8m", str(disk)], check=True)
+        assert main(run_args(folder, "--checkpoint-every", "1", "--resume", "latest")) == 0
+        assert_same_weights(folder, straight)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_write_errors_are_explained_in_one_line_and_others_pass(tmp_path):
+    import errno
+
+    from safetensors import SafetensorError
+
+    from stableemote_utils.errors import WriteFailedError
+    from stableemote_utils.files import explain_write_errors, os_error_of
+
+    full = SafetensorError("Error while serializing: I/O error: Disk quota exceeded (os error 122)")
+    assert os_error_of(full).errno == errno.EDQUOT
+    assert os_error_of(SafetensorError("header too large")) is None
+    assert os_error_of(ValueError("(os error 28)")) is None
+    target = tmp_path / "not-yet" / "adapter.safetensors"
+    with pytest.raises(WriteFailedError) as caught, explain_write_errors("the adapter", target):
+        raise full
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.exit_status == 1
+    assert message.startswith(f"Could not write the adapter {target} (Disk quota exceeded; ")
+    assert " free there)" in message
+    with pytest.raises(ValueError, match="a bug"), explain_write_errors("x", target):
+        raise ValueError("a bug")  # not the disk's fault: left alone
+
+
+# ---------------------------------------------------------------------------
+# A quiet command line: our lines and the progress bar, no library notices (issue 26)
+# ---------------------------------------------------------------------------
+
+
+def stableemote_command() -> list[str]:
+    """The ``stableemote`` console command of this environment, run on this checkout."""
+    import sys
+    from pathlib import Path
+
+    return [str(Path(sys.executable).parent / "stableemote")]
+
+
+def checkout_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
+
+
+def test_train_prints_only_its_own_lines_and_the_progress_bar(run_args, tmp_path):
+    import subprocess
+
+    # Ends with a validation grid: the pipeline module loads, where transformers speaks.
+    args = run_args(tmp_path / "run", "--steps", "2", "--checkpoint-every", "1")
+    proc = subprocess.run(
+        [*stableemote_command(), *args],
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "adapter:" in proc.stdout
+    assert (tmp_path / "run" / "samples").is_dir(), "the pipeline was built"
+    others = lines_besides_the_progress_bar(proc.stderr)
+    assert all(line.startswith("stableemote:") for line in others), others
+
+
+def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
+    import signal
+    import subprocess
+    import time
+
+    from stableemote_utils.cli.demo import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [*stableemote_command(), "demo", "--preset", "tiny-random", "--device", "cpu",
+         "--port", str(port)],
+        env=dict(checkout_env(), GRADIO_ANALYTICS_ENABLED="False"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        started = ""
+        while "demo on" not in started and time.time() < deadline and proc.poll() is None:
+            started = proc.stdout.readline()
+        assert f"StableEmote demo on http://127.0.0.1:{port}" in started, started
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    others = lines_besides_the_progress_bar(err)
+    assert all(line.startswith("stableemote:") for line in others), others
+
+
+def test_known_notices_are_hidden_only_inside_the_call(tiny_model_dir):
+    import logging
+
+    import transformers
+
+    from stableemote_utils.loading import load_components
+    from stableemote_utils.notices import no_known_notices
+
+    logger = logging.getLogger("transformers.utils.import_utils")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    filters, verbosity = list(logger.filters), transformers.logging.get_verbosity()
+    logger.addHandler(handler)
+    try:
+        with no_known_notices():
+            logger.warning("`CLIPImageProcessor` requires torchvision (not installed); ...")
+            logger.warning("another notice")
+        logger.warning("`Mine` requires torchvision, said after the call")
+        load_components(str(tiny_model_dir))
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another notice", "`Mine` requires torchvision, said after the call"]
+    assert logger.filters == filters, "the filter is gone after the call"
+    assert transformers.logging.get_verbosity() == verbosity, "no log level changed"

@@ -17,14 +17,17 @@ side by side and the LoRA-scale slider redraws the LoRA picture when released.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
 
 from stableemote_utils.cli.common import add_command
 from stableemote_utils.cli.demo_app import build_demo
 from stableemote_utils.cli.demo_generation import demo_generate, find_adapter
+from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.notebook import in_colab
 from stableemote_utils.precision import choose_dtype, pick_device
@@ -49,6 +52,8 @@ __all__ = [
 # from a running generation, freeing torch's memory) took 0.45-0.7 s, so a longer wait for
 # the close would break the promise to stop within a second.
 STOP_GRACE_S = 0.1
+# Where gradio starts looking for a free port when none is given (it tries 100).
+FIRST_DEMO_PORT = 7860
 
 
 def serve_until_stopped(demo, grace_s: float = STOP_GRACE_S) -> None:
@@ -101,7 +106,12 @@ def launch_demo(
         The running ``gradio.Blocks``. With ``prevent_thread_lock`` it returns at once
         (call ``.close()`` to stop it); otherwise it serves until Ctrl-C or SIGTERM, then
         closes it and returns.
+
+    Raises:
+        StableEmoteError: ``server_port`` is taken by another program (checked before
+            the model loads), or no port gradio tries is free.
     """
+    check_port_free(server_name, server_port)  # before the model loads
     p = get_preset(preset)
     dev = pick_device(device)
     dtype, _ = choose_dtype(dev)
@@ -116,13 +126,18 @@ def launch_demo(
         heldout_fraction=p.heldout_fraction,
         guidance=p.guidance_scale,
     )
-    demo.launch(
-        share=in_colab() if share is None else share,
-        server_name=server_name,
-        server_port=server_port,
-        prevent_thread_lock=True,
-        quiet=True,
-    )
+    try:
+        demo.launch(
+            share=in_colab() if share is None else share,
+            server_name=server_name,
+            server_port=server_port,
+            prevent_thread_lock=True,
+            quiet=True,
+        )
+    except OSError as err:  # taken since the check above, or every port gradio tries
+        if "Cannot find empty port" not in str(err):
+            raise
+        raise port_busy_error(server_port) from err
     print(f"StableEmote demo on {demo.local_url}", flush=True)
     if demo.share_url:
         print(f"Public link (anyone with it can use the demo): {demo.share_url}", flush=True)
@@ -170,14 +185,51 @@ def add_demo_command(subparsers) -> None:
         "--lora", default=None, help="adapter file, folder or Hub repo id (default: base only)"
     )
     p.add_argument("--host", default=None, help="address to serve on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"port (default: {FIRST_DEMO_PORT} or the next free one)",
+    )
     p.add_argument("--share", action="store_true", help="make a public gradio.live link")
+
+
+def port_busy_error(port: int | None) -> StableEmoteError:
+    """The one-line error for a demo that cannot have the port it asked for (``None``: any)."""
+    if port is None:
+        return StableEmoteError(
+            f"No free port from {FIRST_DEMO_PORT} to {FIRST_DEMO_PORT + 99} (other programs, "
+            "perhaps other demos, hold them all). Stop one, or pass a free port with --port."
+        )
+    return StableEmoteError(
+        f"Port {port} is in use by another program (perhaps another demo). Pass another "
+        f"--port, or leave --port out to take the next free one from {FIRST_DEMO_PORT}."
+    )
+
+
+def check_port_free(host: str | None, port: int | None) -> None:
+    """Refuse a port another program listens on, as gradio would, but before any work.
+
+    Binds the port on ``host`` (default 127.0.0.1) for a moment, the way gradio probes it;
+    ``port=None`` (gradio picks the next free one) passes. Errors other than "address in
+    use" (a host that is not this machine's) are left for gradio to report.
+
+    Raises:
+        StableEmoteError: the port is taken.
+    """
+    if port is None:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "127.0.0.1", port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise port_busy_error(port) from err
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (for tests and notebooks)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

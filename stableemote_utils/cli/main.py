@@ -21,8 +21,9 @@ from stableemote_utils.cli.demo import add_demo_command
 from stableemote_utils.cli.lora import add_lora_commands
 from stableemote_utils.cli.tinyemote import add_pretrain_commands
 from stableemote_utils.compare import fair_comparison, save_comparison
-from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.errors import StableEmoteError, Terminated
 from stableemote_utils.figures import make_figures
+from stableemote_utils.files import DISK_ERRNOS, os_error_of, write_failed
 from stableemote_utils.images import IMAGES_DIR
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_files import check_lora_file
@@ -123,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     if result.interrupted:
         print(f"continue with: {resume_command(args.argv)}", file=sys.stderr)
-        raise KeyboardInterrupt
+        raise Terminated if result.stop_signal == "SIGTERM" else KeyboardInterrupt
     if result.adapter_path is not None:
         print(f"adapter: {result.adapter_path}")
     else:
@@ -418,10 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``stableemote`` console command."""
-    # The libraries' own notices (e.g. about optional image backends) are noise on the
-    # command line; errors still show. Set TRANSFORMERS_VERBOSITY to see them.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    """Entry point of the ``stableemote`` console command.
+
+    Returns:
+        The exit status: 0 done; 2 a problem with the input (one line on stderr); 1 a
+        full or read-only disk (one line naming the path and the space left); 130 Ctrl-C;
+        143 SIGTERM.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -430,10 +434,19 @@ def main(argv: list[str] | None = None) -> int:
         func(args)
     except StableEmoteError as err:
         print(f"stableemote: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stableemote: interrupted", file=sys.stderr)
-        return 130
+        return err.exit_status
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"stableemote: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    except Exception as err:
+        # A full or read-only disk under a writer that does not explain it itself.
+        cause = os_error_of(err)
+        if cause is None or cause.errno not in DISK_ERRNOS:
+            raise
+        failed = write_failed("the file" if cause.filename else "a file", cause.filename, cause)
+        print(f"stableemote: error: {failed}", file=sys.stderr)
+        return failed.exit_status
     return 0
 
 
