@@ -72,6 +72,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "cli.demo_generation",
         "cli.demo_app",
         "cli.demo",
+        "cli.train",
         "cli.main",
         "cli.__main__",
     ),

@@ -184,7 +184,7 @@ def test_train_honours_stableemote_preset(tmp_path, monkeypatch):
         seen["preset"] = config.preset
         return training.TrainResult(tmp_path, None, 0, [], {}, 0.0, True)
 
-    cli_module = importlib.import_module("stableemote_utils.cli.main")
+    cli_module = importlib.import_module("stableemote_utils.cli.train")
     monkeypatch.setattr(cli_module, "train", fake_train)
     monkeypatch.setenv("STABLEEMOTE_PRESET", "tiny-random")
     assert main(["train", "--output-dir", str(tmp_path / "run")]) == 0
