@@ -48,7 +48,8 @@ class TrainConfig:
     learning_rate: float = 1e-4
     lr_scheduler: str = "cosine"
     lr_warmup_steps: int = 0
-    caption_template: str = CAPTION_TEMPLATE
+    caption_template: str = CAPTION_TEMPLATE  # {} or {name} marks the name's place
+    trigger_word: str | None = None  # put in front of every caption and validation prompt
     caption_dropout: float = 0.0
     min_snr_gamma: float | None = None
     noise_offset: float = 0.0
@@ -112,7 +113,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption(
         "dataset",
         "--dataset",
-        "noto, openmoji, a Hub dataset id, or a folder of images",
+        "noto, openmoji, a Hub dataset id, or a folder of your pictures: with same-named .txt "
+        "captions, a metadata.jsonl, or captioned by file name (sub-folders are fine)",
         unset="the preset's",
     ),
     TrainOption("output_dir", "--output-dir", "the run folder; can be on Google Drive"),
@@ -126,6 +128,18 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("learning_rate", "--learning-rate", "AdamW's peak learning rate"),
     TrainOption(
         "lr_warmup_steps", "--lr-warmup-steps", "steps of linear warm-up before the cosine decay"
+    ),
+    TrainOption(
+        "caption_template",
+        "--caption-template",
+        "how a name (a .txt caption, a file name, an emoji's name) becomes the training "
+        "caption; {} marks the name's place",
+    ),
+    TrainOption(
+        "trigger_word",
+        "--trigger-word",
+        "a word put in front of every caption and validation prompt ('WORD, An emoji of ...')",
+        unset="none",
     ),
     TrainOption(
         "caption_dropout", "--caption-dropout", "probability of training on the empty prompt"

@@ -70,8 +70,8 @@ def heldout_loss(
 
 
 def measure_heldout(run: TrainingRun, at_step: int) -> None:
-    """Record the held-out loss at ``at_step`` (main process)."""
-    if not run.main:
+    """Record the held-out loss at ``at_step`` (main process; none without held-out images)."""
+    if not run.main or run.held_cache is None:
         return
     run.heldout[at_step] = heldout_loss(
         run.raw_unet,

@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "checkpoints",
         "run_folder",
         "training_config",
+        "captions",
         "hub",
         "plots",
         "cli",  # subpackage __init__ files hold only a docstring
