@@ -34,9 +34,15 @@ from diffusers import SchedulerMixin
 from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
 
+from stableemote_utils.config_file import write_config_file
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_train_options
-from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
+from stableemote_utils.precision import (
+    check_training_precision,
+    choose_dtype,
+    dtype_name,
+    pick_device,
+)
 from stableemote_utils.presets import Preset, get_preset, precision_setting
 from stableemote_utils.run_folder import run_lock
 from stableemote_utils.training_config import ORIGINAL_PROMPTS, TrainConfig, TrainResult, recipe
@@ -205,7 +211,8 @@ def train(
     Returns:
         A :class:`TrainResult`. Files written under ``output_dir``: ``checkpoints/``,
         ``samples/``, ``pytorch_lora_weights.safetensors``, ``loss.png``, ``summary.json``,
-        ``README.md`` (model card).
+        ``README.md`` (model card), ``captions.jsonl`` (every picture's caption) and
+        ``config.toml`` (every setting, resolved: ``stableemote train --config`` repeats it).
 
     Raises:
         StableEmoteError: a bad option (before any work), a locked or used folder, a
@@ -213,7 +220,8 @@ def train(
     """
     check_train_options(config)
     device = pick_device(config.device)
-    check_training_precision(device, choose_dtype(device, precision_setting(config.precision))[0])
+    dtype = choose_dtype(device, precision_setting(config.precision))[0]
+    check_training_precision(device, dtype)
     if overwrite and resume is not None:
         raise StableEmoteError(
             "--overwrite starts the run over and --resume continues it; pass one of them."
@@ -232,6 +240,7 @@ def train(
         batch_size=config.batch_size or preset.batch_size,
         resolution_px=config.resolution_px or preset.resolution_px,
         alpha=config.alpha if config.alpha is not None else float(config.rank),
+        precision=dtype_name(dtype),
         validation_steps=config.validation_steps or preset.sample_steps,
         validation_guidance=(
             preset.guidance_scale
@@ -248,6 +257,8 @@ def train(
 def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, overwrite: bool):
     """:func:`train` once the options are checked and the run folder is locked."""
     run = set_up_run(config, preset, out, resume, overwrite)
+    if run.main:
+        write_config_file(config, out)
     open_trackers(run.accelerator, config, out)
     if 0 not in run.heldout:
         measure_heldout(run, 0)

@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "run_folder",
         "training_config",
         "captions",
+        "config_file",
         "hub",
         "plots",
         "cli",  # subpackage __init__ files hold only a docstring

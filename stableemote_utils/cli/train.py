@@ -16,6 +16,8 @@ import shlex
 import sys
 
 from stableemote_utils.cli.common import add_command
+from stableemote_utils.config_file import read_config_file
+from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.presets import PRESET_ENV_VAR, SD15_MODEL_ID, get_preset
 from stableemote_utils.training import recipe, train
 from stableemote_utils.training_config import TRAIN_OPTIONS, TrainConfig, TrainOption, field_type
@@ -100,10 +102,18 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         "--num_processes N $(which stableemote) train ...",
     )
     p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE.toml",
+        help="read the settings from a TOML file (keys as the options below, e.g. steps = 200, "
+        "or a run folder's config.toml); options given as well override it (default: none)",
+    )
+    p.add_argument(
         "--recipe",
-        default="original",
+        default=argparse.SUPPRESS,
         choices=RECIPES,
-        help="the named config the other defaults come from (default: %(default)s)",
+        help="the named config the other defaults come from (default: original, or the "
+        "--config file's recipe)",
     )
     for option in TRAIN_OPTIONS:
         _add_option(p, option)
@@ -122,12 +132,17 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The run's settings: the recipe, then the options given on the command line."""
-    given = {o.field: getattr(args, o.field) for o in TRAIN_OPTIONS if hasattr(args, o.field)}
-    if "preset" not in given and os.environ.get(PRESET_ENV_VAR, "").strip():
+    """The run's settings: the recipe, ``$STABLEEMOTE_PRESET``, the ``--config`` file, then
+    the options given on the command line, each over the one before."""
+    file_recipe, settings = (None, {}) if args.config is None else read_config_file(args.config)
+    name = getattr(args, "recipe", None) or file_recipe or "original"
+    if name not in RECIPES:
+        raise StableEmoteError(f"{args.config}: 'recipe' must be one of {', '.join(RECIPES)}.")
+    if os.environ.get(PRESET_ENV_VAR, "").strip():
         # The help promises $STABLEEMOTE_PRESET as the default, over the recipe's own.
-        given["preset"] = os.environ[PRESET_ENV_VAR].strip()
-    return dataclasses.replace(recipe(args.recipe), **given)
+        settings = {"preset": os.environ[PRESET_ENV_VAR].strip(), **settings}
+    given = {o.field: getattr(args, o.field) for o in TRAIN_OPTIONS if hasattr(args, o.field)}
+    return dataclasses.replace(recipe(name), **{**settings, **given})
 
 
 def cmd_train(args: argparse.Namespace) -> None:
