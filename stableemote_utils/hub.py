@@ -64,7 +64,7 @@ A rank-{config.rank} LoRA on the UNet attention projections (to_q, to_k, to_v, t
 `{config.model}`, trained with the StableEmote course's `stableemote train`.
 
 - Data: `{dataset}`, captions "{config.caption_template}". The data {licence}
-- {config.steps} steps, batch {config.batch_size}, {config.resolution_px} px, learning rate {config.learning_rate} ({config.lr_scheduler}).
+- {config.steps} steps, batch {config.batch_size} x {config.gradient_accumulation_steps} accumulation steps, {config.resolution_px} px, learning rate {config.learning_rate} ({config.lr_scheduler}).
 - {held}
 
 {sample_line}

@@ -137,6 +137,7 @@ def check_train_options(config) -> None:
     check_int("--steps", c.steps, 1)
     if c.batch_size is not None:
         check_int("--batch-size", c.batch_size, 1)
+    check_int("--gradient-accumulation-steps", c.gradient_accumulation_steps, 1)
     if c.resolution_px is not None:
         check_resolution("--resolution", c.resolution_px)
     check_int("--rank", c.rank, 1)

@@ -70,7 +70,10 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "batch_indices",
+    "draw_step_noise",
     "min_snr_weights",
+    "noise_prediction_loss",
+    "optimizer_step",
     "recipe",
     "step_generator",
     "train",
@@ -134,6 +137,74 @@ def min_snr_weights(
     return torch.clamp(snr, max=gamma) / snr
 
 
+def draw_step_noise(
+    generator: torch.Generator,
+    latent_shape: torch.Size | tuple[int, ...],
+    num_timesteps: int,
+    *,
+    noise_offset: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Every random draw of a training step's noising, in a fixed order, for ``B`` examples.
+
+    Drawn once for the whole batch of an optimizer step, so that a batch trained in ``N``
+    accumulated slices sees exactly the numbers one big batch would.
+
+    Args:
+        generator: the step's generator (:func:`step_generator`), on the latents' device.
+        latent_shape: ``(B, 4, h, w)``.
+        num_timesteps: the schedule's length (1000 for SD 1.5).
+        noise_offset: scale of a per-example, per-channel constant added to the noise.
+
+    Returns:
+        ``{"sample": (B, 4, h, w)`` standard normal draws that sample the cached latent
+        distribution, ``"noise": (B, 4, h, w)``, ``"timesteps": (B,)``}.
+    """
+    dev = generator.device
+    b, channels = latent_shape[0], latent_shape[1]
+    sample = torch.randn(latent_shape, generator=generator, device=dev)
+    noise = torch.randn(latent_shape, generator=generator, device=dev)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(
+            (b, channels, 1, 1), generator=generator, device=dev
+        )
+    t = torch.randint(0, num_timesteps, (b,), generator=generator, device=dev)
+    return {"sample": sample, "noise": noise, "timesteps": t}
+
+
+def noise_prediction_loss(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    noise_scheduler: SchedulerMixin,
+    min_snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """Noise the clean latents, let the UNet predict the noise, and score it.
+
+    Args:
+        latents: clean latents ``x_0`` ``(B, 4, h, w)``, scaled.
+        noise: the noise to hide ``(B, 4, h, w)``.
+        timesteps: ``(B,)`` ints in ``[0, 1000)``.
+        text: CLIP hidden states ``(B, 77, D)``.
+        noise_scheduler: its ``alphas_cumprod`` ``(1000,)`` is the noise schedule.
+        min_snr_gamma: weight each example by ``min(SNR, gamma) / SNR`` (``None``: off).
+
+    Returns:
+        The scalar loss: MSE between the true noise and the UNet's prediction.
+    """
+    b = latents.shape[0]
+    a_bar = noise_scheduler.alphas_cumprod.to(latents.device)[timesteps].view(b, 1, 1, 1)
+    # forward noising: x_t = sqrt(a_bar) x_0 + sqrt(1 - a_bar) eps
+    noisy = a_bar.sqrt() * latents + (1 - a_bar).sqrt() * noise
+    pred = unet(noisy, timesteps, encoder_hidden_states=text).sample
+    per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        per_example = per_example * min_snr_weights(timesteps, noise_scheduler, min_snr_gamma)
+    return per_example.mean()
+
+
 def training_loss(
     unet: torch.nn.Module,
     latent_mean: torch.Tensor,
@@ -144,7 +215,7 @@ def training_loss(
     min_snr_gamma: float | None = None,
     noise_offset: float = 0.0,
 ) -> torch.Tensor:
-    """One training step's loss, written out.
+    """One training step's loss, written out: draw, noise, predict, compare.
 
     Args:
         unet: the UNet with LoRA layers.
@@ -157,29 +228,23 @@ def training_loss(
     Returns:
         The scalar loss: MSE between the true noise and the UNet's prediction.
     """
-    b = latent_mean.shape[0]
-    dev = latent_mean.device
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
-    # 1. a fresh sample of the latent distribution (the cache keeps mean and std)
-    latents = latent_mean + latent_std * torch.randn(
-        latent_mean.shape, generator=generator, device=dev
+    draws = draw_step_noise(
+        generator,
+        latent_mean.shape,
+        len(noise_scheduler.alphas_cumprod),
+        noise_offset=noise_offset,
     )
-    # 2. noise, and a random timestep per example
-    noise = torch.randn(latents.shape, generator=generator, device=dev)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn(
-            (b, latents.shape[1], 1, 1), generator=generator, device=dev
-        )
-    t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator, device=dev)
-    # 3. forward noising: x_t = sqrt(a_bar) x_0 + sqrt(1 - a_bar) eps
-    a_bar = alphas_cumprod[t].view(b, 1, 1, 1)
-    noisy = a_bar.sqrt() * latents + (1 - a_bar).sqrt() * noise
-    # 4. predict the noise and compare
-    pred = unet(noisy, t, encoder_hidden_states=text).sample
-    per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-    if min_snr_gamma:
-        per_example = per_example * min_snr_weights(t, noise_scheduler, min_snr_gamma)
-    return per_example.mean()
+    # a fresh sample of the latent distribution (the cache keeps mean and std)
+    latents = latent_mean + latent_std * draws["sample"]
+    return noise_prediction_loss(
+        unet,
+        latents,
+        draws["noise"],
+        draws["timesteps"],
+        text,
+        noise_scheduler=noise_scheduler,
+        min_snr_gamma=min_snr_gamma,
+    )
 
 
 def train(
@@ -289,6 +354,65 @@ def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, o
     )
 
 
+def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
+    """Optimizer step ``step``: its batch in ``gradient_accumulation_steps`` slices through
+    accelerate's ``accumulate``, then clip, update the weights and the learning rate.
+
+    The step's batch (``batch_size * gradient_accumulation_steps`` examples per process)
+    and every random draw are made once for the whole batch, so ``batch 4 x 2 slices``
+    trains on the numbers ``batch 8`` does; accelerate divides each slice's loss by the
+    number of slices and steps the optimizer after the last.
+
+    Returns:
+        The step's loss, the mean over its slices (a 0-dim tensor, not synced to the host).
+    """
+    config, accelerator, cache = run.config, run.accelerator, run.train_cache
+    slices = config.gradient_accumulation_steps
+    world, process_index = accelerator.num_processes, accelerator.process_index
+    dev = accelerator.device
+    idx = batch_indices(
+        step,
+        config.batch_size * slices,
+        cache["latent_mean"].shape[0],
+        config.seed,
+        process_index,
+        world,
+    ).to(dev)
+    g = step_generator(config.seed, step, process_index, dev)
+    text = cache["text"][idx]
+    if config.caption_dropout > 0:
+        drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
+        text = torch.where(drop.view(-1, 1, 1), cache["extra_text"][0:1].expand_as(text), text)
+    draws = draw_step_noise(
+        g,
+        cache["latent_mean"][idx].shape,
+        len(run.components.scheduler.alphas_cumprod),
+        noise_offset=config.noise_offset,
+    )
+    # a fresh sample of each cached latent distribution
+    latents = cache["latent_mean"][idx] + cache["latent_std"][idx] * draws["sample"]
+    losses = []
+    for part in torch.arange(len(idx), device=dev).chunk(slices):
+        with accelerator.accumulate(run.unet), accelerator.autocast():
+            loss = noise_prediction_loss(
+                run.unet,
+                latents[part],
+                draws["noise"][part],
+                draws["timesteps"][part],
+                text[part],
+                noise_scheduler=run.components.scheduler,
+                min_snr_gamma=config.min_snr_gamma,
+            )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm:
+                accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
+            run.optimizer.step()  # accelerate's: steps only after the last slice
+            run.optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().float())
+    run.lr_schedule.step()
+    return torch.stack(losses).mean()
+
+
 def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
     """The loop: batch, noise, UNet, loss, backward, optimizer step; log, checkpoint, validate.
 
@@ -299,13 +423,6 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
         ``(seconds per step of each log interval, whether Ctrl-C stopped the run early)``.
     """
     config, accelerator = run.config, run.accelerator
-    dev = accelerator.device
-    world, process_index = accelerator.num_processes, accelerator.process_index
-    latent_mean = run.train_cache["latent_mean"].to(dev)
-    latent_std = run.train_cache["latent_std"].to(dev)
-    text_all = run.train_cache["text"].to(dev)
-    empty_text = run.train_cache["extra_text"][0:1].to(dev)
-    num_examples = latent_mean.shape[0]
     end_step = (
         config.steps
         if config.stop_after_steps is None
@@ -328,31 +445,7 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
     last = time.perf_counter()
     try:
         while step < end_step:
-            idx = batch_indices(
-                step, config.batch_size, num_examples, config.seed, process_index, world
-            ).to(dev)
-            g = step_generator(config.seed, step, process_index, dev)
-            text = text_all[idx]
-            if config.caption_dropout > 0:
-                drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
-                text = torch.where(drop.view(-1, 1, 1), empty_text.expand_as(text), text)
-            with accelerator.autocast():
-                loss = training_loss(
-                    run.unet,
-                    latent_mean[idx],
-                    latent_std[idx],
-                    text,
-                    run.components.scheduler,
-                    g,
-                    config.min_snr_gamma,
-                    config.noise_offset,
-                )
-            accelerator.backward(loss)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
-            run.optimizer.step()
-            run.lr_schedule.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            loss = optimizer_step(run, step)
             step += 1
             run.step = step
             pending.append(loss.detach().float())

@@ -41,7 +41,8 @@ class TrainConfig:
     dataset: str | None = None  # None: the preset's dataset
     output_dir: str = "outputs/lora"
     steps: int = 4500
-    batch_size: int | None = None  # per process; None: the preset's
+    batch_size: int | None = None  # per process and slice; None: the preset's
+    gradient_accumulation_steps: int = 1  # slices of batch_size per optimizer step
     resolution_px: int | None = None  # None: the preset's
     rank: int = 4
     alpha: float | None = None  # None: equal to rank
@@ -119,7 +120,18 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     ),
     TrainOption("output_dir", "--output-dir", "the run folder; can be on Google Drive"),
     TrainOption("steps", "--steps", "total optimizer steps"),
-    TrainOption("batch_size", "--batch-size", "images per step per process", unset="the preset's"),
+    TrainOption(
+        "batch_size",
+        "--batch-size",
+        "images per slice per process (a step trains batch size x accumulation steps)",
+        unset="the preset's",
+    ),
+    TrainOption(
+        "gradient_accumulation_steps",
+        "--gradient-accumulation-steps",
+        "slices of --batch-size whose gradients add up to one optimizer step (through "
+        "accelerate's accumulate): batch 4 x 2 trains like batch 8 in the memory of 4",
+    ),
     TrainOption("resolution_px", "--resolution", "image size in px", unset="the preset's"),
     TrainOption("rank", "--rank", "LoRA rank r"),
     TrainOption(

@@ -78,7 +78,9 @@ class TrainingRun:
     precision_reason: str
     run_id: str
     components: SDComponents  # VAE and text encoder parked on the CPU
-    train_cache: dict[str, torch.Tensor]  # latent_mean/latent_std (N, 4, h, w), text (N, 77, D)
+    # latent_mean/latent_std (N, 4, h, w), text (N, 77, D), extra_text (P, 77, D): the empty
+    # prompt and the validation prompts; on the training device.
+    train_cache: dict[str, torch.Tensor]
     held_cache: dict[str, torch.Tensor] | None  # None: no held-out images
     unet: torch.nn.Module  # as accelerate prepared it: what the training step calls
     raw_unet: torch.nn.Module  # unwrapped: what is measured, sampled and saved
@@ -142,7 +144,7 @@ def set_up_run(
         precision_reason=reason,
         run_id=(saved[0].get("run_id") if saved else None) or uuid.uuid4().hex,
         components=components,
-        train_cache=train_cache,
+        train_cache={k: v.to(accelerator.device) for k, v in train_cache.items()},
         held_cache=held_cache,
         unet=unet,
         # Without DDP, but with accelerate's fp32-output wrapper (in place on the module the
@@ -165,6 +167,7 @@ def _make_accelerator(config: TrainConfig, out: Path):
     check_training_precision(device, dtype)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(dtype),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         cpu=device.type == "cpu",
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(out),
@@ -191,10 +194,12 @@ def _load_splits(config: TrainConfig, preset: Preset, accelerator) -> tuple[list
     with accelerator.main_process_first():
         train_set = split("train", config.max_train_examples)
         heldout_set = split("heldout", config.heldout_limit)
-    if len(train_set) < config.batch_size * world:
+    per_step = config.batch_size * config.gradient_accumulation_steps
+    if len(train_set) < per_step * world:
         raise StableEmoteError(
-            f"The dataset has {len(train_set)} training images, fewer than one batch "
-            f"({config.batch_size} x {world} processes). Lower --batch-size or add images."
+            f"The dataset has {len(train_set)} training images, fewer than one batch of a step "
+            f"({config.batch_size} x {config.gradient_accumulation_steps} accumulation steps x "
+            f"{world} processes). Lower --batch-size or --gradient-accumulation-steps, or add images."
         )
     if not heldout_set and accelerator.is_main_process:
         print(

@@ -311,14 +311,14 @@ _SLOW_TRAINER = """
 import sys, time
 from stableemote_utils import training
 from stableemote_utils.cli.main import main
-real, calls = training.training_loss, []
+real, calls = training.noise_prediction_loss, []
 def slow(*a, **k):
     # Steps 1 and 2 run (checkpoint-000002 is written); step 3 then waits to be killed,
     # so the run holds its lock however slowly the machine runs the test's second run.
     calls.append(1)
     time.sleep(0.4 if len(calls) < 3 else 3600)
     return real(*a, **k)
-training.training_loss = slow
+training.noise_prediction_loss = slow
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -373,7 +373,7 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
 
     from stableemote_utils import training
 
-    real, calls = training.training_loss, []
+    real, calls = training.noise_prediction_loss, []
 
     def interrupted_at_step_3(*args, **kwargs):
         calls.append(1)
@@ -382,7 +382,7 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
         return real(*args, **kwargs)
 
     folder = tmp_path / "run"
-    monkeypatch.setattr(training, "training_loss", interrupted_at_step_3)
+    monkeypatch.setattr(training, "noise_prediction_loss", interrupted_at_step_3)
     handler = signal.getsignal(signal.SIGINT)
     assert main(run_args(folder, "--checkpoint-every", "100")) == 130
     assert signal.getsignal(signal.SIGINT) is handler, "the handler is put back"
@@ -391,7 +391,7 @@ def test_first_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resu
     err = capsys.readouterr().err
     assert "continue with: stableemote train" in err and "--resume latest" in err
     assert "--dataset" in err.split("continue with:")[1]
-    monkeypatch.setattr(training, "training_loss", real)
+    monkeypatch.setattr(training, "noise_prediction_loss", real)
     assert main(run_args(folder, "--resume", "latest")) == 0
     assert_same_weights(folder, straight)
 
@@ -402,7 +402,7 @@ def test_second_ctrl_c_stops_at_once(run_args, tmp_path, monkeypatch, capsys):
 
     from stableemote_utils import training
 
-    real, calls = training.training_loss, []
+    real, calls = training.noise_prediction_loss, []
 
     def interrupted_twice(*args, **kwargs):
         calls.append(1)
@@ -412,7 +412,7 @@ def test_second_ctrl_c_stops_at_once(run_args, tmp_path, monkeypatch, capsys):
         return real(*args, **kwargs)
 
     folder = tmp_path / "run"
-    monkeypatch.setattr(training, "training_loss", interrupted_twice)
+    monkeypatch.setattr(training, "noise_prediction_loss", interrupted_twice)
     assert main(run_args(folder, "--checkpoint-every", "100")) == 130
     assert names(folder) == [], "stopped at once: no checkpoint written"
     assert "continue with" not in capsys.readouterr().err
