@@ -46,6 +46,7 @@ RESUME_MAY_CHANGE = frozenset(
         "keep_checkpoints",
         "validate_every",
         "validation_prompts",
+        "grid_at_step_0",
         "validation_seed",
         "validation_steps",
         "validation_guidance",

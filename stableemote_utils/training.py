@@ -327,6 +327,8 @@ def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, o
     open_trackers(run.accelerator, config, out)
     if 0 not in run.heldout:
         measure_heldout(run, 0)
+    if config.grid_at_step_0 and run.step == 0:
+        _validation_grid(run, 0)
     step_times, interrupted = _training_loop(run)
     if interrupted:
         run.say(
@@ -413,6 +415,14 @@ def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+def _validation_grid(run: TrainingRun, step: int) -> None:
+    """The validation grid of ``step``; a failure is reported and training goes on."""
+    try:
+        save_validation_grid(run, step)
+    except Exception as err:  # noqa: BLE001 - a picture for people must not kill the run
+        report_failure("the validation grid", step, err)
+
+
 def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
     """The loop: batch, noise, UNet, loss, backward, optimizer step; log, checkpoint, validate.
 
@@ -486,10 +496,7 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
             if stopping:
                 break
             if validating:
-                try:
-                    save_validation_grid(run, step)
-                except Exception as err:  # noqa: BLE001 - reported, training goes on
-                    report_failure("the validation grid", step, err)
+                _validation_grid(run, step)
     except torch.OutOfMemoryError as err:
         raise StableEmoteError(
             f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. "

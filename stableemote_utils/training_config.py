@@ -62,6 +62,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     validate_every: int = 500
     validation_prompts: tuple[str, ...] = ORIGINAL_PROMPTS[:4]
+    grid_at_step_0: bool = False  # also draw the validation grid before training (the CLI does)
     validation_seed: int = 0
     validation_steps: int | None = None  # None: the preset's sampling steps
     validation_guidance: float | None = None  # None: the preset's guidance scale
@@ -176,6 +177,12 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
         "validate_every",
         "--validate-every",
         "measure the held-out loss and draw the validation grid every N steps",
+    ),
+    TrainOption(
+        "validation_prompts",
+        "--validation-prompts",
+        "the validation grid's prompts, separated by commas; each goes through the caption "
+        "template and trigger word",
     ),
     TrainOption(
         "max_train_examples",

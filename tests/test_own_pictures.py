@@ -128,3 +128,11 @@ def test_the_readme_command_trains_on_a_folder_of_captioned_pictures(tmp_path, c
         path: f"{trigger}, {template.format(name)}" for path, name in names.items()
     }
     assert {r["split"] for r in rows} <= {"train", "heldout"}
+    # The base model's grid (step 0) beside the last one, one column per validation prompt.
+    prompts = argv[argv.index("--validation-prompts") + 1].split(",")
+    grids = sorted((out / "samples").glob("step-*.png"))
+    assert [g.name for g in grids] == ["step-000000.png", "step-000002.png"]
+    sizes = {Image.open(g).size for g in grids}
+    assert len(sizes) == 1
+    width = sizes.pop()[0]
+    assert width % len(prompts) == 0 and width // len(prompts) >= 64

@@ -142,6 +142,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         # The help promises $STABLEEMOTE_PRESET as the default, over the recipe's own.
         settings = {"preset": os.environ[PRESET_ENV_VAR].strip(), **settings}
     given = {o.field: getattr(args, o.field) for o in TRAIN_OPTIONS if hasattr(args, o.field)}
+    # A command-line run draws the base model's grid (step 0) beside the later ones.
+    settings = {"grid_at_step_0": True, **settings}
     return dataclasses.replace(recipe(name), **{**settings, **given})
 
 
