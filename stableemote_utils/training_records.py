@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from stableemote_utils.checkpoints import latest_checkpoint, save_checkpoint
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import give_open_modes
-from stableemote_utils.hub import push_adapter, write_model_card
+from stableemote_utils.hub import WIDGET_PICTURE, push_adapter, write_model_card
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import make_pipeline
 from stableemote_utils.lora_files import lora_state_dict, save_lora
@@ -94,7 +94,7 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
         # agree on a dtype whatever the precision (fp32 weights in full training
         # included), as in the training step.
         with run.accelerator.autocast():
-            grid = _sample_grid(
+            grid, pictures = _sample_grid(
                 components,
                 run.raw_unet,
                 run.train_cache["extra_text"][1:],
@@ -106,12 +106,19 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
     finally:
         components.vae.to("cpu")
     save_image(grid, run.out / "samples" / f"step-{at_step:06d}.png")
+    if at_step == run.config.steps:  # the model card's gallery: one picture per prompt
+        for i, picture in enumerate(pictures):
+            save_image(picture, run.out / WIDGET_PICTURE.format(i=i))
     _log_image(run.accelerator, "samples", grid, at_step)
 
 
 def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, resolution_px, steps):
     """Validation images: each prompt at the fixed validation seed and the config's
-    ``validation_guidance`` (the preset's scale unless set), safety checker off."""
+    ``validation_guidance`` (the preset's scale unless set), safety checker off.
+
+    Returns:
+        ``(grid, pictures)``: the labelled grid and the pictures, one per prompt.
+    """
     pipe = make_pipeline(components)
     pipe.unet = unet
     images = []
@@ -127,7 +134,7 @@ def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, reso
             generator=g,
         )
         images.append(out.images[0])
-    return image_grid(images, list(config.validation_prompts), cols=len(images))
+    return image_grid(images, list(config.validation_prompts), cols=len(images)), images
 
 
 def _log_image(accelerator, name: str, image, step: int) -> None:
