@@ -35,6 +35,7 @@ from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
 
 from stableemote_utils.config_file import write_config_file
+from stableemote_utils.denoising import add_noise
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_train_options
 from stableemote_utils.precision import (
@@ -194,10 +195,8 @@ def noise_prediction_loss(
     Returns:
         The scalar loss: MSE between the true noise and the UNet's prediction.
     """
-    b = latents.shape[0]
-    a_bar = noise_scheduler.alphas_cumprod.to(latents.device)[timesteps].view(b, 1, 1, 1)
-    # forward noising: x_t = sqrt(a_bar) x_0 + sqrt(1 - a_bar) eps
-    noisy = a_bar.sqrt() * latents + (1 - a_bar).sqrt() * noise
+    # forward noising: x_t = sqrt(a_bar_t) x_0 + sqrt(1 - a_bar_t) eps (notebook 03)
+    noisy = add_noise(latents, noise, noise_scheduler.alphas_cumprod, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=text).sample
     per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
@@ -344,15 +343,15 @@ def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, o
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return TrainResult(
-        out,
-        adapter_path,
-        run.step,
-        run.losses,
-        run.heldout,
-        median(step_times),
-        stopped_early,
-        run.main,
-        interrupted,
+        output_dir=out,
+        adapter_path=adapter_path,
+        step=run.step,
+        losses=run.losses,
+        heldout=run.heldout,
+        seconds_per_step=median(step_times),
+        stopped_early=stopped_early,
+        is_main_process=run.main,
+        interrupted=interrupted,
     )
 
 
@@ -415,16 +414,21 @@ def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def _validation_grid(run: TrainingRun, step: int) -> None:
-    """The validation grid of ``step``; a failure is reported and training goes on."""
-    try:
-        save_validation_grid(run, step)
-    except Exception as err:  # noqa: BLE001 - a picture for people must not kill the run
-        report_failure("the validation grid", step, err)
+@dataclasses.dataclass
+class _LoopState:
+    """What the loop's hooks keep between steps."""
+
+    end_step: int
+    bar: tqdm
+    interrupt: dict
+    pending: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    step_times: list[float] = dataclasses.field(default_factory=list)
+    last_time: float = dataclasses.field(default_factory=time.perf_counter)
+    stopping: bool = False
 
 
 def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
-    """The loop: batch, noise, UNet, loss, backward, optimizer step; log, checkpoint, validate.
+    """The loop: one :func:`optimizer_step` after another, then :func:`_after_step`.
 
     Runs from ``run.step`` to ``config.steps`` (or ``stop_after_steps``), updating
     ``run.step``, ``run.losses`` and ``run.heldout``.
@@ -432,12 +436,8 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
     Returns:
         ``(seconds per step of each log interval, whether Ctrl-C stopped the run early)``.
     """
-    config, accelerator = run.config, run.accelerator
-    end_step = (
-        config.steps
-        if config.stop_after_steps is None
-        else min(config.steps, config.stop_after_steps)
-    )
+    config = run.config
+    end_step = min(config.steps, config.stop_after_steps or config.steps)
     bar = tqdm(
         total=config.steps,
         initial=run.step,
@@ -445,66 +445,84 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
         desc="training",
         unit="step",
     )
-    pending: list[torch.Tensor] = []
-    step_times: list[float] = []
-    interrupt = {"requested": False}
-    restore_sigint = finish_the_step_on_interrupt(interrupt)
-    stopping = False
-    step = run.step
+    state = _LoopState(end_step=end_step, bar=bar, interrupt={"requested": False})
+    restore_sigint = finish_the_step_on_interrupt(state.interrupt)
     run.unet.train()
-    last = time.perf_counter()
     try:
-        while step < end_step:
-            loss = optimizer_step(run, step)
-            step += 1
-            run.step = step
-            pending.append(loss.detach().float())
-            stopping = any_process_interrupted(accelerator, interrupt)
-            if step % config.log_every == 0 or step == end_step or stopping:
-                # One host sync per log interval, not per step.
-                values = accelerator.reduce(torch.stack(pending), reduction="mean").cpu()
-                pending.clear()
-                bad = (~torch.isfinite(values)).nonzero()
-                if len(bad):
-                    first_bad = step - len(values) + int(bad[0]) + 1
-                    raise non_finite_loss_error(first_bad, values[int(bad[0])].item(), run.ckpt_dir)
-                run.losses.extend(values.tolist())
-                now = time.perf_counter()
-                step_times.append((now - last) / len(values))
-                last = now
-                bar.update(len(values))
-                bar.set_postfix(loss=f"{values.mean():.4f}", s_per_step=f"{step_times[-1]:.3f}")
-                accelerator.log(
-                    {
-                        "loss": values.mean().item(),
-                        "lr": run.lr_schedule.get_last_lr()[0],
-                        "steps_per_second": 1.0 / max(step_times[-1], 1e-9),
-                    },
-                    step=step,
-                )
-            # Validation is a picture for people: it must never cost the checkpoint of its
-            # step or kill the run it watches. The held-out loss goes into the checkpoint, so
-            # it is measured first; the sample grid comes after the checkpoint.
-            validating = step % config.validate_every == 0 or step == config.steps
-            if validating:
-                try:
-                    measure_heldout(run, step)
-                except Exception as err:  # noqa: BLE001 - reported, training goes on
-                    report_failure("the held-out loss", step, err)
-            if step % config.checkpoint_every == 0 or step == end_step or stopping:
-                write_checkpoint(run, step)
-            if stopping:
+        while run.step < end_step:
+            loss = optimizer_step(run, run.step)
+            run.step += 1
+            if _after_step(run, state, loss):
                 break
-            if validating:
-                _validation_grid(run, step)
     except torch.OutOfMemoryError as err:
         raise StableEmoteError(
             f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. "
-            "Turn on --gradient-checkpointing and continue with --resume latest, or start a new run "
-            "(new --output-dir) with a lower --batch-size or --resolution, or --use-8bit-adam. "
+            "Turn on --gradient-checkpointing (or raise --gradient-accumulation-steps and lower "
+            "--batch-size) and continue with --resume latest, or start a new run (new "
+            "--output-dir) with a lower --batch-size or --resolution, or --use-8bit-adam. "
             f"({str(err)[:120]})"
         ) from err
     finally:
         bar.close()
         restore_sigint()
-    return step_times, stopping and step < config.steps
+    return state.step_times, state.stopping and run.step < config.steps
+
+
+def _after_step(run: TrainingRun, state: _LoopState, loss: torch.Tensor) -> bool:
+    """The one place the hooks hang off: Ctrl-C, logging (with the non-finite check),
+    held-out loss, checkpoint, validation grid. Returns whether to stop."""
+    config, step = run.config, run.step
+    state.pending.append(loss)
+    state.stopping = any_process_interrupted(run.accelerator, state.interrupt)
+    last = step == state.end_step
+    if step % config.log_every == 0 or last or state.stopping:
+        _log_losses(run, state)
+    # Validation is a picture for people: it must never cost the checkpoint of its step or
+    # kill the run it watches. The held-out loss goes into the checkpoint, so it comes
+    # first; the sample grid comes after the checkpoint.
+    validating = step % config.validate_every == 0 or step == config.steps
+    if validating:
+        try:
+            measure_heldout(run, step)
+        except Exception as err:  # noqa: BLE001 - reported, training goes on
+            report_failure("the held-out loss", step, err)
+    if step % config.checkpoint_every == 0 or last or state.stopping:
+        write_checkpoint(run, step)
+    if state.stopping:
+        return True
+    if validating:
+        _validation_grid(run, step)
+    return False
+
+
+def _log_losses(run: TrainingRun, state: _LoopState) -> None:
+    """Bring the losses since the last log to the host (one sync per log interval), stop on
+    a non-finite one, and log them to the progress bar and the trackers."""
+    values = run.accelerator.reduce(torch.stack(state.pending), reduction="mean").cpu()
+    state.pending.clear()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        first_bad = run.step - len(values) + int(bad[0]) + 1
+        raise non_finite_loss_error(first_bad, values[int(bad[0])].item(), run.ckpt_dir)
+    run.losses.extend(values.tolist())
+    now = time.perf_counter()
+    state.step_times.append((now - state.last_time) / len(values))
+    state.last_time = now
+    state.bar.update(len(values))
+    state.bar.set_postfix(loss=f"{values.mean():.4f}", s_per_step=f"{state.step_times[-1]:.3f}")
+    run.accelerator.log(
+        {
+            "loss": values.mean().item(),
+            "lr": run.lr_schedule.get_last_lr()[0],
+            "steps_per_second": 1.0 / max(state.step_times[-1], 1e-9),
+        },
+        step=run.step,
+    )
+
+
+def _validation_grid(run: TrainingRun, step: int) -> None:
+    """The validation grid of ``step``; a failure is reported and training goes on."""
+    try:
+        save_validation_grid(run, step)
+    except Exception as err:  # noqa: BLE001 - a picture for people must not kill the run
+        report_failure("the validation grid", step, err)

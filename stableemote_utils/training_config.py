@@ -256,7 +256,7 @@ def recipe(name: str = "original", **overrides) -> TrainConfig:
     return dataclasses.replace(base, **overrides)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     """What a run produced.
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from stableemote_utils.checkpoints import latest_checkpoint, save_checkpoint
+from stableemote_utils.denoising import add_noise
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import give_open_modes
 from stableemote_utils.hub import WIDGET_PICTURE, push_adapter, write_model_card
@@ -53,11 +54,10 @@ def heldout_loss(
     was_training = unet.training
     unet.eval()
     for ti, t in enumerate(timesteps):
-        a_bar = alphas_cumprod[t].float()
         for i in range(0, latent_mean.shape[0], batch_size):
             x0 = latent_mean[i : i + batch_size].to(dev)
             eps = noise_all[ti, i : i + batch_size].to(dev)
-            noisy = a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * eps
+            noisy = add_noise(x0, eps, alphas_cumprod, t)
             tt = torch.full((x0.shape[0],), t, device=dev, dtype=torch.long)
             with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 pred = unet(

@@ -187,7 +187,10 @@ def test_train_honours_stableemote_preset(tmp_path, monkeypatch):
 
     def fake_train(config, resume=None, overwrite=False):
         seen["preset"] = config.preset
-        return training.TrainResult(tmp_path, None, 0, [], {}, 0.0, True)
+        return training.TrainResult(
+            output_dir=tmp_path, adapter_path=None, step=0, losses=[], heldout={},
+            seconds_per_step=0.0, stopped_early=True,
+        )  # fmt: skip
 
     cli_module = importlib.import_module("stableemote_utils.cli.train")
     monkeypatch.setattr(cli_module, "train", fake_train)
