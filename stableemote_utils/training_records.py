@@ -25,6 +25,7 @@ from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import make_pipeline
 from stableemote_utils.lora_files import lora_state_dict, save_lora
 from stableemote_utils.plots import save_loss_plot
+from stableemote_utils.sampling import generate
 from stableemote_utils.training_setup import TrainingRun, mixed_precision_for
 
 HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
@@ -123,17 +124,17 @@ def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, reso
     pipe.unet = unet
     images = []
     for i in range(prompts_embeds.shape[0]):
-        g = torch.Generator(device="cpu").manual_seed(config.validation_seed + i)
-        out = pipe(
+        picture = generate(
+            pipe,
+            None,
+            config.validation_seed + i,
+            steps,
+            config.validation_guidance,
+            resolution_px,
             prompt_embeds=prompts_embeds[i : i + 1].to(components.device, unet.dtype),
             negative_prompt_embeds=negative_embeds.to(components.device, unet.dtype),
-            num_inference_steps=steps,
-            guidance_scale=config.validation_guidance,
-            height=resolution_px,
-            width=resolution_px,
-            generator=g,
         )
-        images.append(out.images[0])
+        images.append(picture)
     return image_grid(images, list(config.validation_prompts), cols=len(images)), images
 
 

@@ -49,6 +49,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "vae",
         "text",
         "denoising",
+        "sampling",
         "attention",
         "lora",
         "latent_cache",

@@ -30,6 +30,7 @@ from stableemote_utils.options import check_device, check_sampling_options
 from stableemote_utils.precision import choose_dtype, pick_device
 from stableemote_utils.presets import get_preset, precision_setting
 from stableemote_utils.quickstart import run_quickstart
+from stableemote_utils.sampling import SamplingSettings
 
 COMPARISON_FILE = "comparison.png"
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors")
@@ -120,21 +121,25 @@ def cmd_compare(args: argparse.Namespace) -> None:
     dev = pick_device(args.device)
     dtype, _ = choose_dtype(dev, precision_setting())
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))
-    kwargs = {}
-    if args.prompts:
-        kwargs["prompts"] = [s.strip() for s in args.prompts.split(",") if s.strip()]
-    if seeds:
-        kwargs["seeds"] = seeds
+    settings = SamplingSettings.for_preset(
+        p,
+        prompts=[s.strip() for s in args.prompts.split(",") if s.strip()] if args.prompts else None,
+        seeds=seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        resolution_px=args.resolution,
+    )
     made: list = []
     grid, record = fair_comparison(
         pipe,
         args.lora,
-        steps=p.sample_steps if args.steps is None else args.steps,
-        guidance=p.guidance_scale if args.guidance is None else args.guidance,
-        resolution_px=p.resolution_px if args.resolution is None else args.resolution,
-        caption_template=p.caption_template,
+        prompts=settings.prompts,
+        seeds=settings.seeds,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        resolution_px=settings.resolution_px,
+        caption_template=settings.caption_template,
         images_out=made,
-        **kwargs,
     )
     from stableemote_utils.metrics import comparison_clip_scores, format_comparison_scores
 
