@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import torch
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.sampling import generate
 
 CROSS_ATTENTION_NAME = "attn2"
 
@@ -185,15 +186,9 @@ def cross_attention_maps(
 
     with recording_cross_attention(pipe.unet, side) as store:
         store["active"] = 0 in keep
-        image = pipe(
-            prompt,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=resolution_px,
-            width=resolution_px,
-            generator=torch.Generator(device="cpu").manual_seed(seed),
-            callback_on_step_end=next_step,
-        ).images[0]
+        image = generate(
+            pipe, prompt, seed, steps, guidance, resolution_px, callback_on_step_end=next_step
+        )
     if not store["sum"]:
         raise StableEmoteError(
             f"No cross-attention layer works at {side}x{side} for a {resolution_px} px image; "

@@ -20,8 +20,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from stableemote_utils.checkpoints import CHECKPOINT_RE
 from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
@@ -30,7 +28,10 @@ from stableemote_utils.lora import lora_loaded, set_lora_scale
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.options import check_sampling_options
 from stableemote_utils.presets import CAPTION_TEMPLATE, Preset, get_preset
+from stableemote_utils.sampling import generate
 from stableemote_utils.training_config import ORIGINAL_PROMPTS
+
+__all__ = ["generate"]  # re-exported: notebook 06 imports it from here
 
 RECORD_VERSION = 1
 SWEEP_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -40,19 +41,6 @@ LARGER_SIZE_FACTOR = 2
 
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def generate(pipe, prompt: str, seed: int, steps: int, guidance: float, resolution_px: int):
-    """One image from a seeded CPU generator (so CPU and GPU runs share their initial noise)."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    return pipe(
-        prompt,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=resolution_px,
-        width=resolution_px,
-        generator=g,
-    ).images[0]
 
 
 def fair_comparison(

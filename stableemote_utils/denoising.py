@@ -27,10 +27,11 @@ def _alpha_bar(alphas_cumprod: torch.Tensor, timesteps, like: torch.Tensor) -> t
     """``alphas_cumprod[t]`` shaped ``(B, 1, 1, 1)`` (or a scalar) to broadcast against ``like``."""
     t = torch.as_tensor(timesteps, dtype=torch.long)
     n = alphas_cumprod.shape[0]
-    if t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= n:
+    # Checked on the host only: on a GPU the check would wait for the GPU on every call.
+    if t.device.type == "cpu" and (t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= n):
         raise StableEmoteError(f"Timesteps must lie in [0, {n - 1}], got {t.tolist()}.")
-    a = alphas_cumprod.to(torch.float32)[t.cpu()]
-    return a.reshape(-1, *([1] * (like.ndim - 1))).to(like.device) if a.ndim else a
+    a = alphas_cumprod.to(device=t.device, dtype=torch.float32)[t]
+    return a.reshape(-1, *([1] * (like.ndim - 1))).to(like.device) if a.ndim else a.to(like.device)
 
 
 def add_noise(

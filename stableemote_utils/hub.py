@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.presets import SD15_MODEL_ID
+
+# The Hub's licence ids. Share-alike data passes its licence on to what is trained on it.
+DATASET_LICENCES = {
+    "openmoji": "cc-by-sa-4.0",
+    "noto": "ofl-1.1",
+    "Norod78/microsoft-fluentui-emoji-512-whitebg": "mit",
+}
+SHARE_ALIKE_DATASETS = ("openmoji",)
+SD15_LICENCE = "creativeml-openrail-m"
+# The tags the Hub files an SD 1.5 LoRA under, then the course's own.
+LORA_TAGS = (
+    "lora",
+    "text-to-image",
+    "diffusers",
+    "stable-diffusion",
+    "template:sd-lora",
+    "emoji",
+    "stableemote",
+)
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The last validation grid's pictures, one per prompt, for the model card's widget gallery.
+WIDGET_PICTURE = "samples/widget-{i}.png"
 
 DATASET_LICENCE_NOTES = {
     "valhalla/emoji-dataset": "has no stated licence and probably holds vendor emoji art; "
@@ -36,38 +60,84 @@ def read_secret(name: str) -> str | None:
         return None
 
 
+def _is_hub_id(model: str) -> bool:
+    """``owner/name`` that is not a folder on this machine."""
+    return bool(HUB_ID_RE.match(model)) and not Path(model).expanduser().exists()
+
+
+def adapter_licence(dataset: str, base_model: str | None) -> str:
+    """The Hub licence id for an adapter: share-alike data binds it; else the base model's
+    (SD 1.5's CreativeML OpenRAIL-M); else the data's; else ``"other"``."""
+    if dataset in SHARE_ALIKE_DATASETS:
+        return DATASET_LICENCES[dataset]
+    if base_model == SD15_MODEL_ID:
+        return SD15_LICENCE
+    return DATASET_LICENCES.get(dataset, "other")
+
+
 def write_model_card(out: Path, config, heldout: dict[int, float], preset) -> Path:
-    """Write ``README.md`` for the adapter: base model, data and its licence, config, results."""
-    dataset = str(config.dataset)
-    licence = DATASET_LICENCE_NOTES.get(dataset, "has the licence its publisher gives; check it.")
+    """Write ``README.md`` for the adapter with huggingface_hub's ``ModelCard``.
+
+    Its metadata follows the Hub's conventions for a LoRA: ``base_model`` (a Hub id; for
+    TinyEmote or a local folder the text says which model, and the field is left out),
+    ``license``, ``library_name: diffusers``, the tags the Hub files LoRAs under
+    (``lora``, ``text-to-image``, ``diffusers``, ``stable-diffusion``, ``template:sd-lora``),
+    the trigger word as ``instance_prompt``, and a widget gallery of the run's last
+    validation pictures (``samples/widget-N.png``, one per prompt).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from stableemote_utils.captions import make_caption
+
+    dataset, model = str(config.dataset), str(config.model)
+    base_model = model if _is_hub_id(model) else None
+    licence_note = DATASET_LICENCE_NOTES.get(
+        dataset, "has the licence its publisher gives; check it."
+    )
+    base_text = {
+        "tiny": "TinyEmote, the small model of SD 1.5's architecture shipped with the StableEmote "
+        "course (not on the Hub)",
+        "tiny-random": "the StableEmote course's tiny model with random weights (not on the Hub)",
+    }.get(preset.name, f"`{model}`")
+    prompts = [
+        make_caption(n, config.caption_template, config.trigger_word)
+        for n in config.validation_prompts
+    ]
+    widget = [
+        {"text": prompt, "output": {"url": WIDGET_PICTURE.format(i=i)}}
+        for i, prompt in enumerate(prompts)
+        if (out / WIDGET_PICTURE.format(i=i)).is_file()
+    ]
+    data = ModelCardData(
+        base_model=base_model,
+        license=adapter_licence(dataset, base_model),
+        library_name="diffusers",
+        tags=list(LORA_TAGS),
+        instance_prompt=config.trigger_word,
+        widget=widget or None,
+    )
     steps = sorted(heldout)
     held = (
-        f"Held-out loss (fixed timesteps and noise, on emoji never seen in training): "
+        f"Held-out loss (fixed timesteps and noise, on pictures never seen in training): "
         f"{heldout[steps[0]]:.4f} before training, {heldout[steps[-1]]:.4f} after {steps[-1]} steps."
         if steps
+        else "No held-out pictures: the held-out loss was not measured."
+    )
+    trigger = (
+        f"Trigger word: `{config.trigger_word}` (every training caption begins with it).\n"
+        if config.trigger_word
         else ""
     )
-    samples = sorted((out / "samples").glob("*.png")) if (out / "samples").is_dir() else []
-    sample_line = f"![samples](samples/{samples[-1].name})" if samples else ""
     cfg = json.dumps(config.to_dict(), indent=1, default=str)
-    base = {"tiny": "TinyEmote (shipped with StableEmote)", "tiny-random": "tiny-random"}.get(
-        preset.name, config.model
-    )
-    text = f"""---
-base_model: {base}
-library_name: diffusers
-tags: [stable-diffusion, lora, emoji, stableemote]
----
-# Emoji LoRA (StableEmote)
+    body = f"""# Emoji LoRA (StableEmote)
 
 A rank-{config.rank} LoRA on the UNet attention projections (to_q, to_k, to_v, to_out.0) of
-`{config.model}`, trained with the StableEmote course's `stableemote train`.
+{base_text}, trained with the StableEmote course's `stableemote train`.
 
-- Data: `{dataset}`, captions "{config.caption_template}". The data {licence}
-- {config.steps} steps, batch {config.batch_size}, {config.resolution_px} px, learning rate {config.learning_rate} ({config.lr_scheduler}).
+{trigger}
+- Data: `{dataset}`, captions "{config.caption_template}". The data {licence_note}
+- {config.steps} steps, batch {config.batch_size} x {config.gradient_accumulation_steps} accumulation steps, {config.resolution_px} px, learning rate {config.learning_rate} ({config.lr_scheduler}).
 - {held}
-
-{sample_line}
 
 Use it with diffusers:
 
@@ -81,9 +151,18 @@ Training config:
 {cfg}
 ```
 """
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     path = out / "README.md"
-    path.write_text(text)
+    card.save(path)
     return path
+
+
+def hub_token() -> str | None:
+    """The Hub token, from ``huggingface_hub.get_token()``: ``$HF_TOKEN``, a saved
+    ``hf auth login`` / ``huggingface_hub.login()``, or Colab's secrets. Never printed."""
+    from huggingface_hub import get_token
+
+    return get_token()
 
 
 def push_adapter(out: Path, repo_id: str, token: str | None = None) -> str:
@@ -94,11 +173,12 @@ def push_adapter(out: Path, repo_id: str, token: str | None = None) -> str:
     """
     from huggingface_hub import HfApi
 
-    token = token or read_secret("HF_TOKEN")
+    token = token or hub_token()
     if not token:
         raise StableEmoteError(
-            "Pushing to the Hub needs a token with write access: set HF_TOKEN in the environment "
-            "or add it to Colab's secrets (the key icon) and grant this notebook access."
+            "Pushing to the Hub needs a token with write access: log in once with "
+            "`hf auth login` (or huggingface_hub.login()), set HF_TOKEN, or on Colab add "
+            "HF_TOKEN to the secrets (the key icon) and grant this notebook access."
         )
     adapter = out / "pytorch_lora_weights.safetensors"
     if not adapter.exists():
@@ -108,10 +188,10 @@ def push_adapter(out: Path, repo_id: str, token: str | None = None) -> str:
         shutil.copy2(adapter, stage / adapter.name)
         if (out / "README.md").exists():
             shutil.copy2(out / "README.md", stage / "README.md")
-        samples = sorted((out / "samples").glob("*.png")) if (out / "samples").is_dir() else []
-        if samples:
-            (stage / "samples").mkdir()
-            shutil.copy2(samples[-1], stage / "samples" / samples[-1].name)
+        samples = sorted((out / "samples").glob("step-*.png")) if (out / "samples").is_dir() else []
+        for picture in [*samples[-1:], *sorted((out / "samples").glob("widget-*.png"))]:
+            (stage / "samples").mkdir(exist_ok=True)
+            shutil.copy2(picture, stage / "samples" / picture.name)
         api = HfApi(token=token)
         try:
             api.create_repo(repo_id, exist_ok=True)

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from stableemote_utils.captions import check_caption_template
 from stableemote_utils.errors import StableEmoteError
 
 # Seeds go into torch.Generator.manual_seed after being combined with the step number
@@ -136,6 +137,7 @@ def check_train_options(config) -> None:
     check_int("--steps", c.steps, 1)
     if c.batch_size is not None:
         check_int("--batch-size", c.batch_size, 1)
+    check_int("--gradient-accumulation-steps", c.gradient_accumulation_steps, 1)
     if c.resolution_px is not None:
         check_resolution("--resolution", c.resolution_px)
     check_int("--rank", c.rank, 1)
@@ -143,8 +145,11 @@ def check_train_options(config) -> None:
         check_float("--alpha", c.alpha, 0.0, min_inclusive=False)
     check_float("--learning-rate", c.learning_rate, 0.0, 1.0, min_inclusive=False)
     check_int("--lr-warmup-steps", c.lr_warmup_steps, 0)
-    if not isinstance(c.caption_template, str) or "{name}" not in c.caption_template:
-        raise _fail("caption_template", c.caption_template, "a text containing '{name}'")
+    check_caption_template(c.caption_template)
+    if c.trigger_word is not None and (
+        not isinstance(c.trigger_word, str) or not c.trigger_word.strip()
+    ):
+        raise _fail("--trigger-word", c.trigger_word, "a word or short phrase (or left out)")
     check_float("--caption-dropout", c.caption_dropout, 0.0, 1.0)
     if c.min_snr_gamma is not None:
         check_float("--min-snr-gamma", c.min_snr_gamma, 0.0, min_inclusive=False)

@@ -26,6 +26,7 @@ from stableemote_utils.checkpoints import (
     verify_checkpoint,
 )
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.training_config import option_name
 
 # Checkpoints moved out of a run's way (an abandoned timeline, a replaced run) go here.
 SET_ASIDE_DIR = "set-aside"
@@ -45,6 +46,7 @@ RESUME_MAY_CHANGE = frozenset(
         "keep_checkpoints",
         "validate_every",
         "validation_prompts",
+        "grid_at_step_0",
         "validation_seed",
         "validation_steps",
         "validation_guidance",
@@ -61,28 +63,6 @@ RESUME_MAY_CHANGE = frozenset(
 )
 # mixed_precision_for's names -> the --precision value that selects it.
 _PRECISION_FLAG = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
-_CLI_FLAGS = {
-    "resolution_px": "--resolution",
-    "stop_after_steps": "--stop-after",
-    **{
-        f: "--" + f.replace("_", "-")
-        for f in [
-            "model",
-            "dataset",
-            "batch_size",
-            "rank",
-            "alpha",
-            "learning_rate",
-            "lr_warmup_steps",
-            "caption_dropout",
-            "min_snr_gamma",
-            "noise_offset",
-            "seed",
-            "use_8bit_adam",
-            "max_train_examples",
-        ]
-    },
-}
 
 
 def resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -108,11 +88,6 @@ def resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
     return path
 
 
-def _option_name(field: str) -> str:
-    """How the command line spells a :class:`TrainConfig` field (the field itself if it has no flag)."""
-    return _CLI_FLAGS.get(field, field)
-
-
 def check_resume_config(saved_state: dict, config: dict, precision: str) -> None:
     """Refuse to resume when a setting that changes the trained weights differs.
 
@@ -123,7 +98,7 @@ def check_resume_config(saved_state: dict, config: dict, precision: str) -> None
     """
     saved, now = saved_state["config"], config
     diff = [
-        f"{k}: {saved[k]!r} -> {now[k]!r} ({_option_name(k)})"
+        f"{k}: {saved[k]!r} -> {now[k]!r} ({option_name(k)})"
         for k in now
         if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]
     ]

@@ -34,9 +34,16 @@ from diffusers import SchedulerMixin
 from diffusers.training_utils import compute_snr
 from tqdm import tqdm  # a text bar: in a notebook its stored output is its last state
 
+from stableemote_utils.config_file import write_config_file
+from stableemote_utils.denoising import add_noise
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.options import check_train_options
-from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
+from stableemote_utils.precision import (
+    check_training_precision,
+    choose_dtype,
+    dtype_name,
+    pick_device,
+)
 from stableemote_utils.presets import Preset, get_preset, precision_setting
 from stableemote_utils.run_folder import run_lock
 from stableemote_utils.training_config import ORIGINAL_PROMPTS, TrainConfig, TrainResult, recipe
@@ -64,7 +71,10 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "batch_indices",
+    "draw_step_noise",
     "min_snr_weights",
+    "noise_prediction_loss",
+    "optimizer_step",
     "recipe",
     "step_generator",
     "train",
@@ -128,6 +138,72 @@ def min_snr_weights(
     return torch.clamp(snr, max=gamma) / snr
 
 
+def draw_step_noise(
+    generator: torch.Generator,
+    latent_shape: torch.Size | tuple[int, ...],
+    num_timesteps: int,
+    *,
+    noise_offset: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Every random draw of a training step's noising, in a fixed order, for ``B`` examples.
+
+    Drawn once for the whole batch of an optimizer step, so that a batch trained in ``N``
+    accumulated slices sees exactly the numbers one big batch would.
+
+    Args:
+        generator: the step's generator (:func:`step_generator`), on the latents' device.
+        latent_shape: ``(B, 4, h, w)``.
+        num_timesteps: the schedule's length (1000 for SD 1.5).
+        noise_offset: scale of a per-example, per-channel constant added to the noise.
+
+    Returns:
+        ``{"sample": (B, 4, h, w)`` standard normal draws that sample the cached latent
+        distribution, ``"noise": (B, 4, h, w)``, ``"timesteps": (B,)``}.
+    """
+    dev = generator.device
+    b, channels = latent_shape[0], latent_shape[1]
+    sample = torch.randn(latent_shape, generator=generator, device=dev)
+    noise = torch.randn(latent_shape, generator=generator, device=dev)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(
+            (b, channels, 1, 1), generator=generator, device=dev
+        )
+    t = torch.randint(0, num_timesteps, (b,), generator=generator, device=dev)
+    return {"sample": sample, "noise": noise, "timesteps": t}
+
+
+def noise_prediction_loss(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    noise_scheduler: SchedulerMixin,
+    min_snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """Noise the clean latents, let the UNet predict the noise, and score it.
+
+    Args:
+        latents: clean latents ``x_0`` ``(B, 4, h, w)``, scaled.
+        noise: the noise to hide ``(B, 4, h, w)``.
+        timesteps: ``(B,)`` ints in ``[0, 1000)``.
+        text: CLIP hidden states ``(B, 77, D)``.
+        noise_scheduler: its ``alphas_cumprod`` ``(1000,)`` is the noise schedule.
+        min_snr_gamma: weight each example by ``min(SNR, gamma) / SNR`` (``None``: off).
+
+    Returns:
+        The scalar loss: MSE between the true noise and the UNet's prediction.
+    """
+    # forward noising: x_t = sqrt(a_bar_t) x_0 + sqrt(1 - a_bar_t) eps (notebook 03)
+    noisy = add_noise(latents, noise, noise_scheduler.alphas_cumprod, timesteps)
+    pred = unet(noisy, timesteps, encoder_hidden_states=text).sample
+    per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        per_example = per_example * min_snr_weights(timesteps, noise_scheduler, min_snr_gamma)
+    return per_example.mean()
+
+
 def training_loss(
     unet: torch.nn.Module,
     latent_mean: torch.Tensor,
@@ -138,7 +214,7 @@ def training_loss(
     min_snr_gamma: float | None = None,
     noise_offset: float = 0.0,
 ) -> torch.Tensor:
-    """One training step's loss, written out.
+    """One training step's loss, written out: draw, noise, predict, compare.
 
     Args:
         unet: the UNet with LoRA layers.
@@ -151,29 +227,23 @@ def training_loss(
     Returns:
         The scalar loss: MSE between the true noise and the UNet's prediction.
     """
-    b = latent_mean.shape[0]
-    dev = latent_mean.device
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(dev)
-    # 1. a fresh sample of the latent distribution (the cache keeps mean and std)
-    latents = latent_mean + latent_std * torch.randn(
-        latent_mean.shape, generator=generator, device=dev
+    draws = draw_step_noise(
+        generator,
+        latent_mean.shape,
+        len(noise_scheduler.alphas_cumprod),
+        noise_offset=noise_offset,
     )
-    # 2. noise, and a random timestep per example
-    noise = torch.randn(latents.shape, generator=generator, device=dev)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn(
-            (b, latents.shape[1], 1, 1), generator=generator, device=dev
-        )
-    t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator, device=dev)
-    # 3. forward noising: x_t = sqrt(a_bar) x_0 + sqrt(1 - a_bar) eps
-    a_bar = alphas_cumprod[t].view(b, 1, 1, 1)
-    noisy = a_bar.sqrt() * latents + (1 - a_bar).sqrt() * noise
-    # 4. predict the noise and compare
-    pred = unet(noisy, t, encoder_hidden_states=text).sample
-    per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-    if min_snr_gamma:
-        per_example = per_example * min_snr_weights(t, noise_scheduler, min_snr_gamma)
-    return per_example.mean()
+    # a fresh sample of the latent distribution (the cache keeps mean and std)
+    latents = latent_mean + latent_std * draws["sample"]
+    return noise_prediction_loss(
+        unet,
+        latents,
+        draws["noise"],
+        draws["timesteps"],
+        text,
+        noise_scheduler=noise_scheduler,
+        min_snr_gamma=min_snr_gamma,
+    )
 
 
 def train(
@@ -206,7 +276,8 @@ def train(
     Returns:
         A :class:`TrainResult`. Files written under ``output_dir``: ``checkpoints/``,
         ``samples/``, ``pytorch_lora_weights.safetensors``, ``loss.png``, ``summary.json``,
-        ``README.md`` (model card).
+        ``README.md`` (model card), ``captions.jsonl`` (every picture's caption) and
+        ``config.toml`` (every setting, resolved: ``stableemote train --config`` repeats it).
 
     Raises:
         StableEmoteError: a bad option (before any work), a locked or used folder, a
@@ -216,7 +287,8 @@ def train(
     """
     check_train_options(config)
     device = pick_device(config.device)
-    check_training_precision(device, choose_dtype(device, precision_setting(config.precision))[0])
+    dtype = choose_dtype(device, precision_setting(config.precision))[0]
+    check_training_precision(device, dtype)
     if overwrite and resume is not None:
         raise StableEmoteError(
             "--overwrite starts the run over and --resume continues it; pass one of them."
@@ -235,6 +307,7 @@ def train(
         batch_size=config.batch_size or preset.batch_size,
         resolution_px=config.resolution_px or preset.resolution_px,
         alpha=config.alpha if config.alpha is not None else float(config.rank),
+        precision=dtype_name(dtype),
         validation_steps=config.validation_steps or preset.sample_steps,
         validation_guidance=(
             preset.guidance_scale
@@ -251,9 +324,13 @@ def train(
 def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, overwrite: bool):
     """:func:`train` once the options are checked and the run folder is locked."""
     run = set_up_run(config, preset, out, resume, overwrite)
+    if run.main:
+        write_config_file(config, out)
     open_trackers(run.accelerator, config, out)
     if 0 not in run.heldout:
         measure_heldout(run, 0)
+    if config.grid_at_step_0 and run.step == 0:
+        _validation_grid(run, 0)
     step_times, interrupted = _training_loop(run)
     if interrupted:
         how = "terminated" if run.interrupt["signal"] == "SIGTERM" else "interrupted"
@@ -270,21 +347,93 @@ def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, o
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return TrainResult(
-        out,
-        adapter_path,
-        run.step,
-        run.losses,
-        run.heldout,
-        median(step_times),
-        stopped_early,
-        run.main,
-        interrupted,
-        (run.interrupt["signal"] or "SIGINT") if interrupted else None,
+        output_dir=out,
+        adapter_path=adapter_path,
+        step=run.step,
+        losses=run.losses,
+        heldout=run.heldout,
+        seconds_per_step=median(step_times),
+        stopped_early=stopped_early,
+        is_main_process=run.main,
+        interrupted=interrupted,
+        stop_signal=(run.interrupt["signal"] or "SIGINT") if interrupted else None,
     )
 
 
+def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
+    """Optimizer step ``step``: its batch in ``gradient_accumulation_steps`` slices through
+    accelerate's ``accumulate``, then clip, update the weights and the learning rate.
+
+    The step's batch (``batch_size * gradient_accumulation_steps`` examples per process)
+    and every random draw are made once for the whole batch, so ``batch 4 x 2 slices``
+    trains on the numbers ``batch 8`` does; accelerate divides each slice's loss by the
+    number of slices and steps the optimizer after the last.
+
+    Returns:
+        The step's loss, the mean over its slices (a 0-dim tensor, not synced to the host).
+    """
+    config, accelerator, cache = run.config, run.accelerator, run.train_cache
+    slices = config.gradient_accumulation_steps
+    world, process_index = accelerator.num_processes, accelerator.process_index
+    dev = accelerator.device
+    idx = batch_indices(
+        step,
+        config.batch_size * slices,
+        cache["latent_mean"].shape[0],
+        config.seed,
+        process_index,
+        world,
+    ).to(dev)
+    g = step_generator(config.seed, step, process_index, dev)
+    text = cache["text"][idx]
+    if config.caption_dropout > 0:
+        drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
+        text = torch.where(drop.view(-1, 1, 1), cache["extra_text"][0:1].expand_as(text), text)
+    draws = draw_step_noise(
+        g,
+        cache["latent_mean"][idx].shape,
+        len(run.components.scheduler.alphas_cumprod),
+        noise_offset=config.noise_offset,
+    )
+    # a fresh sample of each cached latent distribution
+    latents = cache["latent_mean"][idx] + cache["latent_std"][idx] * draws["sample"]
+    losses = []
+    for part in torch.arange(len(idx), device=dev).chunk(slices):
+        with accelerator.accumulate(run.unet), accelerator.autocast():
+            loss = noise_prediction_loss(
+                run.unet,
+                latents[part],
+                draws["noise"][part],
+                draws["timesteps"][part],
+                text[part],
+                noise_scheduler=run.components.scheduler,
+                min_snr_gamma=config.min_snr_gamma,
+            )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm:
+                accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
+            run.optimizer.step()  # accelerate's: steps only after the last slice
+            run.optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().float())
+    run.lr_schedule.step()
+    return torch.stack(losses).mean()
+
+
+@dataclasses.dataclass
+class _LoopState:
+    """What the loop's hooks keep between steps."""
+
+    end_step: int
+    bar: tqdm
+    interrupt: dict
+    pending: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    step_times: list[float] = dataclasses.field(default_factory=list)
+    last_time: float = dataclasses.field(default_factory=time.perf_counter)
+    stopping: bool = False
+
+
 def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
-    """The loop: batch, noise, UNet, loss, backward, optimizer step; log, checkpoint, validate.
+    """The loop: one :func:`optimizer_step` after another, then :func:`_after_step`.
 
     Runs from ``run.step`` to ``config.steps`` (or ``stop_after_steps``), updating
     ``run.step``, ``run.losses`` and ``run.heldout``.
@@ -292,19 +441,8 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
     Returns:
         ``(seconds per step of each log interval, whether Ctrl-C stopped the run early)``.
     """
-    config, accelerator = run.config, run.accelerator
-    dev = accelerator.device
-    world, process_index = accelerator.num_processes, accelerator.process_index
-    latent_mean = run.train_cache["latent_mean"].to(dev)
-    latent_std = run.train_cache["latent_std"].to(dev)
-    text_all = run.train_cache["text"].to(dev)
-    empty_text = run.train_cache["extra_text"][0:1].to(dev)
-    num_examples = latent_mean.shape[0]
-    end_step = (
-        config.steps
-        if config.stop_after_steps is None
-        else min(config.steps, config.stop_after_steps)
-    )
+    config = run.config
+    end_step = min(config.steps, config.stop_after_steps or config.steps)
     bar = tqdm(
         total=config.steps,
         initial=run.step,
@@ -312,93 +450,84 @@ def _training_loop(run: TrainingRun) -> tuple[list[float], bool]:
         desc="training",
         unit="step",
     )
-    pending: list[torch.Tensor] = []
-    step_times: list[float] = []
-    interrupt = run.interrupt
-    restore_sigint = finish_the_step_on_interrupt(interrupt)
-    stopping = False
-    step = run.step
+    state = _LoopState(end_step=end_step, bar=bar, interrupt=run.interrupt)
+    restore_sigint = finish_the_step_on_interrupt(state.interrupt)
     run.unet.train()
-    last = time.perf_counter()
     try:
-        while step < end_step:
-            idx = batch_indices(
-                step, config.batch_size, num_examples, config.seed, process_index, world
-            ).to(dev)
-            g = step_generator(config.seed, step, process_index, dev)
-            text = text_all[idx]
-            if config.caption_dropout > 0:
-                drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
-                text = torch.where(drop.view(-1, 1, 1), empty_text.expand_as(text), text)
-            with accelerator.autocast():
-                loss = training_loss(
-                    run.unet,
-                    latent_mean[idx],
-                    latent_std[idx],
-                    text,
-                    run.components.scheduler,
-                    g,
-                    config.min_snr_gamma,
-                    config.noise_offset,
-                )
-            accelerator.backward(loss)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
-            run.optimizer.step()
-            run.lr_schedule.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            step += 1
-            run.step = step
-            pending.append(loss.detach().float())
-            stopping = any_process_interrupted(accelerator, interrupt)
-            if step % config.log_every == 0 or step == end_step or stopping:
-                # One host sync per log interval, not per step.
-                values = accelerator.reduce(torch.stack(pending), reduction="mean").cpu()
-                pending.clear()
-                bad = (~torch.isfinite(values)).nonzero()
-                if len(bad):
-                    first_bad = step - len(values) + int(bad[0]) + 1
-                    raise non_finite_loss_error(first_bad, values[int(bad[0])].item(), run.ckpt_dir)
-                run.losses.extend(values.tolist())
-                now = time.perf_counter()
-                step_times.append((now - last) / len(values))
-                last = now
-                bar.update(len(values))
-                bar.set_postfix(loss=f"{values.mean():.4f}", s_per_step=f"{step_times[-1]:.3f}")
-                accelerator.log(
-                    {
-                        "loss": values.mean().item(),
-                        "lr": run.lr_schedule.get_last_lr()[0],
-                        "steps_per_second": 1.0 / max(step_times[-1], 1e-9),
-                    },
-                    step=step,
-                )
-            # Validation is a picture for people: it must never cost the checkpoint of its
-            # step or kill the run it watches. The held-out loss goes into the checkpoint, so
-            # it is measured first; the sample grid comes after the checkpoint.
-            validating = step % config.validate_every == 0 or step == config.steps
-            if validating:
-                try:
-                    measure_heldout(run, step)
-                except Exception as err:  # noqa: BLE001 - reported, training goes on
-                    report_failure("the held-out loss", step, err)
-            if step % config.checkpoint_every == 0 or step == end_step or stopping:
-                write_checkpoint(run, step)
-            if stopping:
+        while run.step < end_step:
+            loss = optimizer_step(run, run.step)
+            run.step += 1
+            if _after_step(run, state, loss):
                 break
-            if validating:
-                try:
-                    save_validation_grid(run, step)
-                except Exception as err:  # noqa: BLE001 - reported, training goes on
-                    report_failure("the validation grid", step, err)
     except torch.OutOfMemoryError as err:
         raise StableEmoteError(
             f"Ran out of GPU memory at batch size {config.batch_size}, {config.resolution_px} px. "
-            "Turn on --gradient-checkpointing and continue with --resume latest, or start a new run "
-            "(new --output-dir) with a lower --batch-size or --resolution, or --use-8bit-adam. "
+            "Turn on --gradient-checkpointing (or raise --gradient-accumulation-steps and lower "
+            "--batch-size) and continue with --resume latest, or start a new run (new "
+            "--output-dir) with a lower --batch-size or --resolution, or --use-8bit-adam. "
             f"({str(err)[:120]})"
         ) from err
     finally:
         bar.close()
         restore_sigint()
-    return step_times, stopping and step < config.steps
+    return state.step_times, state.stopping and run.step < config.steps
+
+
+def _after_step(run: TrainingRun, state: _LoopState, loss: torch.Tensor) -> bool:
+    """The one place the hooks hang off: Ctrl-C, logging (with the non-finite check),
+    held-out loss, checkpoint, validation grid. Returns whether to stop."""
+    config, step = run.config, run.step
+    state.pending.append(loss)
+    state.stopping = any_process_interrupted(run.accelerator, state.interrupt)
+    last = step == state.end_step
+    if step % config.log_every == 0 or last or state.stopping:
+        _log_losses(run, state)
+    # Validation is a picture for people: it must never cost the checkpoint of its step or
+    # kill the run it watches. The held-out loss goes into the checkpoint, so it comes
+    # first; the sample grid comes after the checkpoint.
+    validating = step % config.validate_every == 0 or step == config.steps
+    if validating:
+        try:
+            measure_heldout(run, step)
+        except Exception as err:  # noqa: BLE001 - reported, training goes on
+            report_failure("the held-out loss", step, err)
+    if step % config.checkpoint_every == 0 or last or state.stopping:
+        write_checkpoint(run, step)
+    if state.stopping:
+        return True
+    if validating:
+        _validation_grid(run, step)
+    return False
+
+
+def _log_losses(run: TrainingRun, state: _LoopState) -> None:
+    """Bring the losses since the last log to the host (one sync per log interval), stop on
+    a non-finite one, and log them to the progress bar and the trackers."""
+    values = run.accelerator.reduce(torch.stack(state.pending), reduction="mean").cpu()
+    state.pending.clear()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        first_bad = run.step - len(values) + int(bad[0]) + 1
+        raise non_finite_loss_error(first_bad, values[int(bad[0])].item(), run.ckpt_dir)
+    run.losses.extend(values.tolist())
+    now = time.perf_counter()
+    state.step_times.append((now - state.last_time) / len(values))
+    state.last_time = now
+    state.bar.update(len(values))
+    state.bar.set_postfix(loss=f"{values.mean():.4f}", s_per_step=f"{state.step_times[-1]:.3f}")
+    run.accelerator.log(
+        {
+            "loss": values.mean().item(),
+            "lr": run.lr_schedule.get_last_lr()[0],
+            "steps_per_second": 1.0 / max(state.step_times[-1], 1e-9),
+        },
+        step=run.step,
+    )
+
+
+def _validation_grid(run: TrainingRun, step: int) -> None:
+    """The validation grid of ``step``; a failure is reported and training goes on."""
+    try:
+        save_validation_grid(run, step)
+    except Exception as err:  # noqa: BLE001 - a picture for people must not kill the run
+        report_failure("the validation grid", step, err)

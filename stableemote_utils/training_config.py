@@ -9,6 +9,7 @@ import the training machinery.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +41,16 @@ class TrainConfig:
     dataset: str | None = None  # None: the preset's dataset
     output_dir: str = "outputs/lora"
     steps: int = 4500
-    batch_size: int | None = None  # per process; None: the preset's
+    batch_size: int | None = None  # per process and slice; None: the preset's
+    gradient_accumulation_steps: int = 1  # slices of batch_size per optimizer step
     resolution_px: int | None = None  # None: the preset's
     rank: int = 4
     alpha: float | None = None  # None: equal to rank
     learning_rate: float = 1e-4
     lr_scheduler: str = "cosine"
     lr_warmup_steps: int = 0
-    caption_template: str = CAPTION_TEMPLATE
+    caption_template: str = CAPTION_TEMPLATE  # {} or {name} marks the name's place
+    trigger_word: str | None = None  # put in front of every caption and validation prompt
     caption_dropout: float = 0.0
     min_snr_gamma: float | None = None
     noise_offset: float = 0.0
@@ -59,6 +62,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     validate_every: int = 500
     validation_prompts: tuple[str, ...] = ORIGINAL_PROMPTS[:4]
+    grid_at_step_0: bool = False  # also draw the validation grid before training (the CLI does)
     validation_seed: int = 0
     validation_steps: int | None = None  # None: the preset's sampling steps
     validation_guidance: float | None = None  # None: the preset's guidance scale
@@ -78,6 +82,154 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["validation_prompts"] = list(self.validation_prompts)
         return d
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """One ``stableemote train`` option: the :class:`TrainConfig` field it sets.
+
+    Attributes:
+        field: the :class:`TrainConfig` field (also the key in a ``--config`` file).
+        flag: the command line's spelling, e.g. ``"--resolution"``.
+        help: what it does, without its default (the command line adds that).
+        unset: what the field's ``None`` means, for fields whose default is ``None``.
+        choices: the values allowed, where there is a short list.
+    """
+
+    field: str
+    flag: str
+    help: str
+    unset: str = ""
+    choices: tuple[str, ...] = ()
+
+
+# Every TrainConfig field the command line sets, in the order `train --help` lists them.
+TRAIN_OPTIONS: tuple[TrainOption, ...] = (
+    TrainOption(
+        "preset",
+        "--preset",
+        "sd15 (real model, GPU + network), tiny (offline, CPU), tiny-random, a Hub id or a folder",
+    ),
+    TrainOption("device", "--device", "cpu, cuda, cuda:1 ...", unset="cuda if present, else cpu"),
+    TrainOption("model", "--model", "base model: Hub id or folder", unset="the preset's"),
+    TrainOption(
+        "dataset",
+        "--dataset",
+        "noto, openmoji, a Hub dataset id, or a folder of your pictures: with same-named .txt "
+        "captions, a metadata.jsonl, or captioned by file name (sub-folders are fine)",
+        unset="the preset's",
+    ),
+    TrainOption("output_dir", "--output-dir", "the run folder; can be on Google Drive"),
+    TrainOption("steps", "--steps", "total optimizer steps"),
+    TrainOption(
+        "batch_size",
+        "--batch-size",
+        "images per slice per process (a step trains batch size x accumulation steps)",
+        unset="the preset's",
+    ),
+    TrainOption(
+        "gradient_accumulation_steps",
+        "--gradient-accumulation-steps",
+        "slices of --batch-size whose gradients add up to one optimizer step (through "
+        "accelerate's accumulate): batch 4 x 2 trains like batch 8 in the memory of 4",
+    ),
+    TrainOption("resolution_px", "--resolution", "image size in px", unset="the preset's"),
+    TrainOption("rank", "--rank", "LoRA rank r"),
+    TrainOption(
+        "alpha", "--alpha", "LoRA alpha (the update is scaled by alpha / r)", unset="--rank"
+    ),
+    TrainOption("learning_rate", "--learning-rate", "AdamW's peak learning rate"),
+    TrainOption(
+        "lr_warmup_steps", "--lr-warmup-steps", "steps of linear warm-up before the cosine decay"
+    ),
+    TrainOption(
+        "caption_template",
+        "--caption-template",
+        "how a name (a .txt caption, a file name, an emoji's name) becomes the training "
+        "caption; {} marks the name's place",
+    ),
+    TrainOption(
+        "trigger_word",
+        "--trigger-word",
+        "a word put in front of every caption and validation prompt ('WORD, An emoji of ...')",
+        unset="none",
+    ),
+    TrainOption(
+        "caption_dropout", "--caption-dropout", "probability of training on the empty prompt"
+    ),
+    TrainOption("min_snr_gamma", "--min-snr-gamma", "Min-SNR loss weighting, e.g. 5", unset="off"),
+    TrainOption(
+        "noise_offset", "--noise-offset", "e.g. 0.05 for darker darks and brighter brights"
+    ),
+    TrainOption("seed", "--seed", "seed of the LoRA's initial weights, the batches and the noise"),
+    TrainOption(
+        "precision",
+        "--precision",
+        "fp32, fp16 or bf16",
+        unset="$STABLEEMOTE_PRECISION, else fp16 on GPUs below compute capability 8.0, bf16 "
+        "from 8.0, fp32 on CPU",
+    ),
+    TrainOption("checkpoint_every", "--checkpoint-every", "write a checkpoint every N steps"),
+    TrainOption(
+        "keep_checkpoints", "--keep-checkpoints", "how many of the newest checkpoints to keep"
+    ),
+    TrainOption(
+        "validate_every",
+        "--validate-every",
+        "measure the held-out loss and draw the validation grid every N steps",
+    ),
+    TrainOption(
+        "validation_prompts",
+        "--validation-prompts",
+        "the validation grid's prompts, separated by commas; each goes through the caption "
+        "template and trigger word",
+    ),
+    TrainOption(
+        "max_train_examples",
+        "--max-train-examples",
+        "train on N images: a seeded sample, every emoji category in proportion",
+        unset="all",
+    ),
+    TrainOption(
+        "report_to",
+        "--report-to",
+        "where to log losses and grids",
+        choices=("wandb", "tensorboard", "none"),
+    ),
+    TrainOption(
+        "push_to_hub",
+        "--push-to-hub",
+        "upload the adapter and its model card to this Hub repo (user/name) at the end",
+        unset="no upload",
+    ),
+    TrainOption(
+        "stop_after_steps",
+        "--stop-after",
+        "stop at this step as if disconnected (then continue with --resume latest)",
+        unset="run to --steps",
+    ),
+    TrainOption(
+        "gradient_checkpointing", "--gradient-checkpointing", "less memory, ~20-30% slower"
+    ),
+    TrainOption("channels_last", "--channels-last", "NHWC layout for the convolutions"),
+    TrainOption("compile", "--compile", "torch.compile the UNet (slow first steps)"),
+    TrainOption("use_8bit_adam", "--use-8bit-adam", "bitsandbytes AdamW8bit (GPU only)"),
+)
+
+
+def field_type(field: str) -> type:
+    """The value type of a :class:`TrainConfig` field, without its ``None``:
+    ``int``, ``float``, ``str``, ``bool`` or ``tuple`` (a list of texts)."""
+    hint = typing.get_type_hints(TrainConfig)[field]
+    if typing.get_origin(hint) is tuple:
+        return tuple
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def option_name(field: str) -> str:
+    """How the command line spells a :class:`TrainConfig` field (the field itself if it has no flag)."""
+    return next((o.flag for o in TRAIN_OPTIONS if o.field == field), field)
 
 
 def recipe(name: str = "original", **overrides) -> TrainConfig:
@@ -104,7 +256,7 @@ def recipe(name: str = "original", **overrides) -> TrainConfig:
     return dataclasses.replace(base, **overrides)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     """What a run produced.
 

@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from stableemote_utils.checkpoints import latest_checkpoint, save_checkpoint
+from stableemote_utils.denoising import add_noise
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import explain_write_errors, give_open_modes
-from stableemote_utils.hub import push_adapter, write_model_card
+from stableemote_utils.hub import WIDGET_PICTURE, push_adapter, write_model_card
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import make_pipeline
 from stableemote_utils.lora_files import lora_state_dict, save_lora
 from stableemote_utils.plots import save_loss_plot
+from stableemote_utils.sampling import generate
 from stableemote_utils.training_setup import TrainingRun, mixed_precision_for
 
 HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
@@ -57,11 +59,10 @@ def heldout_loss(
     was_training = unet.training
     unet.eval()
     for ti, t in enumerate(timesteps):
-        a_bar = alphas_cumprod[t].float()
         for i in range(0, latent_mean.shape[0], batch_size):
             x0 = latent_mean[i : i + batch_size].to(dev)
             eps = noise_all[ti, i : i + batch_size].to(dev)
-            noisy = a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * eps
+            noisy = add_noise(x0, eps, alphas_cumprod, t)
             tt = torch.full((x0.shape[0],), t, device=dev, dtype=torch.long)
             with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 pred = unet(
@@ -74,8 +75,8 @@ def heldout_loss(
 
 
 def measure_heldout(run: TrainingRun, at_step: int) -> None:
-    """Record the held-out loss at ``at_step`` (main process)."""
-    if not run.main:
+    """Record the held-out loss at ``at_step`` (main process; none without held-out images)."""
+    if not run.main or run.held_cache is None:
         return
     run.heldout[at_step] = heldout_loss(
         run.raw_unet,
@@ -98,7 +99,7 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
         # agree on a dtype whatever the precision (fp32 weights in full training
         # included), as in the training step.
         with run.accelerator.autocast():
-            grid = _sample_grid(
+            grid, pictures = _sample_grid(
                 components,
                 run.raw_unet,
                 run.train_cache["extra_text"][1:],
@@ -110,28 +111,35 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
     finally:
         components.vae.to("cpu")
     save_image(grid, run.out / "samples" / f"step-{at_step:06d}.png")
+    if at_step == run.config.steps:  # the model card's gallery: one picture per prompt
+        for i, picture in enumerate(pictures):
+            save_image(picture, run.out / WIDGET_PICTURE.format(i=i))
     _log_image(run.accelerator, "samples", grid, at_step)
 
 
 def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, resolution_px, steps):
     """Validation images: each prompt at the fixed validation seed and the config's
-    ``validation_guidance`` (the preset's scale unless set), safety checker off."""
+    ``validation_guidance`` (the preset's scale unless set), safety checker off.
+
+    Returns:
+        ``(grid, pictures)``: the labelled grid and the pictures, one per prompt.
+    """
     pipe = make_pipeline(components)
     pipe.unet = unet
     images = []
     for i in range(prompts_embeds.shape[0]):
-        g = torch.Generator(device="cpu").manual_seed(config.validation_seed + i)
-        out = pipe(
+        picture = generate(
+            pipe,
+            None,
+            config.validation_seed + i,
+            steps,
+            config.validation_guidance,
+            resolution_px,
             prompt_embeds=prompts_embeds[i : i + 1].to(components.device, unet.dtype),
             negative_prompt_embeds=negative_embeds.to(components.device, unet.dtype),
-            num_inference_steps=steps,
-            guidance_scale=config.validation_guidance,
-            height=resolution_px,
-            width=resolution_px,
-            generator=g,
         )
-        images.append(out.images[0])
-    return image_grid(images, list(config.validation_prompts), cols=len(images))
+        images.append(picture)
+    return image_grid(images, list(config.validation_prompts), cols=len(images)), images
 
 
 def _log_image(accelerator, name: str, image, step: int) -> None:

@@ -21,8 +21,9 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
+from stableemote_utils.captions import make_caption
 from stableemote_utils.checkpoints import load_checkpoint, restore_rng
-from stableemote_utils.data import load_emoji_dataset
+from stableemote_utils.data import CAPTIONS_RECORD, load_emoji_dataset, write_captions_record
 from stableemote_utils.errors import StableEmoteError, Terminated
 from stableemote_utils.hub import read_secret
 from stableemote_utils.latent_cache import build_or_load_cache
@@ -77,8 +78,10 @@ class TrainingRun:
     precision_reason: str
     run_id: str
     components: SDComponents  # VAE and text encoder parked on the CPU
-    train_cache: dict[str, torch.Tensor]  # latent_mean/latent_std (N, 4, h, w), text (N, 77, D)
-    held_cache: dict[str, torch.Tensor]
+    # latent_mean/latent_std (N, 4, h, w), text (N, 77, D), extra_text (P, 77, D): the empty
+    # prompt and the validation prompts; on the training device.
+    train_cache: dict[str, torch.Tensor]
+    held_cache: dict[str, torch.Tensor] | None  # None: no held-out images
     unet: torch.nn.Module  # as accelerate prepared it: what the training step calls
     raw_unet: torch.nn.Module  # unwrapped: what is measured, sampled and saved
     params: list[torch.nn.Parameter]
@@ -128,6 +131,8 @@ def set_up_run(
     if main:
         claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
     train_set, heldout_set = _load_splits(config, preset, accelerator)
+    if main:  # the exact captions this run trains and measures on
+        write_captions_record(out / CAPTIONS_RECORD, {"train": train_set, "heldout": heldout_set})
     components, train_cache, held_cache = _encode_once(
         config, preset, accelerator, dtype, train_set, heldout_set
     )
@@ -143,7 +148,7 @@ def set_up_run(
         precision_reason=reason,
         run_id=(saved[0].get("run_id") if saved else None) or uuid.uuid4().hex,
         components=components,
-        train_cache=train_cache,
+        train_cache={k: v.to(accelerator.device) for k, v in train_cache.items()},
         held_cache=held_cache,
         unet=unet,
         # Without DDP, but with accelerate's fp32-output wrapper (in place on the module the
@@ -166,6 +171,7 @@ def _make_accelerator(config: TrainConfig, out: Path):
     check_training_precision(device, dtype)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(dtype),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         cpu=device.type == "cpu",
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(out),
@@ -185,23 +191,26 @@ def _load_splits(config: TrainConfig, preset: Preset, accelerator) -> tuple[list
             name,
             preset.heldout_fraction,
             limit=limit,
+            trigger_word=config.trigger_word,
         )
 
     # Data first: a missing dataset or one smaller than a batch fails before any model loads.
     with accelerator.main_process_first():
         train_set = split("train", config.max_train_examples)
         heldout_set = split("heldout", config.heldout_limit)
-    if len(train_set) < config.batch_size * world:
+    per_step = config.batch_size * config.gradient_accumulation_steps
+    if len(train_set) < per_step * world:
         raise StableEmoteError(
-            f"The dataset has {len(train_set)} training images, fewer than one batch "
-            f"({config.batch_size} x {world} processes). Lower --batch-size or add images."
+            f"The dataset has {len(train_set)} training images, fewer than one batch of a step "
+            f"({config.batch_size} x {config.gradient_accumulation_steps} accumulation steps x "
+            f"{world} processes). Lower --batch-size or --gradient-accumulation-steps, or add images."
         )
-    if not heldout_set:
-        raise StableEmoteError(
-            f"--dataset {config.dataset}: none of its emoji names falls in the held-out split "
-            f"({preset.heldout_fraction:.0%} of names, chosen by a hash of the name), so the "
-            "held-out loss cannot be measured. Add images with more distinct names (a few dozen "
-            "at least)."
+    if not heldout_set and accelerator.is_main_process:
+        print(
+            f"stableemote: note: none of the {len(train_set)} names in --dataset "
+            f"{config.dataset} falls in the held-out split ({preset.heldout_fraction:.0%} of "
+            "names, chosen by a hash of the name), so every picture trains and the held-out "
+            "loss is not measured."
         )
     return train_set, heldout_set
 
@@ -216,10 +225,13 @@ def _encode_once(config: TrainConfig, preset: Preset, accelerator, dtype, train_
     components = load_components(
         preset if use_preset else config.model, device=accelerator.device, dtype=dtype
     )
-    # Validation prompts go through the same caption template as the training captions.
+    # Validation prompts become captions as the training names do (template, trigger word).
     extra_prompts = [
         "",
-        *(config.caption_template.format(name=n) for n in config.validation_prompts),
+        *(
+            make_caption(n, config.caption_template, config.trigger_word)
+            for n in config.validation_prompts
+        ),
     ]
     with accelerator.main_process_first():
         cache_folder = Path(cache_dir()) / "latents"
@@ -232,14 +244,18 @@ def _encode_once(config: TrainConfig, preset: Preset, accelerator, dtype, train_
             extra_prompts,
             "train",
         )
-        held_cache = build_or_load_cache(
-            components,
-            heldout_set,
-            cache_folder,
-            config.resolution_px,
-            config.caption_template,
-            (),
-            "heldout",
+        held_cache = (
+            None
+            if not heldout_set
+            else build_or_load_cache(
+                components,
+                heldout_set,
+                cache_folder,
+                config.resolution_px,
+                config.caption_template,
+                (),
+                "heldout",
+            )
         )
     components.vae.to("cpu")
     components.text_encoder.to("cpu")

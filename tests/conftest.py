@@ -109,7 +109,7 @@ _SLOW_FROM_STEP_TRAINER = """
 import os, sys, time
 from stableemote_utils import training
 from stableemote_utils.cli.main import main
-real, calls = training.training_loss, []
+real, calls = training.noise_prediction_loss, []
 def slow(*args, **kwargs):
     # From step SLOW_FROM on, each step takes SLOW_S seconds longer: a signal sent once the
     # step before it is checkpointed reaches the run in that step, however busy the machine.
@@ -117,7 +117,7 @@ def slow(*args, **kwargs):
     if len(calls) >= int(os.environ.get("SLOW_FROM", "1")):
         time.sleep(float(os.environ.get("SLOW_S", "0")))
     return real(*args, **kwargs)
-training.training_loss = slow
+training.noise_prediction_loss = slow
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -163,7 +163,7 @@ def test_damaged_and_half_written_checkpoints_are_not_resumed(tmp_path, capsys, 
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, config):
-    real = training.training_loss
+    real = training.noise_prediction_loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -171,7 +171,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 6 else loss
 
-    monkeypatch.setattr(training, "training_loss", flaky)
+    monkeypatch.setattr(training, "noise_prediction_loss", flaky)
     with pytest.raises(StableEmoteError, match=r"became nan at step 6.*checkpoint-000004"):
         train(config())
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")

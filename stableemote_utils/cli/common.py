@@ -1,9 +1,11 @@
-"""What the ``stableemote`` subcommands share: declaring one, and ``--preset``/``--device``."""
+"""What the ``stableemote`` subcommands share: declaring one, ``--preset``/``--device``, ``--output-dir``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -41,3 +43,56 @@ def add_command(
         add_common_args(p)
     p.set_defaults(func=func)
     return p
+
+
+def add_output_dir(p: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    """Add ``--output-dir`` (every command's spelling) and the deprecated ``--out``.
+
+    ``--out`` keeps what it meant before (the output file of ``compare`` and
+    ``tiny-grid``, the folder of ``figures``); :func:`output_path` prints a notice.
+    """
+    p.add_argument("--output-dir", default=default, help=help)
+    p.add_argument(
+        "--out",
+        dest="deprecated_out",
+        metavar="PATH",
+        default=None,
+        help="deprecated spelling of --output-dir, kept working (prints a notice)",
+    )
+
+
+def output_path(args: argparse.Namespace, file_name: str | None = None) -> Path:
+    """Where a command writes: ``--output-dir`` (with ``file_name`` inside), or what the
+    deprecated ``--out`` names, with a one-line notice on stderr."""
+    if args.deprecated_out is not None:
+        print(
+            "stableemote: note: --out is deprecated; use --output-dir FOLDER"
+            + (f" (writes FOLDER/{file_name})" if file_name else ""),
+            file=sys.stderr,
+        )
+        return Path(args.deprecated_out)
+    folder = Path(args.output_dir)
+    return folder / file_name if file_name else folder
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Add ``(default: X)`` to the help of every option of ``parser`` and its subcommands
+    whose default is a value and whose help does not say it already.
+
+    Unlike ``argparse.ArgumentDefaultsHelpFormatter``, a ``None`` default (whose meaning
+    the help must say in words), ``False`` of a switch and a suppressed one are left alone.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                show_defaults(sub)
+            continue
+        default, text = action.default, action.help
+        if (
+            text
+            and text != argparse.SUPPRESS
+            and default not in (None, False, argparse.SUPPRESS)
+            and "default" not in text
+            and action.option_strings
+        ):
+            action.help = f"{text} (default: %(default)s)"

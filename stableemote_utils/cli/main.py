@@ -7,19 +7,18 @@ user can fix print a one-paragraph message (no traceback) and exit with status 2
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import shlex
 import sys
 from collections.abc import Callable
 from importlib import metadata
 
 from stableemote_utils import __version__
 from stableemote_utils.bench import count_step_flops, format_flops_table, format_table, run_bench
-from stableemote_utils.cli.common import add_command
+from stableemote_utils.cli.common import add_command, add_output_dir, output_path, show_defaults
 from stableemote_utils.cli.demo import add_demo_command
 from stableemote_utils.cli.lora import add_lora_commands
 from stableemote_utils.cli.tinyemote import add_pretrain_commands
+from stableemote_utils.cli.train import add_train_command
 from stableemote_utils.compare import fair_comparison, save_comparison
 from stableemote_utils.errors import StableEmoteError, Terminated
 from stableemote_utils.figures import make_figures
@@ -29,10 +28,11 @@ from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_files import check_lora_file
 from stableemote_utils.options import check_device, check_sampling_options
 from stableemote_utils.precision import choose_dtype, pick_device
-from stableemote_utils.presets import PRESET_ENV_VAR, get_preset, precision_setting
+from stableemote_utils.presets import get_preset, precision_setting
 from stableemote_utils.quickstart import run_quickstart
-from stableemote_utils.training import recipe, train
+from stableemote_utils.sampling import SamplingSettings
 
+COMPARISON_FILE = "comparison.png"
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors")
 
 
@@ -74,79 +74,6 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         steps=args.steps,
         figures_dir=args.figures_dir,
     )
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    """Train a LoRA (see ``stableemote train --help``)."""
-    import dataclasses
-
-    overrides = {
-        k: v
-        for k, v in {
-            # The help promises $STABLEEMOTE_PRESET as the default, over the recipe's own.
-            "preset": args.preset or os.environ.get(PRESET_ENV_VAR, "").strip() or None,
-            "model": args.model,
-            "dataset": args.dataset,
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "resolution_px": args.resolution,
-            "rank": args.rank,
-            "alpha": args.alpha,
-            "learning_rate": args.learning_rate,
-            "lr_warmup_steps": args.lr_warmup_steps,
-            "caption_dropout": args.caption_dropout,
-            "min_snr_gamma": args.min_snr_gamma,
-            "noise_offset": args.noise_offset,
-            "seed": args.seed,
-            "precision": args.precision,
-            "device": args.device,
-            "output_dir": args.output_dir,
-            "checkpoint_every": args.checkpoint_every,
-            "keep_checkpoints": args.keep_checkpoints,
-            "validate_every": args.validate_every,
-            "max_train_examples": args.max_train_examples,
-            "report_to": args.report_to,
-            "push_to_hub": args.push_to_hub,
-            "stop_after_steps": args.stop_after,
-        }.items()
-        if v is not None
-    }
-    flags = {
-        "gradient_checkpointing": args.gradient_checkpointing,
-        "channels_last": args.channels_last,
-        "compile": args.compile,
-        "use_8bit_adam": args.use_8bit_adam,
-    }
-    config = recipe(args.recipe, **overrides)
-    config = dataclasses.replace(config, **{k: True for k, v in flags.items() if v})
-    result = train(config, resume=args.resume, overwrite=args.overwrite)
-    if not result.is_main_process:
-        return
-    if result.interrupted:
-        print(f"continue with: {resume_command(args.argv)}", file=sys.stderr)
-        raise Terminated if result.stop_signal == "SIGTERM" else KeyboardInterrupt
-    if result.adapter_path is not None:
-        print(f"adapter: {result.adapter_path}")
-    else:
-        print(f"stopped at step {result.step}; continue with --resume latest")
-    if result.heldout:
-        first, last = min(result.heldout), max(result.heldout)
-        print(
-            f"held-out loss: {result.heldout[first]:.4f} (step {first}) -> {result.heldout[last]:.4f} (step {last})"
-        )
-
-
-def resume_command(argv: list[str]) -> str:
-    """The ``stableemote train`` command line that continues the run ``argv`` started."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--resume", "--stop-after"):
-            skip = True
-        elif not (arg == "--overwrite" or arg.startswith(("--resume=", "--stop-after="))):
-            kept.append(arg)
-    return shlex.join(["stableemote", *kept, "--resume", "latest"])
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -194,34 +121,39 @@ def cmd_compare(args: argparse.Namespace) -> None:
     dev = pick_device(args.device)
     dtype, _ = choose_dtype(dev, precision_setting())
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))
-    kwargs = {}
-    if args.prompts:
-        kwargs["prompts"] = [s.strip() for s in args.prompts.split(",") if s.strip()]
-    if seeds:
-        kwargs["seeds"] = seeds
+    settings = SamplingSettings.for_preset(
+        p,
+        prompts=[s.strip() for s in args.prompts.split(",") if s.strip()] if args.prompts else None,
+        seeds=seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        resolution_px=args.resolution,
+    )
     made: list = []
     grid, record = fair_comparison(
         pipe,
         args.lora,
-        steps=p.sample_steps if args.steps is None else args.steps,
-        guidance=p.guidance_scale if args.guidance is None else args.guidance,
-        resolution_px=p.resolution_px if args.resolution is None else args.resolution,
-        caption_template=p.caption_template,
+        prompts=settings.prompts,
+        seeds=settings.seeds,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        resolution_px=settings.resolution_px,
+        caption_template=settings.caption_template,
         images_out=made,
-        **kwargs,
     )
     from stableemote_utils.metrics import comparison_clip_scores, format_comparison_scores
 
     record["clip_score"] = comparison_clip_scores(p, made, record["images"], dev)
     print(format_comparison_scores(record["clip_score"]))
-    png, js = save_comparison(grid, record, args.out)
+    png, js = save_comparison(grid, record, output_path(args, COMPARISON_FILE))
     print(f"wrote {png} and {js}")
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
     """Regenerate the figures in images/."""
 
-    for path in make_figures(args.out or IMAGES_DIR, args.only or None):
+    folder = output_path(args) if args.deprecated_out or args.output_dir else IMAGES_DIR
+    for path in make_figures(folder, args.only or None):
         print(f"wrote {path}")
 
 
@@ -237,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command(
         sub, "info", cmd_info, common=True, help="print versions, device, precision and preset"
     )
-    p.add_argument("--precision", default=None, help="force fp32, fp16 or bf16")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="force fp32, fp16 or bf16 (default: $STABLEEMOTE_PRECISION, else chosen from the device)",
+    )
 
     p = add_command(
         sub,
@@ -260,100 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also copy the grids and loss plot here as results_<preset>_*.png",
     )
 
-    p = add_command(
-        sub,
-        "train",
-        cmd_train,
-        common=True,
-        help="train a LoRA on emoji (resumable; runs under accelerate launch)",
-        description="Train a LoRA on the UNet's attention projections. Images and captions are "
-        "encoded once and cached; checkpoints go to OUTPUT_DIR/checkpoints and --resume latest "
-        "continues after a disconnect. Defaults reproduce the original SD 1.5 run (4,500 steps, "
-        "batch 8, 256 px, rank 4, AdamW 1e-4, cosine). Several GPUs: accelerate launch "
-        "--num_processes N $(which stableemote) train ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--recipe",
-        default="original",
-        choices=["original", "tiny-quick"],
-        help="named starting config",
-    )
-    p.add_argument("--model", default=None, help="base model id or folder (default: the preset's)")
-    p.add_argument(
-        "--dataset",
-        default=None,
-        help="noto, a Hub dataset id, or an imagefolder (default: the preset's)",
-    )
-    p.add_argument(
-        "--output-dir",
-        default=None,
-        help="run folder (default: outputs/lora); can be on Google Drive",
-    )
-    p.add_argument("--steps", type=int, default=None, help="total optimizer steps")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step per process")
-    p.add_argument("--resolution", type=int, default=None, help="image size in px")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: equal to rank)")
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--lr-warmup-steps", type=int, default=None)
-    p.add_argument(
-        "--caption-dropout",
-        type=float,
-        default=None,
-        help="probability of training on the empty prompt",
-    )
-    p.add_argument(
-        "--min-snr-gamma", type=float, default=None, help="Min-SNR loss weighting, e.g. 5"
-    )
-    p.add_argument(
-        "--noise-offset",
-        type=float,
-        default=None,
-        help="e.g. 0.05 for darker darks / brighter brights",
-    )
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--precision", default=None, help="fp32, fp16 or bf16 (default: chosen from the GPU)"
-    )
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--keep-checkpoints", type=int, default=None)
-    p.add_argument("--validate-every", type=int, default=None)
-    p.add_argument(
-        "--max-train-examples", type=int, default=None, help="use only the first N images"
-    )
-    p.add_argument(
-        "--resume",
-        default=None,
-        help="'latest' or a checkpoint folder (newer checkpoints are moved to set-aside/)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a fresh run in a folder that holds another run's checkpoints "
-        "(they are moved to set-aside/, not deleted)",
-    )
-    p.add_argument("--report-to", default=None, choices=["wandb", "tensorboard", "none"])
-    p.add_argument(
-        "--push-to-hub",
-        default=None,
-        metavar="REPO",
-        help="upload adapter + model card (needs HF_TOKEN)",
-    )
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        default=None,
-        help="stop at this step as if disconnected (then resume)",
-    )
-    p.add_argument(
-        "--gradient-checkpointing", action="store_true", help="less memory, ~20-30%% slower"
-    )
-    p.add_argument("--channels-last", action="store_true", help="NHWC layout for the convolutions")
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile the UNet (slow first steps)"
-    )
-    p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (GPU only)")
+    add_train_command(sub)
 
     p = add_command(
         sub,
@@ -364,10 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Seconds per training step and peak memory of (a) the original recipe (VAE and "
         "text encoder every step, bf16) and (b) ours (cached latents and text), same model and batch.",
     )
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step (default: the preset's, 8 for sd15, 4 for tiny; 8 with --flops)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="image size in px (default: the preset's, 256 for sd15, 64 for tiny; 256 with --flops)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=10, help="timed steps, median reported (default: %(default)s)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps first, for caches and kernels to settle (default: %(default)s)",
+    )
     p.add_argument(
         "--precision",
         default=None,
@@ -395,26 +255,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base", default=None, help="base model: preset, id or folder (default: --preset)"
     )
-    p.add_argument("--lora", required=True, help="adapter file or folder")
-    p.add_argument("--prompts", default=None, help="emoji names separated by commas")
+    p.add_argument("--lora", required=True, help="adapter file or folder (required)")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="emoji names separated by commas (default: the original project's eight)",
+    )
     p.add_argument("--seeds", default=None, help="integers separated by commas (default: 0)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: the preset's, 25 for sd15 and tiny, 10 for tiny-random)",
+    )
     p.add_argument(
         "--guidance",
         type=float,
         default=None,
         help="classifier-free guidance scale (default: the preset's, 7.5 for sd15, 3 for tiny)",
     )
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--out", default="outputs/compare/comparison.png")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="image size in px (default: the preset's, 256 for sd15, 64 for tiny)",
+    )
+    add_output_dir(
+        p,
+        "outputs/compare",
+        f"folder for {COMPARISON_FILE} and its record comparison.json (default: %(default)s)",
+    )
 
     p = add_command(sub, "figures", cmd_figures, help="regenerate the README's figures in images/")
-    p.add_argument("--out", default=None, help="folder (default: the repository's images/)")
+    add_output_dir(p, None, "folder (default: the repository's images/)")
     p.add_argument("only", nargs="*", help="file names to make (default: all)")
 
     add_demo_command(sub)
     add_lora_commands(sub)
     add_pretrain_commands(sub)
+    show_defaults(parser)
     return parser
 
 

@@ -10,12 +10,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from stableemote_utils.cli.common import add_command
+from stableemote_utils.cli.common import add_command, add_output_dir, output_path
 from stableemote_utils.files import staged_folder
 from stableemote_utils.tinyemote.card import format_metrics, write_tinyemote_card
 from stableemote_utils.tinyemote.evaluate import evaluate_tinyemote, tinyemote_grid
 from stableemote_utils.tinyemote.install import SHIPPED_DIR, portable_record
 from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny
+
+TINY_GRID_FILE = "tinyemote_grid.png"
 
 
 def machine_description(threads: int) -> str:
@@ -76,17 +78,23 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         "the text encoder), then a small UNet on the Noto training split's latents (held-out "
         "names never seen). Deterministic on one machine with the same thread count. Finished "
         "stages are kept: run it again to resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--output-dir", default=d.output_dir)
-    p.add_argument("--vae-steps", type=int, default=d.vae_steps)
-    p.add_argument("--unet-steps", type=int, default=d.unet_steps)
-    p.add_argument("--unet-learning-rate", type=float, default=d.unet_learning_rate)
+    p.add_argument(
+        "--output-dir", default=d.output_dir, help="where the stages are written and resumed"
+    )
+    p.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE training steps")
+    p.add_argument("--unet-steps", type=int, default=d.unet_steps, help="UNet training steps")
+    p.add_argument(
+        "--unet-learning-rate",
+        type=float,
+        default=d.unet_learning_rate,
+        help="the UNet's peak learning rate",
+    )
     p.add_argument(
         "--unet-from",
         default=None,
         help="start the UNet from this diffusers UNet folder instead of random weights "
-        "(e.g. the shipped stableemote_utils/weights/tinyemote/unet)",
+        "(e.g. the shipped stableemote_utils/weights/tinyemote/unet; default: random weights)",
     )
     p.add_argument("--clip-steps", type=int, default=d.clip_steps, help="tiny CLIP steps")
     p.add_argument(
@@ -99,9 +107,9 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         "--vae-from",
         default=None,
         help="reuse this diffusers VAE folder instead of training one (e.g. the shipped "
-        "stableemote_utils/weights/tinyemote/vae)",
+        "stableemote_utils/weights/tinyemote/vae; default: train one)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every stage")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--fresh", action="store_true", help="do not resume the UNet stage")
@@ -134,19 +142,25 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         description="Print TinyEmote's three measurements: VAE reconstruction PSNR on held-out "
         "emoji; nearest-category accuracy of generated images with its chance level; KID to "
         "OpenMoji's and Noto's style before and after a short LoRA on OpenMoji.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--output-dir", default="outputs/tinyemote-eval")
-    p.add_argument("--lora-steps", type=int, default=200)
+    p.add_argument(
+        "--output-dir", default="outputs/tinyemote-eval", help="where metrics.json is written"
+    )
+    p.add_argument(
+        "--lora-steps",
+        type=int,
+        default=200,
+        help="steps of the LoRA whose style shift is measured",
+    )
     p.add_argument("--per-category", type=int, default=10, help="prompts per category")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument(
         "--card", action="store_true", help="record the figures in the shipped model card"
     )
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
-    print(f"wrote {tinyemote_grid(args.out)}")
+    print(f"wrote {tinyemote_grid(output_path(args, TINY_GRID_FILE))}")
 
 
 def add_grid_command(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +170,5 @@ def add_grid_command(sub: argparse._SubParsersAction) -> None:
         "tiny-grid",
         cmd_grid,
         help="draw the README's 4 x 4 grid of fixed prompts with TinyEmote (fixed seeds)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="images/tinyemote_grid.png")
+    add_output_dir(p, "images", f"folder for {TINY_GRID_FILE}")
