@@ -9,12 +9,16 @@ This file sets it up the way the stored outputs were made (``tests/notebook_outp
 * the notebook cells stay together, in order, on one pytest-xdist worker (06 reads what 05
   trained);
 * pictures are compared too, which nbval leaves out: every stored ``image/png`` must be
-  what the re-run draws, within the tolerance of ``notebook_outputs.picture_difference``.
+  what the re-run draws, within the tolerance of ``notebook_outputs.picture_difference``;
+* after each notebook's last cell, one more item checks the CPU time its introduction
+  states ("about N minutes on a CPU with the `tiny` preset") against the time its cells
+  took in this run: within a factor of two either way.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -27,6 +31,48 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import notebook_outputs  # noqa: E402
 
 SANITIZER = HERE / "nbval_sanitize.cfg"
+STATED_CPU_TIME = re.compile(
+    r"about (\d+(?:\.\d+)?) (seconds|minutes?) on a CPU with the `tiny` preset"
+)
+TIME_FACTOR = 2.0
+# Seconds the cells of each notebook took in this run (filled as its cells report).
+_cell_seconds: dict[str, float] = {}
+
+
+def stated_cpu_seconds(notebook) -> float | None:
+    """The CPU time a notebook's markdown states for the tiny preset, in seconds."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            found = STATED_CPU_TIME.search(cell.source.replace("\n", " "))
+            if found:
+                value, unit = float(found.group(1)), found.group(2)
+                return value * (1 if unit == "seconds" else 60)
+    return None
+
+
+class StatedTimeItem(pytest.Item):
+    """Checks a notebook's stated CPU time against the time its cells took in this run."""
+
+    def runtest(self) -> None:
+        stated = stated_cpu_seconds(self.parent.nb)
+        assert stated is not None, (
+            f"{self.parent.name} states no CPU time ('about N minutes on a CPU with the "
+            "`tiny` preset')"
+        )
+        took = _cell_seconds.get(str(self.parent.fspath), 0.0)
+        assert stated / TIME_FACTOR <= took <= stated * TIME_FACTOR, (
+            f"{self.parent.name} says about {stated:.0f} s on a CPU; its cells took {took:.0f} s "
+            f"here (allowed: within {TIME_FACTOR:g}x). Restate the time from this run."
+        )
+
+    def reportinfo(self):
+        return self.path, 0, f"{self.parent.name}::stated CPU time"
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "::Cell " in report.nodeid:
+        path = str(HERE / Path(report.nodeid.split("::")[0]).name)
+        _cell_seconds[path] = _cell_seconds.get(path, 0.0) + report.duration
 
 
 def _nbval_on(config) -> bool:
@@ -76,10 +122,16 @@ def pytest_collection_modifyitems(config, items):
         return
     from nbval.plugin import IPyNbCell
 
-    for item in items:
+    last_cells = {}
+    for index, item in enumerate(items):
         if isinstance(item, IPyNbCell):
+            last_cells[item.parent] = index
+    for parent, index in sorted(last_cells.items(), key=lambda pair: -pair[1]):
+        items.insert(index + 1, StatedTimeItem.from_parent(parent, name="stated CPU time"))
+    for item in items:
+        if isinstance(item, IPyNbCell | StatedTimeItem):
             item.add_marker(pytest.mark.xdist_group("notebooks"))
-            if config.option.nbval:  # strict mode compares outputs; lax mode does not
+            if isinstance(item, IPyNbCell) and config.option.nbval:  # strict mode compares
                 item.compare_outputs = types.MethodType(
                     _compare_with_pictures(item.compare_outputs), item
                 )
