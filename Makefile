@@ -23,9 +23,9 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_
 # thread can make each step ten times slower.
 THREADS := OMP_WAIT_POLICY=PASSIVE
 PYTEST_ARGS ?=
-# make test: pytest-xdist workers, each with its share of the cores and its own cache. The
-# notebooks stay together, in order, on one of them (notebooks/conftest.py).
+# make test: pytest-xdist workers for tests/, each with its share of the cores and its own cache.
 TEST_WORKERS ?= 2
+NBVAL_ARGS ?=
 
 .PHONY: install demo test lab notebooks notebooks-html test-colab test-browser test-sd15 bench bench-gpu figures lint format clean
 
@@ -66,13 +66,16 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# pytest --nbval re-runs every notebook in notebooks/ (tiny preset, CPU, fp32) and compares
-# each cell's output, pictures included, with the one stored in it (notebooks/conftest.py,
-# notebooks/nbval_sanitize.cfg); tests/test_notebooks_run.py runs 03-05 once more in bf16,
-# the half-precision path a GPU takes, where only their asserts count.
+# First pytest --nbval re-runs every notebook in notebooks/, in order in one process (tiny
+# preset, CPU, fp32, one thread), and compares each cell's output, pictures included, with the
+# one stored in it (notebooks/conftest.py, notebooks/nbval_sanitize.cfg). Then the tests, on
+# pytest-xdist workers; tests/test_notebooks_run.py runs 03-05 once more in bf16, the
+# half-precision path a GPU takes, where only their asserts count.
 test: lint
+	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --nbval notebooks \
+		$(NBVAL_ARGS)
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --durations=15 \
-		-n $(TEST_WORKERS) --dist loadgroup --nbval tests notebooks $(PYTEST_ARGS)
+		-n $(TEST_WORKERS) --dist loadgroup tests $(PYTEST_ARGS)
 
 # After changing a notebook (or code it shows), store its outputs again: every notebook, or
 # those named (make notebooks NOTEBOOKS="03 04"). Cells whose re-run passes nbval's comparison

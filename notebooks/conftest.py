@@ -6,8 +6,8 @@ This file sets it up the way the stored outputs were made (``tests/notebook_outp
 * the kernel gets the stored run's environment: the ``tiny`` preset, the CPU, fp32, one
   thread, offline;
 * the sanitiser ``nbval_sanitize.cfg`` (beside this file) is used unless another is named;
-* the notebook cells stay together, in order, on one pytest-xdist worker (06 reads what 05
-  trained);
+* the notebooks run in order in one process (06 reads what 05 trained): ``make test`` runs
+  this before the tests in ``tests/``, which it spreads over pytest-xdist workers;
 * pictures are compared too, which nbval leaves out: every stored ``image/png`` must be
   what the re-run draws, within the tolerance of ``notebook_outputs.picture_difference``;
 * after each notebook's last cell, one more item checks the CPU time its introduction
@@ -116,8 +116,9 @@ def _compare_with_pictures(original):
     return compare_outputs
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    """After each notebook's last cell, the item that checks its stated CPU time; and the
+    pictures compared, in strict mode (lax mode compares no outputs)."""
     if not _nbval_on(config):
         return
     from nbval.plugin import IPyNbCell
@@ -126,12 +127,9 @@ def pytest_collection_modifyitems(config, items):
     for index, item in enumerate(items):
         if isinstance(item, IPyNbCell):
             last_cells[item.parent] = index
-    for parent, index in sorted(last_cells.items(), key=lambda pair: -pair[1]):
-        items.insert(index + 1, StatedTimeItem.from_parent(parent, name="stated CPU time"))
-    for item in items:
-        if isinstance(item, IPyNbCell | StatedTimeItem):
-            item.add_marker(pytest.mark.xdist_group("notebooks"))
-            if isinstance(item, IPyNbCell) and config.option.nbval:  # strict mode compares
+            if config.option.nbval:
                 item.compare_outputs = types.MethodType(
                     _compare_with_pictures(item.compare_outputs), item
                 )
+    for parent, index in sorted(last_cells.items(), key=lambda pair: -pair[1]):
+        items.insert(index + 1, StatedTimeItem.from_parent(parent, name="stated CPU time"))
