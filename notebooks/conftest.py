@@ -32,7 +32,7 @@ import notebook_outputs  # noqa: E402
 
 SANITIZER = HERE / "nbval_sanitize.cfg"
 STATED_CPU_TIME = re.compile(
-    r"about (\d+(?:\.\d+)?) (seconds|minutes?) on a CPU with the `tiny` preset"
+    r"about (\d+(?:\.\d+)?) (seconds|minutes?) on a CPU with the `tiny` preset", re.IGNORECASE
 )
 TIME_FACTOR = 2.0
 # Seconds the cells of each notebook took in this run (filled as its cells report).
@@ -46,7 +46,7 @@ def stated_cpu_seconds(notebook) -> float | None:
             found = STATED_CPU_TIME.search(cell.source.replace("\n", " "))
             if found:
                 value, unit = float(found.group(1)), found.group(2)
-                return value * (1 if unit == "seconds" else 60)
+                return value * (1 if unit.lower() == "seconds" else 60)
     return None
 
 
