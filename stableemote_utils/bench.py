@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from stableemote_utils.data import images_to_tensor, load_emoji_dataset
 from stableemote_utils.loading import load_components
-from stableemote_utils.lora import add_lora
+from stableemote_utils.lora_peft import add_lora
 from stableemote_utils.precision import choose_dtype, dtype_name, pick_device
 from stableemote_utils.presets import get_preset
 from stableemote_utils.text import tokenize

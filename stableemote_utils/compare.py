@@ -24,8 +24,8 @@ from stableemote_utils.checkpoints import CHECKPOINT_RE
 from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid, save_image
-from stableemote_utils.lora import lora_loaded, set_lora_scale
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
+from stableemote_utils.lora_peft import lora_loaded, set_lora_scale
 from stableemote_utils.options import check_sampling_options
 from stableemote_utils.presets import CAPTION_TEMPLATE, Preset, get_preset
 from stableemote_utils.sampling import generate
@@ -67,7 +67,7 @@ def fair_comparison(
         images_out: if given, the generated images are appended to it, in the order of
             ``record["images"]`` (for scoring them).
         adapter_name: the name of an adapter already loaded from ``lora_path`` (see
-            :func:`stableemote_utils.lora.lora_loaded`); it is used and left loaded.
+            :func:`stableemote_utils.lora_peft.lora_loaded`); it is used and left loaded.
             ``None`` loads ``lora_path`` here and removes it at the end.
 
     Returns:

@@ -1,11 +1,13 @@
-"""The noise schedule and the tensors around the denoising loop.
+"""The noise schedule, the sampling loop and the DDIM update, as notebook 03 writes them.
 
 Lesson module of notebook ``03_unet_denoising_loop``.
 
-Notebook 03 writes the sampling loop itself; this module holds the small formulas it
-reuses (forward noising, signal-to-noise ratio, the predicted clean latent) and the
-tensor shapes of the SD 1.5 pipeline; the schedule plot and the pipeline diagram are in
-:mod:`stableemote_utils.figures`.
+Notebook 03 writes the sampling loop itself; this module holds the same text of its two
+central pieces, :func:`denoise` (the loop with classifier-free guidance) and
+:func:`ddim_step` (the scheduler's update written by hand), which ``tests/test_denoising.py``
+checks against the notebook, plus the small formulas it reuses (forward noising,
+signal-to-noise ratio, the predicted clean latent) and the tensor shapes of the SD 1.5
+pipeline. The schedule plot and the pipeline diagram are in :mod:`stableemote_utils.figures`.
 
 Notation (DDPM): ``alpha_bar_t`` = ``scheduler.alphas_cumprod[t]``, the share of the
 signal's variance left at timestep ``t``; ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``.
@@ -69,6 +71,61 @@ def predicted_x0(
         )
     a = _alpha_bar(alphas_cumprod, timestep, x_t)
     return ((x_t.float() - (1 - a).sqrt() * noise_pred.float()) / a.sqrt()).to(x_t.dtype)
+
+
+def ddim_step(noise_pred: torch.Tensor, t, latents: torch.Tensor, scheduler) -> torch.Tensor:
+    """One DDIM update (eta 0): ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps_hat``.
+
+    ``noise_pred`` and ``latents`` are ``(B, 4, h, w)``; ``scheduler`` is a
+    ``DDIMScheduler`` after ``set_timesteps``. Returns ``x_prev``, same shape and dtype.
+    """
+    t = int(t)
+    t_prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    alpha_bar = scheduler.alphas_cumprod[t]
+    # Below t = 0 there is no timestep left: DDIM uses alphas_cumprod[0] (set_alpha_to_one=False).
+    alpha_bar_prev = (
+        scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
+    )
+    x0_hat = (latents - (1 - alpha_bar).sqrt() * noise_pred) / alpha_bar.sqrt()
+    return alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev).sqrt() * noise_pred
+
+
+def denoise(
+    unet,
+    scheduler,
+    text_embeddings,
+    noise,
+    guidance_scale,
+    num_inference_steps,
+    step=None,
+    record_at=(),
+):
+    """The sampling loop with classifier-free guidance; returns the final latents and records.
+
+    text_embeddings: (2, 77, D), unconditional first. noise: the starting latents (1, 4, h, w).
+    step: the update as step(noise_pred, t, latents, scheduler); None means scheduler.step.
+    Records, at the loop indices in record_at: (t, x_t, guided noise, predicted x_0 in fp32).
+    """
+    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    latents = noise * scheduler.init_noise_sigma
+    records = []
+    for i, t in enumerate(scheduler.timesteps):
+        latent_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        with torch.no_grad():
+            noise_pred = unet(latent_input, t, encoder_hidden_states=text_embeddings).sample
+        noise_uncond, noise_text = noise_pred.chunk(2)
+        noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+        if i in record_at:
+            # in fp32: dividing by sqrt(alpha_bar), small at high noise, magnifies rounding
+            x0_guess = predicted_x0(
+                latents.float(), noise_pred.float(), scheduler.alphas_cumprod, int(t)
+            )
+            records.append((int(t), latents.clone(), noise_pred, x0_guess))
+        if step is None:
+            latents = scheduler.step(noise_pred, t, latents).prev_sample
+        else:
+            latents = step(noise_pred, t, latents, scheduler)
+    return latents, records
 
 
 def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:

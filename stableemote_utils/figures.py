@@ -292,13 +292,15 @@ def figure_noise_schedule(path: str | os.PathLike) -> Path:
 
 
 def figure_sd15_pipeline(
-    path: str | os.PathLike, resolution_px: int = 512, sampling_steps: int = 50
+    path: str | os.PathLike, resolution_px: int = 512, sampling_steps: int = 50, scheduler=None
 ) -> Path:
     """A box diagram of SD 1.5 sampling with the tensor shape on every arrow, saved as PNG.
 
     The shapes come from :func:`pipeline_shapes` over the published SD 1.5 configs. The
-    loop arrow says how many times the UNet runs (``sampling_steps``, the pipeline's
-    default 50) and that those steps are spread over the 1000 *training* timesteps.
+    loop arrow says how many times the UNet runs for ``sampling_steps`` (the pipeline's
+    default 50) with ``scheduler`` (default SD 1.5's PNDM, which makes one call more than
+    it has steps), counted from the scheduler's own timesteps, and that those timesteps
+    are spread over the 1000 *training* timesteps. ``scheduler`` is not changed.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
@@ -306,7 +308,12 @@ def figure_sd15_pipeline(
     shapes = pipeline_shapes(
         sd15_config("unet"), sd15_config("vae"), sd15_config("text_encoder"), resolution_px
     )
-    train_steps = sd15_scheduler().config.num_train_timesteps
+    counter = (
+        sd15_scheduler() if scheduler is None else type(scheduler).from_config(scheduler.config)
+    )
+    counter.set_timesteps(sampling_steps)
+    unet_calls = len(counter.timesteps)
+    train_steps = counter.config.num_train_timesteps
 
     def fmt(key: str) -> str:
         return "(" + ", ".join(str(s) for s in shapes[key]) + ")"
@@ -320,6 +327,7 @@ def figure_sd15_pipeline(
         "tokenizer": (3.0, 3.3, "CLIP tokenizer", "#fde2c8"),
         "text": (5.8, 3.3, "CLIP text encoder", "#fde2c8"),
         "noise": (0.2, 1.5, "seeded Gaussian\nnoise x_T", "#eeeeee"),
+        "timestep": (3.0, 0.0, "timestep t\n(scheduler.timesteps)", "#d6f0dd"),
         "unet": (5.8, 1.5, "UNet\n(predicts noise)", "#cfe0fa"),
         "cfg": (8.6, 1.5, "guidance\nu + s (c - u)", "#d6f0dd"),
         "sched": (8.6, 0.0, "scheduler.step\nx_t -> x_t-1", "#d6f0dd"),
@@ -333,15 +341,16 @@ def figure_sd15_pipeline(
 
     # (from, to, label, start, end, label offset): start/end None join the boxes' sides.
     arrows = [
-        ("prompt", "tokenizer", f"ids {fmt('token_ids')}", None, None, (0.0, 0.25)),
-        ("tokenizer", "text", "", None, None, (0.0, 0.25)),
+        ("prompt", "tokenizer", "", None, None, (0.0, 0.25)),
+        ("tokenizer", "text", f"ids {fmt('token_ids')}", None, None, (0.0, 0.3)),
+        ("timestep", "unet", "t", (4.95, 0.45), (6.1, 1.45), (-0.2, 0.1)),
         (
             "text",
             "unet",
             f"text embeddings\n{fmt('text_embeddings')}",
             (6.75, 3.25),
             (6.75, 2.45),
-            (1.0, 0.0),
+            (-1.0, 0.0),
         ),
         (
             "noise",
@@ -351,16 +360,16 @@ def figure_sd15_pipeline(
             None,
             (0.0, 0.35),
         ),
-        ("unet", "cfg", f"{fmt('noise_pred')}", None, None, (0.0, 0.45)),
+        ("unet", "cfg", f"noise pred\n{fmt('noise_pred')}", None, None, (0.0, 0.75)),
         ("cfg", "sched", "", (9.55, 1.45), (9.55, 0.95), (0.0, 0.25)),
         (
             "sched",
             "unet",
-            f"repeat {sampling_steps} times (sampling steps,\n"
-            f"spread over the {train_steps} training timesteps)",
+            f"repeat: {unet_calls} UNet calls for {sampling_steps} sampling steps,\n"
+            f"t spread over the {train_steps} training timesteps",
             (8.55, 0.45),
             (6.75, 1.45),
-            (-1.2, -0.25),
+            (-0.75, -0.8),
         ),
         (
             "sched",

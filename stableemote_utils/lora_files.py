@@ -1,12 +1,13 @@
-"""LoRA adapter files: save, read, check that they fit, inspect, export for the web UIs.
+"""LoRA adapter files: save them, read them, and check that they fit a model.
 
 Adapter files are ``pytorch_lora_weights.safetensors`` with keys such as
 ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` (what
 ``StableDiffusionPipeline.save_lora_weights`` writes and ``load_lora_weights`` reads).
 Files in the older diffusers style and the kohya style (AUTOMATIC1111, ComfyUI) are read
-too. Infrastructure beside the lesson module :mod:`stableemote_utils.lora`, which adds
-the adapter to a UNet and loads these files into a pipeline; inspecting a file and
-exporting it to kohya keys are in :mod:`stableemote_utils.lora_inspect`.
+too. Infrastructure under the lesson module :mod:`stableemote_utils.lora` (the layer
+written by hand) and :mod:`stableemote_utils.lora_peft` (which adds a peft adapter to a
+UNet and loads these files into a pipeline); describing a file (``inspect_lora``) and
+exporting it to kohya keys (``export_kohya``) are in :mod:`stableemote_utils.lora_inspect`.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.latent_cache import build_or_load_cache
 from stableemote_utils.loading import SDComponents, no_weight_loading_bar
-from stableemote_utils.lora import load_lora, unload_lora
+from stableemote_utils.lora_peft import load_lora, unload_lora
 from stableemote_utils.presets import Preset, cache_dir, get_preset
 from stableemote_utils.training_config import TrainConfig
 from stableemote_utils.training_records import HELDOUT_TIMESTEPS, heldout_loss

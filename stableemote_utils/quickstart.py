@@ -19,7 +19,7 @@ from stableemote_utils.compare import (
 )
 from stableemote_utils.images import save_image
 from stableemote_utils.loading import load_components, make_pipeline
-from stableemote_utils.lora import lora_loaded
+from stableemote_utils.lora_peft import lora_loaded
 from stableemote_utils.precision import choose_dtype, pick_device
 from stableemote_utils.presets import get_preset
 from stableemote_utils.training import ORIGINAL_PROMPTS, TrainResult, recipe, train

@@ -28,7 +28,7 @@ from stableemote_utils.errors import StableEmoteError, Terminated
 from stableemote_utils.hub import read_secret
 from stableemote_utils.latent_cache import build_or_load_cache
 from stableemote_utils.loading import SDComponents, load_components
-from stableemote_utils.lora import add_lora, set_lora_state_dict
+from stableemote_utils.lora_peft import add_lora, set_lora_state_dict
 from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
 from stableemote_utils.presets import Preset, cache_dir, precision_setting
 from stableemote_utils.run_folder import check_resume_config, claim_run_folder, resolve_resume

@@ -45,6 +45,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "notebook",
         "lora_files",
         "lora_inspect",
+        "lora_peft",
     ),
     "lessons": (
         "vae",

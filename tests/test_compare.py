@@ -115,7 +115,7 @@ def test_regenerate_refuses_a_changed_adapter(pipe, tmp_path):
 
 
 def test_one_load_serves_the_comparison_and_the_sweep(pipe, adapter, monkeypatch):
-    from stableemote_utils import lora
+    from stableemote_utils import lora_peft as lora
 
     kwargs = dict(steps=STEPS, resolution_px=SIZE_PX)
     alone_grid, alone_record = fair_comparison(pipe, adapter, ["cat face"], (2,), **kwargs)

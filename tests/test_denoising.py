@@ -109,3 +109,42 @@ def test_figures_are_reproducible(tmp_path, make, name):
         a = np.asarray(Image.open(path).convert("RGB"), float)
         b = np.asarray(Image.open(committed).convert("RGB"), float)
         assert a.shape == b.shape and np.abs(a - b).mean() < 2.0
+
+
+# --- the loop and the DDIM update notebook 03 writes ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["denoise", "ddim_step"])
+def test_notebook_03_writes_the_same_code_as_the_lesson_module(name):
+    from lesson_code import module_definition, notebook_definition
+
+    assert notebook_definition("03", name) == module_definition(getattr(D, name))
+
+
+@pytest.mark.parametrize("steps", [1, 7, 25])
+def test_ddim_step_matches_diffusers_at_every_timestep(steps):
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(sd15_config("scheduler"))
+    ddim.set_timesteps(steps)
+    g = torch.Generator().manual_seed(steps)
+    for t in ddim.timesteps:  # the last one has no previous timestep: alpha_bar_0 is used
+        x, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+        ours = D.ddim_step(eps, t, x, ddim)
+        torch.testing.assert_close(ours, ddim.step(eps, t, x).prev_sample, rtol=1e-6, atol=1e-5)
+        assert not torch.allclose(ours, x)
+
+
+def test_denoise_with_the_hand_written_update_follows_ddim(tiny_components):
+    from diffusers import DDIMScheduler
+
+    unet, c = tiny_components.unet, tiny_components.unet.config
+    ddim = DDIMScheduler.from_config(tiny_components.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, c.in_channels, c.sample_size, c.sample_size, generator=g)
+    text = torch.randn(2, 77, c.cross_attention_dim, generator=g)
+    theirs, records = D.denoise(unet, ddim, text, noise, 3.0, 4, record_at=(0, 3))
+    ours, _ = D.denoise(unet, ddim, text, noise, 3.0, 4, step=D.ddim_step)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert [t for t, *_ in records] == [ddim.timesteps[0].item(), ddim.timesteps[3].item()]
+    assert not torch.allclose(theirs, noise)

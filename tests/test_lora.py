@@ -556,6 +556,51 @@ def test_figure_lora_rank(tmp_path):
     assert figures.figure_lora_rank(tmp_path / "again.png").read_bytes() == out.read_bytes()
 
 
+# --- the layer written by hand (notebook 04 writes the same text) ----------------------
+
+
+@pytest.mark.parametrize("name", ["LoRALinear", "inject_lora"])
+def test_notebook_04_writes_the_same_lora_code_as_the_lesson_module(name):
+    from lesson_code import module_definition, notebook_definition
+
+    assert notebook_definition("04", name) == module_definition(getattr(L, name))
+
+
+def test_hand_written_lora_matches_peft_and_merges(tiny_components):
+    ours, theirs = copy.deepcopy(tiny_components.unet), copy.deepcopy(tiny_components.unet)
+    inputs = unet_inputs(ours)
+    base = run_unet(ours, inputs)
+    names = L.inject_lora(ours, rank=2, alpha=4)
+    assert sorted(names) == sorted(LF.target_layer_shapes(tiny_components.unet))
+    assert all(isinstance(ours.get_submodule(n), L.LoRALinear) for n in names)
+    assert torch.equal(run_unet(ours, inputs), base)  # B = 0
+    torch.manual_seed(0)
+    L.add_lora(theirs, rank=2, alpha=4)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n in names:
+            layer, peft_layer = ours.get_submodule(n), theirs.get_submodule(n)
+            layer.B.copy_(torch.randn(layer.B.shape, generator=g) * 0.1)
+            peft_layer.lora_A["default"].weight.copy_(layer.A)
+            peft_layer.lora_B["default"].weight.copy_(layer.B)
+    adapted = run_unet(ours, inputs)
+    assert (adapted - base).abs().max() > 100 * 1e-4
+    torch.testing.assert_close(run_unet(theirs, inputs), adapted, atol=1e-4, rtol=1e-3)
+    layer = ours.get_submodule(names[0])
+    assert torch.linalg.matrix_rank(layer.delta_weight()) == 2
+    for n in names:
+        ours.get_submodule(n).merge()
+        ours.get_submodule(n).B.data.zero_()
+    torch.testing.assert_close(run_unet(ours, inputs), adapted, atol=1e-4, rtol=1e-3)
+
+
+def test_peft_names_still_import_from_the_lesson_module():
+    from stableemote_utils import lora_peft
+
+    for name in ("add_lora", "load_lora", "lora_loaded", "set_lora_state_dict", "fuse_lora"):
+        assert getattr(L, name) is getattr(lora_peft, name)
+
+
 # --- an SDXL-shaped adapter, from SDXL's UNet layout on the meta device -----------------
 
 SDXL_UNET_CONFIG = {

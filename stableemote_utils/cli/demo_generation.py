@@ -19,8 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.lora import load_lora, set_lora_scale
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
+from stableemote_utils.lora_peft import load_lora, set_lora_scale
 from stableemote_utils.sampling import generate
 
 DEMO_ADAPTER_NAME = "demo"

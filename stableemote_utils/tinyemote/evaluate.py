@@ -44,7 +44,7 @@ from stableemote_utils.emoji_fonts import build_font_folder
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import load_components, make_pipeline
-from stableemote_utils.lora import load_lora, unload_lora
+from stableemote_utils.lora_peft import load_lora, unload_lora
 from stableemote_utils.metrics import clip_score, kid
 from stableemote_utils.precision import pick_device
 from stableemote_utils.presets import CAPTION_TEMPLATE, get_preset
