@@ -1,15 +1,20 @@
 """Cross-attention maps: where in the picture each word of the prompt is looked at.
 
-Lesson module of notebook ``06_inference_comparison`` (its cross-attention section).
+Lesson module of notebook ``06_inference_comparison`` (its cross-attention section), which
+writes :class:`CrossAttentionRecorder` out with the same text (a test compares the two).
 
 Every transformer block of the UNet has a cross-attention layer, ``attn2``: its queries
 come from the image latents (``(B, h*w, C)``, one per latent pixel), its keys from the
 text encoder's states (``(B, 77, D)``, one per token). The softmax over the 77 token
-positions gives each latent pixel a probability distribution over the tokens. Averaged
-over heads and over all ``attn2`` layers working at one resolution, and read off for
-the tokens of one word, that is a heatmap of where the model puts the word.
+positions gives each latent pixel a probability distribution over the tokens. Most of
+that mass goes to the start token and the padding, which carry no word, so the maps here
+keep only the prompt's word tokens and renormalise over them: each pixel's shares of the
+prompt's words add up to 1, and a word nobody singles out gets ``1 / n_words``.
 
-We record it with diffusers' public attention-processor API: :func:`recording_cross_attention`
+The maps come from the highest-resolution cross-attention layers (the latent's own side
+on SD 1.5 and on TinyEmote), averaged over heads and over those layers.
+
+We record with diffusers' public attention-processor API: :func:`recording_cross_attention`
 swaps every ``attn2`` processor for a :class:`CrossAttentionRecorder` (which runs the
 original processor unchanged, so the UNet's output is identical, and computes the
 probabilities on the side) and puts the original processors back afterwards.
@@ -29,65 +34,28 @@ CROSS_ATTENTION_NAME = "attn2"
 
 
 class CrossAttentionRecorder:
-    """An attention processor: the original one's output, plus the attention probabilities.
+    """An attention processor: the original processor's output, and the cross-attention probabilities kept.
 
-    For each call whose query has ``store["map_side"] ** 2`` positions it adds the
-    softmax probabilities, averaged over heads, ``(B, h*w, 77)``, to
-    ``store["sum"][step]`` and counts the layer in ``store["count"][step]``, where
-    ``step = store["step"]`` (advanced by the pipeline's step callback).
+    Each cross-attention call whose queries have ``positions`` latent pixels appends its
+    softmax probabilities, averaged over heads, ``(B, positions, 77)``, to the list ``kept``.
     """
 
-    def __init__(self, original, store: dict):
-        self.original = original
-        self.store = store
+    def __init__(self, original, kept, positions):
+        self.original, self.kept, self.positions = original, kept, positions
 
-    @torch.no_grad()
-    def _record(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor):
-        if hidden_states.ndim == 4:  # (B, C, H, W) -> (B, H*W, C)
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        pixels = hidden_states.shape[1]
-        side = int(round(pixels**0.5))
-        self.store["seen_sides"].add(side)
-        if side != self.store["map_side"] or side * side != pixels:
-            return
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*heads, h*w, d)
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B*heads, 77, d)
-        probs = attn.get_attention_scores(query, key, None)  # (B*heads, h*w, 77)
-        batch = hidden_states.shape[0]
-        probs = probs.float().view(batch, attn.heads, pixels, -1).mean(dim=1).cpu()
-        step = self.store["step"]
-        if step in self.store["sum"]:
-            self.store["sum"][step] += probs
-            self.store["count"][step] += 1
-        else:
-            self.store["sum"][step] = probs
-            self.store["count"][step] = 1
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> torch.Tensor:
-        out = self.original(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
-        )
-        if encoder_hidden_states is not None and self.store["active"]:
-            self._record(attn, hidden_states, encoder_hidden_states)
-        return out
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        # Cross-attention (keys from the text) at the resolution we map; (B, h*w, C) queries.
+        if encoder_hidden_states is not None and hidden_states.shape[1] == self.positions:
+            query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*heads, h*w, d)
+            key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B*heads, 77, d)
+            probs = attn.get_attention_scores(query, key)  # softmax over the 77 tokens
+            probs = probs.view(-1, attn.heads, *probs.shape[1:]).mean(dim=1)  # (B, h*w, 77)
+            self.kept.append(probs.detach().float().cpu())
+        return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
 @contextmanager
-def recording_cross_attention(unet: torch.nn.Module, map_side: int) -> Iterator[dict]:
+def recording_cross_attention(unet: torch.nn.Module, map_side: int) -> Iterator[list]:
     """Record cross-attention probabilities at one resolution while the block runs.
 
     Args:
@@ -97,35 +65,37 @@ def recording_cross_attention(unet: torch.nn.Module, map_side: int) -> Iterator[
             positions); layers at other resolutions are skipped.
 
     Yields:
-        The store: ``{"step": int, "active": bool, "map_side": int, "seen_sides": set,
-        "sum": {step: (B, h*h, 77)}, "count": {step: layers}}``. The mean map of a step
-        is ``sum[step] / count[step]``; every pixel's row sums to 1 over the 77 tokens.
+        The list the recorders append to: one ``(B, h*h, 77)`` tensor per ``attn2`` call
+        at that side, in call order; every pixel's row sums to 1 over the 77 tokens. Clear
+        it between denoising steps to keep steps apart.
     """
     originals = unet.attn_processors
-    store = {
-        "step": 0,
-        "active": True,
-        "map_side": int(map_side),
-        "seen_sides": set(),
-        "sum": {},
-        "count": {},
-    }
+    kept: list[torch.Tensor] = []
+    positions = int(map_side) ** 2
     swapped = {
-        name: CrossAttentionRecorder(proc, store)
+        name: CrossAttentionRecorder(proc, kept, positions)
         if f".{CROSS_ATTENTION_NAME}.processor" in f".{name}"
         else proc
         for name, proc in originals.items()
     }
     unet.set_attn_processor(swapped)
     try:
-        yield store
+        yield kept
     finally:
         unet.set_attn_processor(originals)
 
 
-def mean_maps(store: dict) -> dict[int, torch.Tensor]:
-    """``{step: (B, h*h, 77)}``: the recorded probabilities averaged over layers."""
-    return {step: store["sum"][step] / store["count"][step] for step in sorted(store["sum"])}
+def cross_attention_sides(unet: torch.nn.Module, latent_side: int) -> list[int]:
+    """The sides of the latent grids the UNet's cross-attention layers work at, largest first.
+
+    SD 1.5 at 256 px (a 32 x 32 latent): ``[32, 16, 8]``; TinyEmote at 64 px: ``[8, 4]``.
+    """
+    sides, side = set(), int(latent_side)
+    for block in unet.config.down_block_types:
+        if "CrossAttn" in block:
+            sides.add(side)
+        side = max(1, side // 2)
+    return sorted(sides, reverse=True)
 
 
 def word_token_positions(tokenizer, prompt: str, word: str) -> list[int]:
@@ -143,6 +113,28 @@ def word_token_positions(tokenizer, prompt: str, word: str) -> list[int]:
         f"'{word}' is not a word of the prompt '{prompt}' (as the tokenizer splits it). Pick a "
         "word that appears in the prompt."
     )
+
+
+def prompt_token_positions(tokenizer, prompt: str) -> list[int]:
+    """The positions of the prompt's own tokens: not the start token, the end token or padding."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return list(range(1, len(ids) - 1))
+
+
+def word_shares(probs: torch.Tensor, prompt_positions: list[int], word_positions: list[list[int]]):
+    """Each word's share of a pixel's attention to the prompt's words.
+
+    Args:
+        probs: ``(P, 77)`` softmax probabilities of ``P`` latent pixels over the tokens.
+        prompt_positions: the prompt's word tokens (:func:`prompt_token_positions`).
+        word_positions: for each word, its token positions (:func:`word_token_positions`).
+
+    Returns:
+        ``(W, P)``: per word, the summed probability of its tokens divided by the summed
+        probability of all the prompt's tokens, so each in [0, 1].
+    """
+    over_prompt = probs[:, prompt_positions].sum(dim=-1)  # (P,)
+    return torch.stack([probs[:, pos].sum(dim=-1) / over_prompt for pos in word_positions])
 
 
 def cross_attention_maps(
@@ -164,46 +156,47 @@ def cross_attention_maps(
         words: words of the prompt to map, e.g. ``["cat", "face"]``.
         seed: seed of the CPU generator for the initial noise.
         at_steps: denoising step indices to keep (0-based); default: first, middle, last.
-        map_side: attention resolution to average over; default half the latent side
-            (16 for a 256 px image on SD 1.5, 4 for the tiny model's 64 px).
+        map_side: attention resolution to average over; default the highest one the UNet
+            has (32 for a 256 px image on SD 1.5, 8 for TinyEmote's 64 px).
 
     Returns:
         ``{"image": PIL image, "words": words, "steps": at_steps, "map_side": h,
-        "maps": (S, W, h, h) tensor}``: the attention mass (sum over the word's tokens of
-        the conditional branch's probabilities) per step and word, each in [0, 1].
+        "uniform": 1 / n, "maps": (S, W, h, h) tensor}``: per step and word, the word's
+        share of each pixel's attention to the prompt's ``n`` word tokens (the
+        conditional branch, averaged over the layers at side ``h``), each in [0, 1].
     """
     latent_side = resolution_px // pipe.vae_scale_factor
-    side = int(map_side or max(1, latent_side // 2))
+    sides = cross_attention_sides(pipe.unet, latent_side)
+    side = int(map_side or sides[0])
+    if side not in sides:
+        raise StableEmoteError(
+            f"No cross-attention layer works at {side}x{side} for a {resolution_px} px image; "
+            f"this UNet's attention sides at this size are {sides}."
+        )
     keep = sorted(set(at_steps if at_steps is not None else (0, steps // 2, steps - 1)))
     if not keep or min(keep) < 0 or max(keep) >= steps:
         raise StableEmoteError(f"at_steps must be step indices between 0 and {steps - 1}.")
     positions = [word_token_positions(pipe.tokenizer, prompt, w) for w in words]
+    prompt_positions = prompt_token_positions(pipe.tokenizer, prompt)
+    per_step: dict[int, torch.Tensor] = {}
 
-    def next_step(pipeline, i, t, callback_kwargs):
-        store["step"] = i + 1
-        store["active"] = i + 1 in keep
-        return callback_kwargs
+    with recording_cross_attention(pipe.unet, side) as kept:
 
-    with recording_cross_attention(pipe.unet, side) as store:
-        store["active"] = 0 in keep
+        def end_of_step(pipeline, i, t, callback_kwargs):
+            if i in keep:  # the layers' mean, conditional half of the guidance batch
+                per_step[i] = torch.stack(kept).mean(dim=0)[-1]  # (h*h, 77)
+            kept.clear()
+            return callback_kwargs
+
         image = generate(
-            pipe, prompt, seed, steps, guidance, resolution_px, callback_on_step_end=next_step
+            pipe, prompt, seed, steps, guidance, resolution_px, callback_on_step_end=end_of_step
         )
-    if not store["sum"]:
-        raise StableEmoteError(
-            f"No cross-attention layer works at {side}x{side} for a {resolution_px} px image; "
-            f"this UNet's attention sides at this size are {sorted(store['seen_sides'])}."
-        )
-    maps = mean_maps(store)
-    per_step = []
-    for step in keep:
-        probs = maps[step][-1]  # the conditional half of the guidance batch: (h*h, 77)
-        per_word = [probs[:, pos].sum(dim=-1).view(side, side) for pos in positions]
-        per_step.append(torch.stack(per_word))
+    maps = [word_shares(per_step[s], prompt_positions, positions) for s in keep]
     return {
         "image": image,
         "words": list(words),
         "steps": keep,
         "map_side": side,
-        "maps": torch.stack(per_step),
+        "uniform": 1 / len(prompt_positions),
+        "maps": torch.stack(maps).view(len(keep), len(words), side, side),
     }

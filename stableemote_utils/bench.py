@@ -126,17 +126,24 @@ def run_bench(
 
 
 def format_table(rows: list[BenchRow], device: str, batch_size: int, resolution_px: int) -> str:
-    """The bench result as a plain-text table."""
-    mem_label = "peak GPU MB" if device.startswith("cuda") else "peak RSS MB"
+    """The bench result as a plain-text table.
+
+    The peak-memory column appears on a GPU only: there it is each recipe's own peak of
+    allocated memory (the counter is reset before each). On a CPU the only figure at hand is
+    the whole process's peak RSS, which never goes down and so cannot tell the recipes apart.
+    """
+    gpu = device.startswith("cuda")
+    memory_header = f" {'peak GPU MB':>12}" if gpu else ""
     lines = [
         f"device: {device}, batch {batch_size}, {resolution_px} px",
-        f"{'setting':<34} {'precision':>9} {'s/step':>9} {'images/s':>9} {mem_label:>12} "
+        f"{'setting':<34} {'precision':>9} {'s/step':>9} {'images/s':>9}{memory_header} "
         f"{'speed-up':>9}",
     ]
     for r in rows:
+        memory = f" {r.peak_memory_mb:>12.0f}" if gpu else ""
         lines.append(
             f"{r.setting:<34} {r.precision:>9} {r.seconds_per_step:>9.4f} "
-            f"{batch_size / r.seconds_per_step:>9.2f} {r.peak_memory_mb:>12.0f} "
+            f"{batch_size / r.seconds_per_step:>9.2f}{memory} "
             f"{r.ratio_to_original:>8.2f}x"
         )
     return "\n".join(lines)

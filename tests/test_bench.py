@@ -42,3 +42,17 @@ def test_flops_of_a_full_size_step_match_sd15s_known_costs():
     floor_ms = ours.total / (T4_FP16_TFLOPS * 1e12) * 1e3
     assert f"{floor_ms:.1f} ms" in table.splitlines()[-2]
     assert f"{ours.total / (H100_BF16_DENSE_TFLOPS * 1e12) * 1e3:.2f} ms" in table
+
+
+def test_memory_column_only_where_it_tells_the_recipes_apart():
+    from stableemote_utils.bench import BenchRow
+
+    rows = [
+        BenchRow("original", "bf16", 0.4, 900.0, 1.0),
+        BenchRow("ours", "fp16", 0.2, 500.0, 2.0),
+    ]
+    gpu = format_table(rows, "cuda", 8, 256).splitlines()
+    assert "peak GPU MB" in gpu[1]
+    assert [line.split()[-2] for line in gpu[2:]] == ["900", "500"]  # each recipe's own peak
+    cpu = format_table(rows, "cpu", 8, 256).splitlines()
+    assert "peak" not in cpu[1] and all("900" not in line for line in cpu)  # process RSS: no column
