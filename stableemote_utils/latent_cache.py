@@ -55,10 +55,18 @@ def encode_images(
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A short hash of a module's config and a sample of its weights (cheap, not cryptographic)."""
+    """A short hash of a module's config and a sample of its weights (cheap, not cryptographic).
+
+    The same for the same model wherever its files are: the config's ``_name_or_path`` and
+    library-version keys are left out.
+    """
     h = hashlib.sha256()
     config = getattr(module, "config", {})
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    # Where the model was loaded from (``_name_or_path``) and which library version wrote its
+    # config say nothing about its weights: leave them out, so that the same model moved to
+    # another folder or machine finds its cache (and prints the same file name).
+    config = {k: v for k, v in config.items() if not k.startswith("_") or k == "_class_name"}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, p in list(module.state_dict().items())[::7]:
         h.update(name.encode())
