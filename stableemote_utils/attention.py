@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.sampling import generate
+from stableemote_utils.sampling import SamplingSettings, generate
 
 CROSS_ATTENTION_NAME = "attn2"
 
@@ -139,12 +139,9 @@ def word_shares(probs: torch.Tensor, prompt_positions: list[int], word_positions
 
 def cross_attention_maps(
     pipe,
-    prompt: str,
+    settings: SamplingSettings,
+    *,
     words: list[str],
-    seed: int = 0,
-    steps: int = 25,
-    guidance: float = 7.5,
-    resolution_px: int = 256,
     at_steps: list[int] | None = None,
     map_side: int | None = None,
 ) -> dict:
@@ -152,9 +149,9 @@ def cross_attention_maps(
 
     Args:
         pipe: a ``StableDiffusionPipeline`` (with or without a LoRA loaded).
-        prompt: the full prompt, e.g. ``"An emoji of cat face"``.
+        settings: its first prompt (an emoji name, e.g. ``"cat face"``, through its caption
+            template: ``"An emoji of cat face"``) at its first seed, steps, guidance and size.
         words: words of the prompt to map, e.g. ``["cat", "face"]``.
-        seed: seed of the CPU generator for the initial noise.
         at_steps: denoising step indices to keep (0-based); default: first, middle, last.
         map_side: attention resolution to average over; default the highest one the UNet
             has (32 for a 256 px image on SD 1.5, 8 for TinyEmote's 64 px).
@@ -165,6 +162,8 @@ def cross_attention_maps(
         share of each pixel's attention to the prompt's ``n`` word tokens (the
         conditional branch, averaged over the layers at side ``h``), each in [0, 1].
     """
+    prompt, seed = settings.caption(settings.prompts[0]), settings.seeds[0]
+    steps, resolution_px = settings.steps, settings.resolution_px
     latent_side = resolution_px // pipe.vae_scale_factor
     sides = cross_attention_sides(pipe.unet, latent_side)
     side = int(map_side or sides[0])
@@ -188,9 +187,7 @@ def cross_attention_maps(
             kept.clear()
             return callback_kwargs
 
-        image = generate(
-            pipe, prompt, seed, steps, guidance, resolution_px, callback_on_step_end=end_of_step
-        )
+        image = generate(pipe, prompt, seed, settings, callback_on_step_end=end_of_step)
     maps = [word_shares(per_step[s], prompt_positions, positions) for s in keep]
     return {
         "image": image,

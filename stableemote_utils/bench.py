@@ -116,7 +116,16 @@ def run_bench(
         settings.append(("original recipe, policy precision", ours_dtype, True))
     settings.append(("ours: cached latents + text", ours_dtype, False))
     for setting, dtype, original in settings:
-        sec, mem = _bench_setting(p, dev, dtype, original, pixels, captions, warmup, steps)
+        sec, mem = _bench_setting(
+            p,
+            dev,
+            dtype,
+            original=original,
+            pixels=pixels,
+            captions=captions,
+            warmup=warmup,
+            steps=steps,
+        )
         rows.append(BenchRow(setting, dtype_name(dtype), sec, mem))
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -261,7 +270,12 @@ def _bench_setting(p, dev, dtype, original, pixels, captions, warmup, steps) -> 
         mean, std, text = encode() if original else cached
         with torch.autocast(**autocast):
             loss = training_loss(
-                unet, mean, std, text, parts.scheduler, step_generator(0, i, 0, dev)
+                unet,
+                mean,
+                std,
+                text=text,
+                noise_scheduler=parts.scheduler,
+                generator=step_generator(0, i, 0, dev),
             )
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -121,7 +121,14 @@ def save_checkpoint(
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _write_checkpoint_files(tmp, step, lora_weights, optimizer_state, state, weights_file)
+            _write_checkpoint_files(
+                tmp,
+                step,
+                lora_weights,
+                optimizer_state=optimizer_state,
+                state=state,
+                weights_file=weights_file,
+            )
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

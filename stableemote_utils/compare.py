@@ -9,12 +9,15 @@ resolution, LoRA file and scale) in a JSON file next to the grid, and
 Around it: a LoRA-scale sweep (:func:`scale_sweep`), the same prompt and seed at every
 saved checkpoint (:func:`checkpoint_progression`), adapters of different ranks side by
 side (:func:`adapter_comparison`), the prompt set (:func:`comparison_prompts`) and the
-two sizes to compare at (:func:`comparison_sizes_px`).
+two sizes to compare at (:func:`comparison_sizes_px`). Each picture-maker takes one
+:class:`~stableemote_utils.sampling.SamplingSettings` (prompts, seeds, steps, guidance,
+size, caption template); what is its own (adapter, scale, scales) comes as keywords.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,11 +30,11 @@ from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.lora_peft import lora_loaded, set_lora_scale
 from stableemote_utils.options import check_sampling_options
-from stableemote_utils.presets import CAPTION_TEMPLATE, Preset, get_preset
-from stableemote_utils.sampling import generate
+from stableemote_utils.presets import Preset, get_preset
+from stableemote_utils.sampling import SamplingSettings, generate
 from stableemote_utils.training_config import ORIGINAL_PROMPTS
 
-__all__ = ["generate"]  # re-exported: notebook 06 imports it from here
+__all__ = ["SamplingSettings", "generate"]  # re-exported: notebook 06 imports them from here
 
 RECORD_VERSION = 1
 SWEEP_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -46,12 +49,8 @@ def _file_sha256(path: Path) -> str:
 def fair_comparison(
     pipe,
     lora_path: str | os.PathLike,
-    prompts: list[str] | tuple[str, ...] = ORIGINAL_PROMPTS,
-    seeds: list[int] | tuple[int, ...] = (0,),
-    steps: int = 25,
-    guidance: float = 7.5,
-    resolution_px: int = 256,
-    caption_template: str = CAPTION_TEMPLATE,
+    settings: SamplingSettings,
+    *,
     lora_scale: float = 1.0,
     images_out: list | None = None,
     adapter_name: str | None = None,
@@ -62,8 +61,8 @@ def fair_comparison(
         pipe: a StableDiffusionPipeline of the base model (the LoRA is loaded into it and
             removed again at the end).
         lora_path: an adapter file or folder.
-        prompts: emoji names; each goes through ``caption_template``.
-        seeds: one column pair (base, LoRA) per seed.
+        settings: one row per prompt (an emoji name, through its caption template), one
+            column pair (base, LoRA) per seed, at its steps, guidance and size.
         images_out: if given, the generated images are appended to it, in the order of
             ``record["images"]`` (for scoring them).
         adapter_name: the name of an adapter already loaded from ``lora_path`` (see
@@ -75,9 +74,16 @@ def fair_comparison(
         seed, and the JSON-able record of every setting.
     """
 
+    prompts, seeds = settings.prompts, settings.seeds
     if not prompts or not seeds:
         raise StableEmoteError("The comparison needs at least one prompt and one seed.")
-    check_sampling_options(steps, guidance, resolution_px, list(seeds), lora_scale)
+    check_sampling_options(
+        settings.steps,
+        settings.guidance,
+        settings.resolution_px,
+        seeds=list(seeds),
+        lora_scale=lora_scale,
+    )
     lora_file = resolve_lora_file(lora_path)
     loading = contextlib.nullcontext(adapter_name)
     if adapter_name is None:
@@ -87,22 +93,22 @@ def fair_comparison(
     with loading as name_loaded:
         set_lora_scale(pipe, lora_scale, name_loaded)
         for name in prompts:
-            prompt = caption_template.format(name=name)
+            prompt = settings.caption(name)
             for seed in seeds:
                 for model in ("base", "lora"):
                     if model == "base":
                         pipe.disable_lora()
                     else:
                         pipe.enable_lora()
-                    images.append(generate(pipe, prompt, seed, steps, guidance, resolution_px))
+                    images.append(generate(pipe, prompt, seed, settings))
                     entries.append(
                         {
                             "model": model,
                             "prompt": prompt,
                             "seed": seed,
-                            "steps": steps,
-                            "guidance": guidance,
-                            "resolution_px": resolution_px,
+                            "steps": settings.steps,
+                            "guidance": settings.guidance,
+                            "resolution_px": settings.resolution_px,
                             "lora_scale": 0.0 if model == "base" else lora_scale,
                             "generator": {"device": "cpu", "seed": seed},
                             "scheduler": scheduler,
@@ -118,7 +124,7 @@ def fair_comparison(
         "lora_sha256": _file_sha256(lora_file),
         "prompts": list(prompts),
         "seeds": list(seeds),
-        "caption_template": caption_template,
+        "caption_template": settings.caption_template,
         "images": entries,
     }
     if images_out is not None:
@@ -160,15 +166,18 @@ def regenerate(record_path: str | os.PathLike, pipe):
     first = record["images"][0]
     cls = getattr(schedulers, first["scheduler"]["class"])
     pipe.scheduler = cls.from_config(first["scheduler"]["config"])
+    settings = SamplingSettings(
+        prompts=tuple(record["prompts"]),
+        seeds=tuple(record["seeds"]),
+        steps=first["steps"],
+        guidance=first["guidance"],
+        resolution_px=first["resolution_px"],
+        caption_template=record["caption_template"],
+    )
     return fair_comparison(
         pipe,
         lora_file,
-        record["prompts"],
-        record["seeds"],
-        first["steps"],
-        first["guidance"],
-        first["resolution_px"],
-        record["caption_template"],
+        settings,
         lora_scale=next(e["lora_scale"] for e in record["images"] if e["model"] == "lora"),
     )
 
@@ -225,16 +234,12 @@ def adapter_resolution_px(lora_path: str | os.PathLike, default: int | None = No
 def scale_sweep(
     pipe,
     lora_path: str | os.PathLike,
-    prompt: str,
-    seed: int = 0,
+    settings: SamplingSettings,
+    *,
     scales: list[float] | tuple[float, ...] = SWEEP_SCALES,
-    steps: int = 25,
-    guidance: float = 7.5,
-    resolution_px: int = 256,
-    caption_template: str = CAPTION_TEMPLATE,
     adapter_name: str | None = None,
 ):
-    """One prompt and seed at several LoRA scales, as a labelled strip.
+    """The settings' first prompt and seed at several LoRA scales, as a labelled strip.
 
     Scale 0 is the base model, 1 the adapter as trained; values in between blend the
     low-rank update in linearly (``W + scale * (alpha / r) * B A``). ``adapter_name``
@@ -247,7 +252,8 @@ def scale_sweep(
 
     if not scales:
         raise StableEmoteError("The scale sweep needs at least one scale, e.g. 0, 0.5, 1.")
-    text = caption_template.format(name=prompt)
+    prompt, seed = settings.prompts[0], settings.seeds[0]
+    text = settings.caption(prompt)
     loading = contextlib.nullcontext(adapter_name)
     if adapter_name is None:
         loading = lora_loaded(pipe, lora_path, adapter_name="sweep")
@@ -255,7 +261,7 @@ def scale_sweep(
     with loading as name_loaded:
         for scale in scales:
             set_lora_scale(pipe, float(scale), name_loaded)
-            images.append(generate(pipe, text, seed, steps, guidance, resolution_px))
+            images.append(generate(pipe, text, seed, settings))
         set_lora_scale(pipe, 1.0, name_loaded)
     return image_grid(
         images,
@@ -296,76 +302,52 @@ def list_adapter_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path
 
 
 def _generate_with_adapter(
-    pipe,
-    lora_path: str | os.PathLike | None,
-    texts: list[str],
-    seed: int,
-    steps: int,
-    guidance: float,
-    resolution_px: int,
+    pipe, lora_path: str | os.PathLike | None, settings: SamplingSettings
 ) -> list:
-    """One image per prompt text with ``lora_path`` loaded (``None``: the base model), then unloaded."""
+    """One image per prompt of ``settings`` at its first seed, with ``lora_path`` loaded
+    (``None``: the base model), then unloaded."""
 
+    texts = [settings.caption(name) for name in settings.prompts]
+    seed = settings.seeds[0]
     if lora_path is None:
-        return [generate(pipe, t, seed, steps, guidance, resolution_px) for t in texts]
+        return [generate(pipe, t, seed, settings) for t in texts]
     with lora_loaded(pipe, lora_path, adapter_name="compare-one"):
-        return [generate(pipe, t, seed, steps, guidance, resolution_px) for t in texts]
+        return [generate(pipe, t, seed, settings) for t in texts]
 
 
-def checkpoint_progression(
-    pipe,
-    run_dir: str | os.PathLike,
-    prompt: str,
-    seed: int = 0,
-    steps: int = 25,
-    guidance: float = 7.5,
-    resolution_px: int = 256,
-    caption_template: str = CAPTION_TEMPLATE,
-):
-    """The same prompt and seed at step 0 (the base model) and at every saved checkpoint.
+def checkpoint_progression(pipe, run_dir: str | os.PathLike, settings: SamplingSettings):
+    """The settings' first prompt and seed at step 0 (the base model) and at every saved checkpoint.
 
     Returns:
         A PIL strip, one column per checkpoint, labelled ``step 0``, ``step 100``, ...
     """
 
     checkpoints = list_adapter_checkpoints(run_dir)
-    texts = [caption_template.format(name=prompt)]
-    settings = (seed, steps, guidance, resolution_px)
-    images = _generate_with_adapter(pipe, None, texts, *settings)
+    prompt = settings.prompts[0]
+    one = dataclasses.replace(settings, prompts=(prompt,))
+    images = _generate_with_adapter(pipe, None, one)
     labels = ["step 0"]
     for step, file in checkpoints:
-        images += _generate_with_adapter(pipe, file, texts, *settings)
+        images += _generate_with_adapter(pipe, file, one)
         labels.append(f"step {step}")
     return image_grid(images, cols=len(images), row_labels=[prompt], col_labels=labels)
 
 
-def adapter_comparison(
-    pipe,
-    adapters: dict[str, str | os.PathLike],
-    prompts: list[str] | tuple[str, ...],
-    seed: int = 0,
-    steps: int = 25,
-    guidance: float = 7.5,
-    resolution_px: int = 256,
-    caption_template: str = CAPTION_TEMPLATE,
-):
-    """Several adapters (e.g. rank 2, 4, 8) against the base model, same prompt and seed.
+def adapter_comparison(pipe, adapters: dict[str, str | os.PathLike], settings: SamplingSettings):
+    """Several adapters (e.g. rank 2, 4, 8) against the base model, same prompts and seed.
 
     Args:
         adapters: column label -> adapter file or folder, e.g. ``{"rank 4": path}``.
-        prompts: one row per emoji name.
+        settings: one row per prompt (emoji name), all at its first seed.
 
     Returns:
         A PIL grid: rows = prompts, columns = base, then each adapter.
     """
 
+    prompts = settings.prompts
     if not adapters or not prompts:
         raise StableEmoteError("adapter_comparison needs at least one adapter and one prompt.")
-    texts = [caption_template.format(name=n) for n in prompts]
-    settings = (seed, steps, guidance, resolution_px)
-    columns = [
-        _generate_with_adapter(pipe, path, texts, *settings) for path in [None, *adapters.values()]
-    ]
+    columns = [_generate_with_adapter(pipe, path, settings) for path in [None, *adapters.values()]]
     images = [columns[c][r] for r in range(len(prompts)) for c in range(len(columns))]
     return image_grid(
         images, cols=len(columns), row_labels=list(prompts), col_labels=["base", *adapters]

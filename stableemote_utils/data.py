@@ -548,4 +548,10 @@ def load_emoji_dataset(
         rows = [r for r in rows if is_heldout(r[0], heldout_fraction) == want_heldout]
     if limit is not None:
         rows = [rows[i] for i in balanced_sample([r[0] for r in rows], limit, seed)]
-    return _finish(rows, resolution_px, caption_template, max_bad_fraction, trigger_word)
+    return _finish(
+        rows,
+        resolution_px,
+        caption_template,
+        max_bad_fraction=max_bad_fraction,
+        trigger_word=trigger_word,
+    )

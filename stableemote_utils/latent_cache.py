@@ -116,7 +116,13 @@ def build_or_load_cache(
         ``extra_prompts`` (the empty prompt, validation prompts) in order.
     """
     extra_prompts = list(extra_prompts)
-    key = cache_fingerprint(components, examples, resolution_px, caption_template, extra_prompts)
+    key = cache_fingerprint(
+        components,
+        examples,
+        resolution_px,
+        caption_template=caption_template,
+        extra_prompts=extra_prompts,
+    )
     path = Path(cache_folder) / f"{label}-{key}.safetensors"
     if path.exists():
         try:

@@ -253,8 +253,8 @@ def heldout_loss_base_vs_lora(pipe, lora_path: str | os.PathLike, preset=None) -
         p.dataset,
         p.resolution_px,
         p.caption_template,
-        "heldout",
-        p.heldout_fraction,
+        split="heldout",
+        heldout_fraction=p.heldout_fraction,
         limit=TrainConfig.heldout_limit,
     )
     components = SDComponents(
@@ -271,10 +271,10 @@ def heldout_loss_base_vs_lora(pipe, lora_path: str | os.PathLike, preset=None) -
         components,
         heldout_set,
         os.path.join(cache_dir(), "latents"),
-        p.resolution_px,
-        p.caption_template,
-        (),
-        "heldout",
+        resolution_px=p.resolution_px,
+        caption_template=p.caption_template,
+        extra_prompts=(),
+        label="heldout",
     )
     alphas = pipe.scheduler.alphas_cumprod
     half = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None

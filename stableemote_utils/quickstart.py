@@ -22,6 +22,7 @@ from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_peft import lora_loaded
 from stableemote_utils.precision import choose_dtype, pick_device
 from stableemote_utils.presets import get_preset
+from stableemote_utils.sampling import SamplingSettings
 from stableemote_utils.training import ORIGINAL_PROMPTS, TrainResult, recipe, train
 
 HELDOUT_PROMPTS_SHOWN = 2
@@ -64,25 +65,15 @@ def run_quickstart(
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))
     original, heldout = comparison_prompts(p, heldout_count=HELDOUT_PROMPTS_SHOWN)
     prompts = [*original[:4], *heldout]
-    common = dict(
-        steps=p.sample_steps,
-        guidance=p.guidance_scale,
-        resolution_px=p.resolution_px,
-        caption_template=p.caption_template,
-    )
+    settings = SamplingSettings.for_preset(p, prompts=prompts, seeds=(0, 1))
+    one = SamplingSettings.for_preset(p, prompts=[ORIGINAL_PROMPTS[2]], seeds=(0,))
     # One load of the trained adapter serves the comparison and the scale sweep.
     with lora_loaded(pipe, result.adapter_path, adapter_name="quickstart") as adapter:
-        grid, record = fair_comparison(
-            pipe, result.adapter_path, prompts, seeds=(0, 1), adapter_name=adapter, **common
-        )
-        sweep_strip = scale_sweep(
-            pipe, result.adapter_path, ORIGINAL_PROMPTS[2], adapter_name=adapter, **common
-        )
+        grid, record = fair_comparison(pipe, result.adapter_path, settings, adapter_name=adapter)
+        sweep_strip = scale_sweep(pipe, result.adapter_path, one, adapter_name=adapter)
     png, js = save_comparison(grid, record, out / "comparison.png")
     sweep = save_image(sweep_strip, out / "scale_sweep.png")
-    progression = save_image(
-        checkpoint_progression(pipe, out, ORIGINAL_PROMPTS[2], **common), out / "progression.png"
-    )
+    progression = save_image(checkpoint_progression(pipe, out, one), out / "progression.png")
     held = result.heldout
     first, last = min(held), max(held)
     print("")

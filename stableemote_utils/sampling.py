@@ -55,17 +55,23 @@ class SamplingSettings:
             resolution_px=p.resolution_px,
             caption_template=p.caption_template,
         )
+        return base.with_overrides(**overrides)
+
+    def with_overrides(self, **overrides) -> SamplingSettings:
+        """These settings with ``overrides`` (``None`` values skipped, lists made tuples)."""
         given = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def caption(self, name: str) -> str:
+        """The prompt text for an emoji name: ``caption_template`` filled in."""
+        return self.caption_template.format(name=name)
 
 
 def generate(
     pipe,
     prompt: str | None,
     seed: int,
-    steps: int,
-    guidance: float,
-    resolution_px: int,
+    settings: SamplingSettings,
     *,
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
@@ -77,21 +83,23 @@ def generate(
         pipe: a ``StableDiffusionPipeline``.
         prompt: the prompt text, or ``None`` with ``prompt_embeds``.
         seed: the generator's seed.
+        settings: its ``steps``, ``guidance`` and ``resolution_px`` are used (its prompts,
+            seeds and caption template are the caller's to loop over).
         prompt_embeds, negative_prompt_embeds: encoded prompts ``(1, 77, D)`` instead of
             text (training's validation grid encodes its prompts once).
         callback_on_step_end: called by the pipeline after each denoising step.
 
     Returns:
-        A PIL image, ``resolution_px`` square.
+        A PIL image, ``settings.resolution_px`` square.
     """
     return pipe(
         prompt,
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_prompt_embeds,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=resolution_px,
-        width=resolution_px,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance,
+        height=settings.resolution_px,
+        width=settings.resolution_px,
         generator=torch.Generator(device="cpu").manual_seed(seed),
         callback_on_step_end=callback_on_step_end,
     ).images[0]

@@ -239,8 +239,8 @@ def training_loss(
         unet,
         latents,
         draws["noise"],
-        draws["timesteps"],
-        text,
+        timesteps=draws["timesteps"],
+        text=text,
         noise_scheduler=noise_scheduler,
         min_snr_gamma=min_snr_gamma,
     )
@@ -318,12 +318,12 @@ def train(
     out = check_output_dir(config.output_dir)
     # One lock per run: only the launching process of a distributed run takes it.
     with run_lock(out) if is_first_launched_process() else contextlib.nullcontext():
-        return _train(config, preset, out, resume, overwrite)
+        return _train(config, preset, out, resume=resume, overwrite=overwrite)
 
 
 def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, overwrite: bool):
     """:func:`train` once the options are checked and the run folder is locked."""
-    run = set_up_run(config, preset, out, resume, overwrite)
+    run = set_up_run(config, preset, out, resume=resume, overwrite=overwrite)
     if run.main:
         write_config_file(config, out)
     open_trackers(run.accelerator, config, out)
@@ -380,9 +380,9 @@ def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
         step,
         config.batch_size * slices,
         cache["latent_mean"].shape[0],
-        config.seed,
-        process_index,
-        world,
+        seed=config.seed,
+        process_index=process_index,
+        world=world,
     ).to(dev)
     g = step_generator(config.seed, step, process_index, dev)
     text = cache["text"][idx]
@@ -404,8 +404,8 @@ def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
                 run.unet,
                 latents[part],
                 draws["noise"][part],
-                draws["timesteps"][part],
-                text[part],
+                timesteps=draws["timesteps"][part],
+                text=text[part],
                 noise_scheduler=run.components.scheduler,
                 min_snr_gamma=config.min_snr_gamma,
             )

@@ -25,7 +25,7 @@ from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import make_pipeline
 from stableemote_utils.lora_files import lora_state_dict, save_lora
 from stableemote_utils.plots import save_loss_plot
-from stableemote_utils.sampling import generate
+from stableemote_utils.sampling import SamplingSettings, generate
 from stableemote_utils.training_setup import TrainingRun, mixed_precision_for
 
 HELDOUT_TIMESTEPS = (50, 200, 400, 600, 800, 950)
@@ -102,11 +102,9 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
             grid, pictures = _sample_grid(
                 components,
                 run.raw_unet,
-                run.train_cache["extra_text"][1:],
-                run.train_cache["extra_text"][0:1],
-                run.config,
-                run.config.resolution_px,
-                run.config.validation_steps,
+                validation_settings(run.config),
+                prompts_embeds=run.train_cache["extra_text"][1:],
+                negative_embeds=run.train_cache["extra_text"][0:1],
             )
     finally:
         components.vae.to("cpu")
@@ -117,9 +115,30 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
     _log_image(run.accelerator, "samples", grid, at_step)
 
 
-def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, resolution_px, steps):
-    """Validation images: each prompt at the fixed validation seed and the config's
-    ``validation_guidance`` (the preset's scale unless set), safety checker off.
+def validation_settings(config) -> SamplingSettings:
+    """The validation grid's settings: prompt ``i`` at seed ``validation_seed + i``, the
+    config's ``validation_steps``, ``validation_guidance`` (the preset's scale unless set)
+    and training size."""
+    prompts = tuple(config.validation_prompts)
+    return SamplingSettings(
+        prompts=prompts,
+        seeds=tuple(config.validation_seed + i for i in range(len(prompts))),
+        steps=config.validation_steps,
+        guidance=config.validation_guidance,
+        resolution_px=config.resolution_px,
+    )
+
+
+def _sample_grid(
+    components,
+    unet,
+    settings: SamplingSettings,
+    *,
+    prompts_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+):
+    """Validation images: prompt ``i`` (encoded, ``prompts_embeds[i]``, ``(1, 77, D)``) at
+    ``settings.seeds[i]``, safety checker off.
 
     Returns:
         ``(grid, pictures)``: the labelled grid and the pictures, one per prompt.
@@ -127,19 +146,17 @@ def _sample_grid(components, unet, prompts_embeds, negative_embeds, config, reso
     pipe = make_pipeline(components)
     pipe.unet = unet
     images = []
-    for i in range(prompts_embeds.shape[0]):
+    for i, seed in enumerate(settings.seeds[: prompts_embeds.shape[0]]):
         picture = generate(
             pipe,
             None,
-            config.validation_seed + i,
-            steps,
-            config.validation_guidance,
-            resolution_px,
+            seed,
+            settings,
             prompt_embeds=prompts_embeds[i : i + 1].to(components.device, unet.dtype),
             negative_prompt_embeds=negative_embeds.to(components.device, unet.dtype),
         )
         images.append(picture)
-    return image_grid(images, list(config.validation_prompts), cols=len(images)), images
+    return image_grid(images, list(settings.prompts), cols=len(images)), images
 
 
 def _log_image(accelerator, name: str, image, step: int) -> None:
@@ -182,9 +199,9 @@ def write_checkpoint(run: TrainingRun, at_step: int) -> None:
             run.ckpt_dir,
             at_step,
             weights,
-            run.optimizer.state_dict(),
-            state,
-            run.config.keep_checkpoints,
+            optimizer_state=run.optimizer.state_dict(),
+            state=state,
+            keep_last=run.config.keep_checkpoints,
             weights_file="unet.safetensors" if run.full else "pytorch_lora_weights.safetensors",
         )
     run.accelerator.wait_for_everyone()

@@ -129,12 +129,12 @@ def set_up_run(
     if saved is not None:
         check_resume_config(saved[0], config.to_dict(), mixed_precision_for(dtype))
     if main:
-        claim_run_folder(out, ckpt_dir, resume, resume_from, overwrite)
+        claim_run_folder(out, ckpt_dir, resume, resume_from=resume_from, overwrite=overwrite)
     train_set, heldout_set = _load_splits(config, preset, accelerator)
     if main:  # the exact captions this run trains and measures on
         write_captions_record(out / CAPTIONS_RECORD, {"train": train_set, "heldout": heldout_set})
     components, train_cache, held_cache = _encode_once(
-        config, preset, accelerator, dtype, train_set, heldout_set
+        config, preset, accelerator, dtype=dtype, train_set=train_set, heldout_set=heldout_set
     )
     unet, params, optimizer, lr_schedule = _trainable_unet(
         config, components, accelerator, None if saved is None else saved[1]
@@ -188,8 +188,8 @@ def _load_splits(config: TrainConfig, preset: Preset, accelerator) -> tuple[list
             config.dataset,
             config.resolution_px,
             config.caption_template,
-            name,
-            preset.heldout_fraction,
+            split=name,
+            heldout_fraction=preset.heldout_fraction,
             limit=limit,
             trigger_word=config.trigger_word,
         )
@@ -239,10 +239,10 @@ def _encode_once(config: TrainConfig, preset: Preset, accelerator, dtype, train_
             components,
             train_set,
             cache_folder,
-            config.resolution_px,
-            config.caption_template,
-            extra_prompts,
-            "train",
+            resolution_px=config.resolution_px,
+            caption_template=config.caption_template,
+            extra_prompts=extra_prompts,
+            label="train",
         )
         held_cache = (
             None
@@ -251,10 +251,10 @@ def _encode_once(config: TrainConfig, preset: Preset, accelerator, dtype, train_
                 components,
                 heldout_set,
                 cache_folder,
-                config.resolution_px,
-                config.caption_template,
-                (),
-                "heldout",
+                resolution_px=config.resolution_px,
+                caption_template=config.caption_template,
+                extra_prompts=(),
+                label="heldout",
             )
         )
     components.vae.to("cpu")

@@ -18,6 +18,7 @@ from stableemote_utils.attention import (
 )
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.figures import plot_attention_maps
+from stableemote_utils.sampling import SamplingSettings
 
 matplotlib.use("Agg")
 
@@ -104,9 +105,8 @@ def test_word_shares_renormalise_over_the_prompt():
 
 def test_cross_attention_maps_shapes_and_plot(pipe):
     steps = 4
-    res = cross_attention_maps(
-        pipe, "An emoji of cat face", ["cat", "face"], seed=1, steps=steps, resolution_px=64
-    )
+    settings = SamplingSettings(prompts=("cat face",), seeds=(1,), steps=steps, resolution_px=64)
+    res = cross_attention_maps(pipe, settings, words=["cat", "face"])
     side = 64 // pipe.vae_scale_factor
     assert res["map_side"] == side
     assert res["steps"] == [0, 2, 3]
@@ -122,11 +122,8 @@ def test_cross_attention_maps_shapes_and_plot(pipe):
     assert not torch.equal(res["maps"][0], res["maps"][-1])
     fig = plot_attention_maps({"base": res, "LoRA": res}, title="t")
     assert len(fig.axes) == 2 * 2 * (len(res["steps"]) + 1)
+    cat = SamplingSettings(prompts=("cat",), steps=2, resolution_px=64)
     with pytest.raises(StableEmoteError, match="attention sides"):
-        cross_attention_maps(
-            pipe, "An emoji of cat", ["cat"], steps=2, resolution_px=64, map_side=3
-        )
+        cross_attention_maps(pipe, cat, words=["cat"], map_side=3)
     with pytest.raises(StableEmoteError, match="at_steps"):
-        cross_attention_maps(
-            pipe, "An emoji of cat", ["cat"], steps=2, resolution_px=64, at_steps=[5]
-        )
+        cross_attention_maps(pipe, cat, words=["cat"], at_steps=[5])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stableemote_utils.compare import (
+    SamplingSettings,
     adapter_comparison,
     adapter_resolution_px,
     checkpoint_progression,
@@ -29,6 +30,11 @@ from stableemote_utils.lora_files import LORA_WEIGHT_NAME, save_lora
 
 STEPS = 3
 SIZE_PX = 64
+
+
+def small(**overrides) -> SamplingSettings:
+    """This file's settings (3 steps, 64 px, guidance 7.5), with ``overrides``."""
+    return SamplingSettings(steps=STEPS, resolution_px=SIZE_PX).with_overrides(**overrides)
 
 
 def make_adapter(unet, folder, rank=4, seed=0, std=0.05, metadata=None):
@@ -66,7 +72,7 @@ def has_adapter(pipe) -> bool:
 
 def test_base_and_lora_share_every_setting(pipe, adapter):
     grid, record = fair_comparison(
-        pipe, adapter, ["cat face", "fairy"], seeds=(3, 7), steps=STEPS, resolution_px=SIZE_PX
+        pipe, adapter, small(prompts=["cat face", "fairy"], seeds=(3, 7))
     )
     entries = record["images"]
     assert len(entries) == 2 * 2 * 2
@@ -82,7 +88,7 @@ def test_base_and_lora_share_every_setting(pipe, adapter):
     assert record["lora_sha256"] and record["prompts"] == ["cat face", "fairy"]
     assert not has_adapter(pipe)
     # The base column is exactly the base model; the LoRA column differs from it.
-    base_img = generate(pipe, "An emoji of cat face", 3, STEPS, 7.5, SIZE_PX)
+    base_img = generate(pipe, "An emoji of cat face", 3, small())
     assert grid.width > 4 * SIZE_PX and grid.height > 2 * SIZE_PX
     redo = image_grid(
         [base_img, base_img, base_img, base_img],
@@ -95,9 +101,7 @@ def test_base_and_lora_share_every_setting(pipe, adapter):
 
 
 def test_regenerate_reproduces_the_grid_bit_for_bit(pipe, adapter, tmp_path):
-    grid, record = fair_comparison(
-        pipe, adapter, ["smiling cat"], seeds=(1,), steps=STEPS, resolution_px=SIZE_PX
-    )
+    grid, record = fair_comparison(pipe, adapter, small(prompts=["smiling cat"], seeds=(1,)))
     png, js = save_comparison(grid, record, tmp_path / "cmp.png")
     assert png.exists() and json.loads(js.read_text()) == json.loads(json.dumps(record))
     again, again_record = regenerate(js, pipe)
@@ -107,7 +111,7 @@ def test_regenerate_reproduces_the_grid_bit_for_bit(pipe, adapter, tmp_path):
 
 def test_regenerate_refuses_a_changed_adapter(pipe, tmp_path):
     file = make_adapter(pipe.unet, tmp_path / "a", seed=5)
-    grid, record = fair_comparison(pipe, file, ["fairy"], steps=1, resolution_px=SIZE_PX)
+    grid, record = fair_comparison(pipe, file, small(prompts=["fairy"], steps=1))
     _, js = save_comparison(grid, record, tmp_path / "cmp.png")
     make_adapter(pipe.unet, tmp_path / "a", seed=6)
     with pytest.raises(StableEmoteError, match="changed"):
@@ -117,17 +121,15 @@ def test_regenerate_refuses_a_changed_adapter(pipe, tmp_path):
 def test_one_load_serves_the_comparison_and_the_sweep(pipe, adapter, monkeypatch):
     from stableemote_utils import lora_peft as lora
 
-    kwargs = dict(steps=STEPS, resolution_px=SIZE_PX)
-    alone_grid, alone_record = fair_comparison(pipe, adapter, ["cat face"], (2,), **kwargs)
-    alone_sweep = scale_sweep(pipe, adapter, "cat face", 2, (0.0, 1.0), **kwargs)
+    cat = small(prompts=["cat face"], seeds=(2,))
+    alone_grid, alone_record = fair_comparison(pipe, adapter, cat)
+    alone_sweep = scale_sweep(pipe, adapter, cat, scales=(0.0, 1.0))
     loads = []
     real_load = lora.load_lora
     monkeypatch.setattr(lora, "load_lora", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     with lora.lora_loaded(pipe, adapter, adapter_name="shared") as name:
-        grid, record = fair_comparison(
-            pipe, adapter, ["cat face"], (2,), adapter_name=name, **kwargs
-        )
-        sweep = scale_sweep(pipe, adapter, "cat face", 2, (0.0, 1.0), adapter_name=name, **kwargs)
+        grid, record = fair_comparison(pipe, adapter, cat, adapter_name=name)
+        sweep = scale_sweep(pipe, adapter, cat, scales=(0.0, 1.0), adapter_name=name)
         assert has_adapter(pipe), "an adapter loaded by the caller stays loaded"
     assert len(loads) == 1
     assert not has_adapter(pipe)
@@ -137,14 +139,14 @@ def test_one_load_serves_the_comparison_and_the_sweep(pipe, adapter, monkeypatch
 
 
 def test_scale_sweep_runs_from_base_to_adapter(pipe, adapter):
-    strip = scale_sweep(pipe, adapter, "cat face", 2, (0.0, 1.0), STEPS, resolution_px=SIZE_PX)
+    cat = small(prompts=["cat face"], seeds=(2,))
+    strip = scale_sweep(pipe, adapter, cat, scales=(0.0, 1.0))
     assert not has_adapter(pipe)
-    _, record = fair_comparison(pipe, adapter, ["cat face"], (2,), STEPS, resolution_px=SIZE_PX)
-    base = generate(pipe, "An emoji of cat face", 2, STEPS, 7.5, SIZE_PX)
+    base = generate(pipe, "An emoji of cat face", 2, small())
     from stableemote_utils.lora import load_lora, unload_lora
 
     load_lora(pipe, adapter)
-    lora = generate(pipe, "An emoji of cat face", 2, STEPS, 7.5, SIZE_PX)
+    lora = generate(pipe, "An emoji of cat face", 2, small())
     unload_lora(pipe)
     expected = image_grid(
         [base, lora], cols=2, row_labels=["cat face"], col_labels=["scale 0", "scale 1"]
@@ -152,7 +154,7 @@ def test_scale_sweep_runs_from_base_to_adapter(pipe, adapter):
     assert np.array_equal(pixels(strip), pixels(expected))
     assert not np.array_equal(pixels(base), pixels(lora))
     with pytest.raises(StableEmoteError, match="at least one scale"):
-        scale_sweep(pipe, adapter, "cat face", scales=())
+        scale_sweep(pipe, adapter, cat, scales=())
 
 
 def fake_run(pipe, folder):
@@ -169,14 +171,14 @@ def test_checkpoint_progression_shows_every_checkpoint(pipe, tmp_path):
     found = list_adapter_checkpoints(run)
     assert [s for s, _ in found] == [10, 20, 30]
     assert found[-1][1] == run / LORA_WEIGHT_NAME
-    strip = checkpoint_progression(pipe, run, "fairy", 4, STEPS, resolution_px=SIZE_PX)
+    strip = checkpoint_progression(pipe, run, small(prompts=["fairy", "cat face"], seeds=(4, 5)))
     assert not has_adapter(pipe)
     from stableemote_utils.lora import load_lora, unload_lora
 
-    images = [generate(pipe, "An emoji of fairy", 4, STEPS, 7.5, SIZE_PX)]
+    images = [generate(pipe, "An emoji of fairy", 4, small())]
     for _, file in found:
         load_lora(pipe, file)
-        images.append(generate(pipe, "An emoji of fairy", 4, STEPS, 7.5, SIZE_PX))
+        images.append(generate(pipe, "An emoji of fairy", 4, small()))
         unload_lora(pipe)
     labels = ["step 0", "step 10", "step 20", "step 30"]
     expected = image_grid(images, cols=4, row_labels=["fairy"], col_labels=labels)
@@ -187,21 +189,21 @@ def test_checkpoint_progression_shows_every_checkpoint(pipe, tmp_path):
 
 def test_adapter_comparison_puts_ranks_side_by_side(pipe, tmp_path):
     ranks = {f"rank {r}": make_adapter(pipe.unet, tmp_path / f"r{r}", rank=r) for r in (2, 8)}
-    grid = adapter_comparison(pipe, ranks, ["cat face"], 0, STEPS, resolution_px=SIZE_PX)
+    grid = adapter_comparison(pipe, ranks, small(prompts=["cat face"]))
     assert not has_adapter(pipe)
     from stableemote_utils.lora import load_lora, unload_lora
 
-    images = [generate(pipe, "An emoji of cat face", 0, STEPS, 7.5, SIZE_PX)]
+    images = [generate(pipe, "An emoji of cat face", 0, small())]
     for file in ranks.values():
         load_lora(pipe, file)
-        images.append(generate(pipe, "An emoji of cat face", 0, STEPS, 7.5, SIZE_PX))
+        images.append(generate(pipe, "An emoji of cat face", 0, small()))
         unload_lora(pipe)
     expected = image_grid(
         images, cols=3, row_labels=["cat face"], col_labels=["base", "rank 2", "rank 8"]
     )
     assert np.array_equal(pixels(grid), pixels(expected))
     with pytest.raises(StableEmoteError):
-        adapter_comparison(pipe, {}, ["cat face"])
+        adapter_comparison(pipe, {}, small(prompts=["cat face"]))
 
 
 def test_prompts_sizes_and_adapter_resolution(adapter, tmp_path, pipe):

@@ -29,12 +29,13 @@ from stableemote_utils.cli.demo_generation import (
     MAX_SEED,
     check_seed,
     demo_generate,
+    demo_settings,
     display_image,
     find_adapter,
     picture_label,
     render_picture,
 )
-from stableemote_utils.compare import generate
+from stableemote_utils.compare import SamplingSettings, generate
 from stableemote_utils.data import is_heldout
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.lora import add_lora, load_lora, unload_lora
@@ -44,6 +45,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 STEPS = 2
 SIZE_PX = 64
 PROMPT = "An emoji of cat face"
+SIZE_SETTINGS = SamplingSettings(steps=STEPS, resolution_px=SIZE_PX)
+
+
+def inputs(seed=3, guidance=7.5, prompt=PROMPT) -> SamplingSettings:
+    """The page's inputs as settings: this file's steps and size."""
+    return demo_settings(prompt, seed, steps=STEPS, guidance=guidance, resolution_px=SIZE_PX)
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +77,22 @@ def pixels(image) -> np.ndarray:
 
 
 def test_handler_matches_the_fair_generation(pipe, adapter):
-    base_ref = generate(pipe, PROMPT, 3, STEPS, 7.5, SIZE_PX)
+    base_ref = generate(pipe, PROMPT, 3, inputs(3))
     load_lora(pipe, adapter, adapter_name=DEMO_ADAPTER_NAME)
     try:
-        base, lora = demo_generate(pipe, PROMPT, 3, STEPS, 7.5, 1.0, True, SIZE_PX)
+        base, lora = demo_generate(pipe, inputs(3), lora_scale=1.0, side_by_side=True)
         assert np.array_equal(pixels(base), pixels(base_ref))
         assert not np.array_equal(pixels(lora), pixels(base_ref))
-        none, half = demo_generate(pipe, PROMPT, 3, STEPS, 7.5, 0.5, False, SIZE_PX)
+        none, half = demo_generate(pipe, inputs(3), lora_scale=0.5, side_by_side=False)
         assert none is None
         assert not np.array_equal(pixels(half), pixels(lora))
-        _, zero = demo_generate(pipe, PROMPT, 3, STEPS, 7.5, 0.0, False, SIZE_PX)
+        _, zero = demo_generate(pipe, inputs(3), lora_scale=0.0, side_by_side=False)
         assert np.array_equal(pixels(zero), pixels(base_ref))  # scale 0 is the base model
         assert half.size == (SIZE_PX, SIZE_PX)
         with pytest.raises(StableEmoteError, match="Type a prompt"):
-            demo_generate(pipe, "  ", 0, STEPS)
+            demo_generate(pipe, SamplingSettings(prompts=("  ",), steps=STEPS))
         with pytest.raises(StableEmoteError, match="Steps must be"):
-            demo_generate(pipe, PROMPT, 0, 0)
+            demo_generate(pipe, SamplingSettings(prompts=(PROMPT,), steps=0))
     finally:
         unload_lora(pipe)
 
@@ -98,7 +105,9 @@ def test_seed_is_bounded(pipe):
         with pytest.raises(StableEmoteError, match="seed must be a whole number from 0 to"):
             check_seed(bad)
     with pytest.raises(StableEmoteError, match="seed must be"):
-        demo_generate(pipe, PROMPT, 2**70, STEPS, resolution_px=SIZE_PX)
+        demo_generate(pipe, SamplingSettings(prompts=(PROMPT,), seeds=(2**70,), steps=STEPS))
+    with pytest.raises(StableEmoteError, match="seed must be"):
+        inputs(seed=-1)
 
 
 def test_display_image_enlarges_by_a_whole_factor_with_crisp_pixels():
@@ -117,8 +126,8 @@ def test_display_image_enlarges_by_a_whole_factor_with_crisp_pixels():
 
 
 def test_render_picture_keeps_the_true_size_file(pipe, tmp_path):
-    shown, path, seconds = render_picture(pipe, PROMPT, 3, STEPS, 7.5, SIZE_PX, None, tmp_path)
-    true_size = generate(pipe, PROMPT, 3, STEPS, 7.5, SIZE_PX)
+    shown, path, seconds = render_picture(pipe, inputs(3), lora_scale=None, folder=tmp_path)
+    true_size = generate(pipe, PROMPT, 3, inputs(3))
     assert path.parent.parent == tmp_path and path.suffix == ".png"
     assert "seed3" in path.name and f"steps{STEPS}" in path.name
     with Image.open(path) as saved:
@@ -128,14 +137,22 @@ def test_render_picture_keeps_the_true_size_file(pipe, tmp_path):
     assert np.array_equal(pixels(shown), pixels(display_image(true_size)))
     assert seconds > 0
     with pytest.raises(StableEmoteError, match="seed must be"):
-        render_picture(pipe, PROMPT, -1, STEPS, 7.5, SIZE_PX, None, tmp_path)
+        render_picture(
+            pipe,
+            SamplingSettings(prompts=(PROMPT,), seeds=(-1,), steps=STEPS),
+            lora_scale=None,
+            folder=tmp_path,
+        )
 
 
 def test_labels_and_example_prompts():
-    assert picture_label("TinyEmote", 0.84, 3, 25, 7.5) == (
+    assert picture_label("TinyEmote", 0.84, SamplingSettings(seeds=(3,), steps=25)) == (
         "TinyEmote · seed 3 · 25 steps · guidance 7.5 · 0.8 s"
     )
-    assert picture_label("LoRA", 2.0, 9, 4, 3.0, scale=0.5).startswith("LoRA × 0.50 · seed 9")
+    label = picture_label(
+        "LoRA", 2.0, SamplingSettings(seeds=(9,), steps=4, guidance=3.0), scale=0.5
+    )
+    assert label.startswith("LoRA × 0.50 · seed 9 · 4 steps · guidance 3")
     training, heldout = example_prompts("An emoji of {name}", 0.05)
     assert training and heldout
     assert all(p.startswith("An emoji of ") for p in training + heldout)
@@ -152,7 +169,7 @@ def _labels(demo, kind: str) -> list[str]:
 
 
 def test_without_an_adapter_one_picture_and_no_lora_controls(pipe):
-    demo = build_demo(pipe, None, resolution_px=SIZE_PX, steps=STEPS, model_label="Tiny")
+    demo = build_demo(pipe, None, SIZE_SETTINGS, model_label="Tiny")
     assert _labels(demo, "Image") == ["Tiny"]
     assert not [label for label in _labels(demo, "Slider") if "LoRA" in label]
     assert _labels(demo, "Slider") == ["Steps", "Guidance"]
@@ -172,13 +189,13 @@ def test_guidance_slider_starts_at_the_given_scale(pipe):
 
     tiny = get_preset("tiny").guidance_scale
     assert tiny < get_preset("sd15").guidance_scale
-    demo = build_demo(pipe, None, resolution_px=SIZE_PX, steps=STEPS, guidance=tiny)
+    demo = build_demo(pipe, None, SamplingSettings.for_preset("tiny", resolution_px=SIZE_PX))
     assert guidance_start(demo) == tiny
-    assert guidance_start(build_demo(pipe, None, resolution_px=SIZE_PX, steps=STEPS)) == 7.5
+    assert guidance_start(build_demo(pipe, None, SIZE_SETTINGS)) == 7.5
 
 
 def test_with_an_adapter_two_pictures_a_scale_slider_and_its_name(pipe, adapter):
-    demo = build_demo(pipe, adapter, resolution_px=SIZE_PX, steps=STEPS, model_label="Tiny")
+    demo = build_demo(pipe, adapter, SIZE_SETTINGS, model_label="Tiny")
     try:
         assert _labels(demo, "Image") == ["Tiny", "LoRA"]
         assert "LoRA scale" in _labels(demo, "Slider")
@@ -201,7 +218,7 @@ def test_find_adapter(adapter, tmp_path, monkeypatch):
 def test_server_starts_serves_a_generation_and_stops(pipe, adapter):
     from gradio_client import Client
 
-    demo = build_demo(pipe, adapter, resolution_px=SIZE_PX, steps=STEPS)
+    demo = build_demo(pipe, adapter, SIZE_SETTINGS)
     port = free_port()
     demo.launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True
@@ -216,7 +233,7 @@ def test_server_starts_serves_a_generation_and_stops(pipe, adapter):
             PROMPT, 5, STEPS, 7.5, 1.0, True, api_name=f"/{API_NAME}"
         )
         expected_base, expected_lora = demo_generate(
-            pipe, PROMPT, 5, STEPS, 7.5, 1.0, True, SIZE_PX
+            pipe, inputs(5), lora_scale=1.0, side_by_side=True
         )
         assert np.array_equal(pixels(Image.open(base_file)), pixels(expected_base))
         assert np.array_equal(pixels(Image.open(lora_file)), pixels(expected_lora))

@@ -139,9 +139,10 @@ def test_bad_compare_argument_is_one_line(tmp_path, capsys, extra, option):
 
 def test_compare_python_api_refuses_zero_steps(tmp_path):
     from stableemote_utils.compare import fair_comparison
+    from stableemote_utils.sampling import SamplingSettings
 
     with pytest.raises(StableEmoteError, match="--steps"):
-        fair_comparison(None, tmp_path / "a", steps=0)
+        fair_comparison(None, tmp_path / "a", SamplingSettings(steps=0))
 
 
 # ---------------------------------------------------------------------------

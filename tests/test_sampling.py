@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
+from stableemote_utils import attention, compare, training_records
+from stableemote_utils.cli import demo_app, demo_generation
 from stableemote_utils.presets import get_preset
-from stableemote_utils.sampling import SamplingSettings
+from stableemote_utils.sampling import SamplingSettings, generate
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stableemote_utils"
 USERS = ("compare.py", "attention.py", "training_records.py", "cli/demo_generation.py")
@@ -51,3 +54,39 @@ def test_settings_take_the_presets_defaults_and_skip_none_overrides():
         tiny.resolution_px,
     )
     assert s.seeds == (1, 2) and s.caption_template == tiny.caption_template
+
+
+# What a SamplingSettings holds: none of these may travel as a loose parameter.
+LOOSE = {"prompts", "seeds", "steps", "guidance", "resolution_px", "caption_template"}
+TAKE_SETTINGS = (
+    compare.fair_comparison,
+    compare.scale_sweep,
+    compare.checkpoint_progression,
+    compare.adapter_comparison,
+    attention.cross_attention_maps,
+    training_records._sample_grid,
+    demo_generation.demo_generate,
+    demo_generation.render_picture,
+    demo_generation.picture_label,
+    demo_app.build_demo,
+    generate,
+)
+
+
+def test_the_picture_makers_take_one_settings_object():
+    for func in TAKE_SETTINGS:
+        params = inspect.signature(func).parameters
+        name = func.__qualname__
+        assert "settings" in params, name
+        assert params["settings"].annotation in ("SamplingSettings", "SamplingSettings | None")
+        assert not LOOSE & set(params), f"{name} takes {LOOSE & set(params)} loose"
+        after = list(params)[list(params).index("settings") + 1 :]
+        assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in after), name
+
+
+def test_calls_with_more_than_four_arguments_use_keywords():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                where = f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node.func)}"
+                assert len(node.args) <= 4, f"{where} passes {len(node.args)} positionally"

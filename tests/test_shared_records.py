@@ -11,6 +11,7 @@ import torch
 from stableemote_utils.compare import fair_comparison
 from stableemote_utils.lora import add_lora
 from stableemote_utils.lora_files import save_lora
+from stableemote_utils.sampling import SamplingSettings
 
 
 def _adapter(unet, folder: Path) -> Path:
@@ -30,9 +31,8 @@ def test_comparison_record_names_the_base_model_and_the_adapter_absolutely(
     relative_model = os.path.relpath(tiny_model_dir, tmp_path)
     pipe = make_pipeline(load_components(relative_model))
     _adapter(pipe.unet, tmp_path / "adapter")
-    _, record = fair_comparison(
-        pipe, "adapter", prompts=["cat face"], steps=1, resolution_px=32, guidance=1.0
-    )
+    settings = SamplingSettings(prompts=("cat face",), steps=1, resolution_px=32, guidance=1.0)
+    _, record = fair_comparison(pipe, "adapter", settings)
     assert record["base_model"] == str(Path(tiny_model_dir).resolve())
     assert record["lora_file"] == str(tmp_path / "adapter" / "pytorch_lora_weights.safetensors")
     # From another folder, both still point at what made the grid.

@@ -26,12 +26,13 @@ import threading
 
 from stableemote_utils.cli.common import add_command
 from stableemote_utils.cli.demo_app import build_demo
-from stableemote_utils.cli.demo_generation import demo_generate, find_adapter
+from stableemote_utils.cli.demo_generation import demo_generate, demo_settings, find_adapter
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.notebook import in_colab
 from stableemote_utils.precision import choose_dtype, pick_device
 from stableemote_utils.presets import get_preset
+from stableemote_utils.sampling import SamplingSettings
 
 # The notebooks build the app and find adapters through this module, and the function
 # behind the button is documented here: they stay importable from it.
@@ -40,6 +41,7 @@ __all__ = [
     "build_demo",
     "cmd_demo",
     "demo_generate",
+    "demo_settings",
     "find_adapter",
     "free_port",
     "launch_demo",
@@ -119,12 +121,9 @@ def launch_demo(
     demo = build_demo(
         pipe,
         lora,
-        p.resolution_px,
-        p.sample_steps,
-        p.caption_template,
+        SamplingSettings.for_preset(p),
         model_label=model_label_of(p),
         heldout_fraction=p.heldout_fraction,
-        guidance=p.guidance_scale,
     )
     try:
         demo.launch(

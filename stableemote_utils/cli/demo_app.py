@@ -18,8 +18,8 @@ from stableemote_utils.cli.demo_generation import (
     DISPLAY_MIN_PX,
     MAX_SEED,
     MAX_STEPS,
-    check_inputs,
     demo_generate,
+    demo_settings,
     load_demo_adapter,
     picture_label,
     render_picture,
@@ -28,6 +28,7 @@ from stableemote_utils.cli.demo_generation import (
 from stableemote_utils.data import is_heldout
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.presets import CAPTION_TEMPLATE
+from stableemote_utils.sampling import SamplingSettings
 
 DEFAULT_NAME = "grinning face"
 API_NAME = "generate"
@@ -107,12 +108,10 @@ def _guarded(fn):
 def build_demo(
     pipe,
     lora_path: str | os.PathLike | None = None,
-    resolution_px: int = 256,
-    steps: int = 25,
-    caption_template: str = CAPTION_TEMPLATE,
+    settings: SamplingSettings | None = None,
+    *,
     model_label: str = "Base model",
     heldout_fraction: float = 0.05,
-    guidance: float = DEFAULT_GUIDANCE,
 ):
     """The Gradio app over a loaded pipeline.
 
@@ -130,9 +129,11 @@ def build_demo(
     Args:
         pipe: a ``StableDiffusionPipeline`` of the base model; the adapter is loaded into it.
         lora_path: adapter file, folder or Hub repo id (``None``: the base model only).
+        settings: the page's size, its starting steps and guidance (the preset's, from
+            :meth:`~stableemote_utils.sampling.SamplingSettings.for_preset`) and the
+            caption template of its example prompts; ``None``: ``SamplingSettings()``.
         model_label: what to call the base model on the page (e.g. ``"TinyEmote"``).
         heldout_fraction: the data split's held-out share, to mark the example prompts.
-        guidance: the guidance slider's starting value (the preset's ``guidance_scale``).
 
     Returns:
         A ``gradio.Blocks`` (start it with ``.launch()``).
@@ -140,7 +141,9 @@ def build_demo(
     import gradio as gr
 
     adapter = None if lora_path is None else load_demo_adapter(pipe, lora_path)
-    default_guidance = guidance
+    settings = settings or SamplingSettings(guidance=DEFAULT_GUIDANCE)
+    resolution_px, steps = settings.resolution_px, settings.steps
+    caption_template, default_guidance = settings.caption_template, settings.guidance
     lora_label = "LoRA"
     factor = max(1, math.ceil(DISPLAY_MIN_PX / resolution_px))
     shown = f"{resolution_px} px, shown {factor}× larger" if factor > 1 else f"{resolution_px} px"
@@ -150,40 +153,42 @@ def build_demo(
     def save_true_size(image, stem: str) -> str:
         return str(save_picture(image, tempfile.mkdtemp(dir=files.name), stem))
 
-    def picture(model, scale, prompt, seed, n_steps, guidance):
-        """(display update, download update) for one model."""
-        image, path, seconds = render_picture(
-            pipe, prompt, seed, n_steps, guidance, resolution_px, scale, files.name
+    def settings_of(prompt, seed, n_steps, guidance):
+        return demo_settings(
+            prompt, seed, steps=n_steps, guidance=guidance, resolution_px=resolution_px
         )
-        label = picture_label(model, seconds, seed, n_steps, guidance, scale)
+
+    def picture(model, scale, settings):
+        """(display update, download update) for one model."""
+        image, path, seconds = render_picture(pipe, settings, lora_scale=scale, folder=files.name)
+        label = picture_label(model, seconds, settings, scale=scale)
         return (
             gr.Image(value=image, label=label),
             gr.DownloadButton(f"Download {resolution_px} px PNG", value=path, interactive=True),
         )
 
     def on_generate_base(prompt, seed, n_steps, guidance):
-        prompt, seed, n_steps = check_inputs(prompt, seed, n_steps)
-        image, download = picture(model_label, None, prompt, seed, n_steps, guidance)
+        settings = settings_of(prompt, seed, n_steps, guidance)
+        image, download = picture(model_label, None, settings)
         return image, download
 
     def on_generate_both(prompt, seed, n_steps, guidance, scale):
-        prompt, seed, n_steps = check_inputs(prompt, seed, n_steps)
-        base, base_dl = picture(model_label, None, prompt, seed, n_steps, guidance)
-        lora, lora_dl = picture(lora_label, float(scale), prompt, seed, n_steps, guidance)
+        settings = settings_of(prompt, seed, n_steps, guidance)
+        base, base_dl = picture(model_label, None, settings)
+        lora, lora_dl = picture(lora_label, float(scale), settings)
         return base, base_dl, lora, lora_dl
 
     def on_scale(prompt, seed, n_steps, guidance, scale):
-        prompt, seed, n_steps = check_inputs(prompt, seed, n_steps)
-        lora, lora_dl = picture(lora_label, float(scale), prompt, seed, n_steps, guidance)
+        settings = settings_of(prompt, seed, n_steps, guidance)
+        lora, lora_dl = picture(lora_label, float(scale), settings)
         return lora, lora_dl
 
     def generate_api(
         prompt, seed=0, steps=steps, guidance=default_guidance, lora_scale=1.0, side_by_side=True
     ):
         """True-size PNGs of the base model (or None) and the LoRA (the base model without one)."""
-        base, lora = demo_generate(
-            pipe, prompt, seed, steps, guidance, lora_scale, side_by_side, resolution_px
-        )
+        settings = settings_of(prompt, seed, steps, guidance)
+        base, lora = demo_generate(pipe, settings, lora_scale=lora_scale, side_by_side=side_by_side)
         base_file = None if base is None else gr.FileData(path=save_true_size(base, "base"))
         return base_file, gr.FileData(path=save_true_size(lora, "lora"))
 

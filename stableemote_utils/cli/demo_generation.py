@@ -10,6 +10,7 @@ The Gradio page over these is :mod:`stableemote_utils.cli.demo_app`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -21,10 +22,12 @@ from PIL import Image
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.lora_peft import load_lora, set_lora_scale
-from stableemote_utils.sampling import generate
+from stableemote_utils.sampling import SamplingSettings, generate
 
 DEMO_ADAPTER_NAME = "demo"
 DEFAULT_GUIDANCE = 7.5
+# The demo's prompt is the typed text, used as it is.
+TYPED_PROMPT = "{name}"
 MAX_STEPS = 100
 # torch.Generator.manual_seed takes at most 64 bits; the demo keeps to the common 32-bit range.
 MAX_SEED = 2**32 - 1
@@ -68,32 +71,49 @@ def check_inputs(prompt: str, seed, steps) -> tuple[str, int, int]:
     return str(prompt), check_seed(seed), n_steps
 
 
+def demo_settings(
+    prompt: str, seed, *, steps, guidance: float = DEFAULT_GUIDANCE, resolution_px: int = 256
+) -> SamplingSettings:
+    """The page's inputs, checked (:func:`check_inputs`), as the settings of one picture:
+    the typed prompt used as it is (caption template ``{name}``), one seed."""
+    settings = SamplingSettings(
+        prompts=(prompt,),
+        seeds=(seed,),
+        steps=steps,
+        guidance=float(guidance),
+        resolution_px=resolution_px,
+        caption_template=TYPED_PROMPT,
+    )
+    return _checked(settings)
+
+
+def _checked(settings: SamplingSettings) -> SamplingSettings:
+    prompt, seed, steps = check_inputs(settings.prompts[0], settings.seeds[0], settings.steps)
+    return dataclasses.replace(settings, prompts=(prompt,), seeds=(seed,), steps=steps)
+
+
 def _has_adapter(pipe) -> bool:
     return DEMO_ADAPTER_NAME in (getattr(pipe.unet, "peft_config", None) or {})
 
 
-def _generate_one(pipe, prompt, seed, steps, guidance, resolution_px, lora_scale):
-    """One picture: the base model (``lora_scale=None``) or the adapter at ``lora_scale``."""
+def _generate_one(pipe, settings: SamplingSettings, lora_scale: float | None):
+    """One picture of the settings' first prompt and seed: the base model
+    (``lora_scale=None``) or the adapter at ``lora_scale``."""
+    prompt, seed = settings.caption(settings.prompts[0]), settings.seeds[0]
+    settings = dataclasses.replace(settings, guidance=float(settings.guidance))
     if lora_scale is None and _has_adapter(pipe):
         pipe.disable_lora()
         try:
-            return generate(pipe, prompt, seed, steps, float(guidance), resolution_px)
+            return generate(pipe, prompt, seed, settings)
         finally:
             pipe.enable_lora()
     if lora_scale is not None and _has_adapter(pipe):
         set_lora_scale(pipe, float(lora_scale), DEMO_ADAPTER_NAME)
-    return generate(pipe, prompt, seed, steps, float(guidance), resolution_px)
+    return generate(pipe, prompt, seed, settings)
 
 
 def demo_generate(
-    pipe,
-    prompt: str,
-    seed: int = 0,
-    steps: int = 25,
-    guidance: float = DEFAULT_GUIDANCE,
-    lora_scale: float = 1.0,
-    side_by_side: bool = True,
-    resolution_px: int = 256,
+    pipe, settings: SamplingSettings, *, lora_scale: float = 1.0, side_by_side: bool = True
 ):
     """The demo's generation: one image with the adapter and, optionally, the base one.
 
@@ -103,22 +123,23 @@ def demo_generate(
     Args:
         pipe: a ``StableDiffusionPipeline``, with the adapter loaded as ``"demo"`` (see
             :func:`build_demo`) or without an adapter (then both pictures are the base model).
-        seed: a whole number from 0 to :data:`MAX_SEED`.
+        settings: its first prompt and seed (a whole number from 0 to :data:`MAX_SEED`),
+            steps, guidance and size; :func:`demo_settings` makes them from the page's inputs.
         side_by_side: also make the base model's picture.
 
     Returns:
-        ``(base image or None, LoRA image)`` as true-size PIL images of ``resolution_px``
-        squares.
+        ``(base image or None, LoRA image)`` as true-size PIL images of
+        ``settings.resolution_px`` squares.
 
     Raises:
         StableEmoteError: for an empty prompt, steps outside ``[1, MAX_STEPS]`` or a seed
             outside ``[0, MAX_SEED]``.
     """
-    prompt, seed, steps = check_inputs(prompt, seed, steps)
+    settings = _checked(settings)
     base = None
     if side_by_side:
-        base = _generate_one(pipe, prompt, seed, steps, guidance, resolution_px, None)
-    lora = _generate_one(pipe, prompt, seed, steps, guidance, resolution_px, lora_scale)
+        base = _generate_one(pipe, settings, None)
+    lora = _generate_one(pipe, settings, lora_scale)
     return base, lora
 
 
@@ -149,18 +170,12 @@ def save_picture(image, folder: str | os.PathLike, stem: str) -> Path:
 
 
 def render_picture(
-    pipe,
-    prompt: str,
-    seed: int,
-    steps: int,
-    guidance: float,
-    resolution_px: int,
-    lora_scale: float | None,
-    folder: str | os.PathLike,
+    pipe, settings: SamplingSettings, *, lora_scale: float | None, folder: str | os.PathLike
 ):
     """One picture as the page shows it, and its true-size file.
 
     Args:
+        settings: its first prompt and seed, steps, guidance and size (as in :func:`demo_generate`).
         lora_scale: ``None`` for the base model, else the adapter's scale.
         folder: where a new subfolder receives the true-size PNG (named after the settings).
 
@@ -168,28 +183,34 @@ def render_picture(
         ``(display image, true-size PNG path, seconds the generation took)``; the display
         image is :func:`display_image` of the generated ``resolution_px`` square.
     """
-    prompt, seed, steps = check_inputs(prompt, seed, steps)
+    settings = _checked(settings)
     start = time.perf_counter()
-    image = _generate_one(pipe, prompt, seed, steps, guidance, resolution_px, lora_scale)
+    image = _generate_one(pipe, settings, lora_scale)
     seconds = time.perf_counter() - start
     tag = "base" if lora_scale is None else f"lora-scale{lora_scale:g}"
-    stem = f"{tag}-seed{seed}-steps{steps}-guidance{float(guidance):g}"
+    stem = (
+        f"{tag}-seed{settings.seeds[0]}-steps{settings.steps}-guidance{float(settings.guidance):g}"
+    )
     path = save_picture(image, tempfile.mkdtemp(dir=folder), stem)
     return display_image(image), path, seconds
 
 
 def picture_label(
-    model: str, seconds: float, seed: int, steps: int, guidance: float, scale: float | None = None
+    model: str, seconds: float, settings: SamplingSettings, *, scale: float | None = None
 ) -> str:
-    """The caption over a picture: which model, the settings that made it, and how long it took.
+    """The caption over a picture: which model, the settings that made it (its first seed),
+    and how long it took.
 
-    >>> picture_label("TinyEmote", 0.84, 3, 25, 7.5)
+    >>> picture_label("TinyEmote", 0.84, SamplingSettings(seeds=(3,), steps=25, guidance=7.5))
     'TinyEmote · seed 3 · 25 steps · guidance 7.5 · 0.8 s'
-    >>> picture_label("LoRA", 1.26, 3, 25, 7.5, scale=0.5)
+    >>> picture_label("LoRA", 1.26, SamplingSettings(seeds=(3,), steps=25), scale=0.5)
     'LoRA × 0.50 · seed 3 · 25 steps · guidance 7.5 · 1.3 s'
     """
     head = model if scale is None else f"{model} × {scale:.2f}"
-    return f"{head} · seed {seed} · {steps} steps · guidance {guidance:g} · {seconds:.1f} s"
+    s = settings
+    return (
+        f"{head} · seed {s.seeds[0]} · {s.steps} steps · guidance {s.guidance:g} · {seconds:.1f} s"
+    )
 
 
 def adapter_description(file: str | os.PathLike, name: str, pipe=None) -> str:

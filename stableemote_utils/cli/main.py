@@ -88,9 +88,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         args.preset,
         args.device,
         args.batch_size,
-        args.resolution,
-        args.steps,
-        args.warmup,
+        resolution_px=args.resolution,
+        steps=args.steps,
+        warmup=args.warmup,
         original_precision=args.original_precision,
         precision=precision_setting(args.precision),
     )
@@ -130,17 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         resolution_px=args.resolution,
     )
     made: list = []
-    grid, record = fair_comparison(
-        pipe,
-        args.lora,
-        prompts=settings.prompts,
-        seeds=settings.seeds,
-        steps=settings.steps,
-        guidance=settings.guidance,
-        resolution_px=settings.resolution_px,
-        caption_template=settings.caption_template,
-        images_out=made,
-    )
+    grid, record = fair_comparison(pipe, args.lora, settings, images_out=made)
     from stableemote_utils.metrics import comparison_clip_scores, format_comparison_scores
 
     record["clip_score"] = comparison_clip_scores(p, made, record["images"], dev)

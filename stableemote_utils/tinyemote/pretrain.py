@@ -299,10 +299,10 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             vae,
             pixels,
             config.vae_steps,
-            config.vae_batch_size,
-            config.vae_learning_rate,
-            config.seed,
-            device,
+            batch_size=config.vae_batch_size,
+            learning_rate=config.vae_learning_rate,
+            seed=config.seed,
+            device=device,
         )
         vae.register_to_config(scaling_factor=latent_scaling_factor(vae, pixels, config.seed))
         with staged_folder(vae_dir) as staging:
