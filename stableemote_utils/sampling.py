@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stableemote_utils.captions import make_caption
 from stableemote_utils.presets import CAPTION_TEMPLATE, Preset, get_preset
 from stableemote_utils.training_config import ORIGINAL_PROMPTS
 
@@ -63,8 +64,9 @@ class SamplingSettings:
         return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
 
     def caption(self, name: str) -> str:
-        """The prompt text for an emoji name: ``caption_template`` filled in."""
-        return self.caption_template.format(name=name)
+        """The prompt text for an emoji name: ``caption_template`` filled in (``{}`` or
+        ``{name}`` marks the name's place, as in training's captions)."""
+        return make_caption(name, self.caption_template)
 
 
 def generate(

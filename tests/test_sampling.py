@@ -90,3 +90,12 @@ def test_calls_with_more_than_four_arguments_use_keywords():
             if isinstance(node, ast.Call):
                 where = f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node.func)}"
                 assert len(node.args) <= 4, f"{where} passes {len(node.args)} positionally"
+
+
+def test_a_caption_template_marks_the_name_with_braces_or_name():
+    from stableemote_utils.sampling import SamplingSettings
+
+    for template in ("An emoji of {}", "An emoji of {name}"):
+        assert SamplingSettings(caption_template=template).caption("cat face") == (
+            "An emoji of cat face"
+        )
