@@ -295,6 +295,14 @@ def test_ctrl_c_and_sigterm_stop_the_demo_within_a_second(sig):
     assert {s: signal.getsignal(s) for s in before} == before  # the handlers are put back
 
 
+def test_a_signal_sent_as_soon_as_the_address_shows_stops_the_demo_cleanly():
+    """The address is printed once the handlers are in place: a script that stops the demo
+    when it reads the address must not kill it mid-way."""
+    app = _FakeApp()
+    serve_until_stopped(app, announce=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert app.closed.wait(2)
+
+
 def test_a_busy_port_is_one_line_before_the_model_loads(capsys, monkeypatch):
     import socket
 

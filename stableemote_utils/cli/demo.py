@@ -58,12 +58,14 @@ STOP_GRACE_S = 0.1
 FIRST_DEMO_PORT = 7860
 
 
-def serve_until_stopped(demo, grace_s: float = STOP_GRACE_S) -> None:
+def serve_until_stopped(demo, grace_s: float = STOP_GRACE_S, announce=None) -> None:
     """Wait while a launched app serves; on Ctrl-C or SIGTERM close it and return.
 
     The server gets ``grace_s`` seconds to close (open browser connections and a
     generation in progress can hold it longer); after that this returns anyway, so the
-    command exits within about a second. Must run in the main thread.
+    command exits within about a second. ``announce`` (printing the address) is called
+    once the signal handlers are in place, so a signal sent as soon as the address shows
+    stops the demo cleanly. Must run in the main thread.
     """
     stop = threading.Event()
 
@@ -72,6 +74,8 @@ def serve_until_stopped(demo, grace_s: float = STOP_GRACE_S) -> None:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if announce is not None:
+            announce()
         while not stop.wait(0.1):
             pass
     finally:
@@ -137,12 +141,18 @@ def launch_demo(
         if "Cannot find empty port" not in str(err):
             raise
         raise port_busy_error(server_port) from err
-    print(f"StableEmote demo on {demo.local_url}", flush=True)
-    if demo.share_url:
-        print(f"Public link (anyone with it can use the demo): {demo.share_url}", flush=True)
-    if not prevent_thread_lock:
-        print("Press Ctrl-C to stop it.", flush=True)
-        serve_until_stopped(demo)
+
+    def announce() -> None:
+        print(f"StableEmote demo on {demo.local_url}", flush=True)
+        if demo.share_url:
+            print(f"Public link (anyone with it can use the demo): {demo.share_url}", flush=True)
+        if not prevent_thread_lock:
+            print("Press Ctrl-C to stop it.", flush=True)
+
+    if prevent_thread_lock:
+        announce()
+    else:
+        serve_until_stopped(demo, announce=announce)
     return demo
 
 
