@@ -69,6 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "tinyemote.pretrain",
         "tinyemote.evaluate",
         "tinyemote.card",
+        "tinyemote.style",
     ),
     "command line": (
         "cli.common",

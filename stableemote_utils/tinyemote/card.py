@@ -18,7 +18,7 @@ from stableemote_utils.tinyemote.install import SHIPPED_DIR
 
 
 def format_metrics(record: dict) -> str:
-    """The three measurements as printable lines."""
+    """The measurements as printable lines."""
     v, p, s = record["vae_psnr"], record["prompt_following"], record["style"]
     b, a = s["before"], s["after"]
     return "\n".join(
@@ -41,7 +41,38 @@ def format_metrics(record: dict) -> str:
         ]
         + _guidance_lines(record)
         + _clip_lines(record)
+        + style_subject_lines(record)
     )
+
+
+def _pct(x: dict) -> str:
+    """A share with its interval: ``"85% [76%, 91%]"``."""
+    return f"{x['share']:.0%} [{x['low']:.0%}, {x['high']:.0%}]"
+
+
+def style_subject_lines(record: dict) -> list[str]:
+    """The LoRA lesson's style and subject measurements (95% intervals in brackets)."""
+    if "style_and_subject" not in record:
+        return []
+    p, r = record["style_probe"], record["style_and_subject"]
+    b, a, c = r["base"], r["lora"], r["changes"]
+    n_prompts, n_seeds = len(r["prompts"]), len(r["seeds"])
+    return [
+        f"style probe (logistic regression on the tiny CLIP's image features, Noto vs "
+        f"OpenMoji): {p['heldout_accuracy']:.0%} [{p['heldout_low']:.0%}, "
+        f"{p['heldout_high']:.0%}] right on {p['heldout_images']} real held-out drawings",
+        f"style and subject, {r['pictures']} pictures ({n_prompts} training-name prompts x "
+        f"{n_seeds} seeds), base model -> {record['style']['lora_steps']}-step OpenMoji LoRA "
+        "(95% intervals):",
+        f"  called OpenMoji by the probe: {_pct(b['openmoji'])} -> {_pct(a['openmoji'])}",
+        f"  prompt following (nearest category, both styles): {_pct(b['prompt_following'])} "
+        f"-> {_pct(a['prompt_following'])} ({c['prompt_following_points']:+.1f} points)",
+        f"  tiny CLIP score: {b['clip_score']['mean']:.1f} [{b['clip_score']['low']:.1f}, "
+        f"{b['clip_score']['high']:.1f}] -> {a['clip_score']['mean']:.1f} "
+        f"[{a['clip_score']['low']:.1f}, {a['clip_score']['high']:.1f}] (LoRA / base "
+        f"{c['clip_score_ratio']:.2f} [{c['clip_score_ratio_low']:.2f}, "
+        f"{c['clip_score_ratio_high']:.2f}])",
+    ]
 
 
 def _guidance_lines(record: dict) -> list[str]:

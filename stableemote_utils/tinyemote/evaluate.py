@@ -16,6 +16,10 @@ Three measurements, printed by ``stableemote evaluate-tiny`` and kept in the mod
 * **Style shift:** KID of generated images to the real held-out emoji in OpenMoji's style
   and in Noto's style, before and after a short LoRA on OpenMoji.
 
+The LoRA lesson's two measurements, style and subject on the same pictures, come from
+:mod:`stableemote_utils.tinyemote.style` (a style probe on the tiny CLIP's image features;
+prompt following and the tiny CLIP score, base against LoRA).
+
 The feature space of these three is fixed and needs no download: the image shrunk to
 16 x 16 pixels (768 numbers). It sees colour and layout, which is what separates these
 categories and these two styles; it knows nothing of meaning.
@@ -63,6 +67,7 @@ FEATURE_PX = 16
 CATEGORIES = ("face", "heart", "flag", "clock", "hand")
 EVAL_SEED = 0
 EVAL_STEPS = 25
+STYLE_LORA_DIR = "openmoji-lora"  # under evaluate-tiny's output folder
 GUIDANCE_SWEEP = (1.0, 2.0, 3.0, 5.0, 7.5)  # prompt following at each, to choose the preset's
 
 
@@ -315,9 +320,13 @@ def evaluate_vae(vae) -> dict[str, float]:
     return out
 
 
-def style_lora(output_dir: str | os.PathLike, steps: int, device: str | None = None):
-    """Train the tiny preset's short LoRA on OpenMoji (``tiny-quick`` recipe); its result."""
+def style_lora(output_dir: str | os.PathLike, steps: int | None = None, device: str | None = None):
+    """Train the tiny preset's short LoRA on OpenMoji (``tiny-quick`` recipe); its result.
 
+    ``steps`` ``None``: the recipe's.
+    """
+
+    steps = recipe("tiny-quick").steps if steps is None else steps
     config = recipe(
         "tiny-quick",
         dataset="openmoji",
@@ -333,7 +342,7 @@ def style_lora(output_dir: str | os.PathLike, steps: int, device: str | None = N
 
 def evaluate_tinyemote(
     output_dir: str | os.PathLike = "outputs/tinyemote-eval",
-    lora_steps: int = 200,
+    lora_steps: int | None = None,
     per_category: int = 10,
     device: str | None = None,
 ) -> dict:
@@ -341,10 +350,12 @@ def evaluate_tinyemote(
 
     Writes ``metrics.json``, ``samples_by_category.png`` and ``style_before_after.png``
     (held-out prompts; top row the base model, bottom row with the LoRA) under
-    ``output_dir``.
+    ``output_dir``, and keeps the LoRA in ``output_dir/openmoji-lora`` (for
+    :func:`stableemote_utils.tinyemote.style.lesson_measurements`, which ``evaluate-tiny``
+    runs next). ``lora_steps`` ``None``: the ``tiny-quick`` recipe's.
 
     Returns:
-        ``{"vae_psnr": {...}, "prompt_following": {...}, "style": {...}}``.
+        ``{"vae_psnr": {...}, "prompt_following": {...}, "style": {...}, ...}``.
     """
 
     out = Path(output_dir)
@@ -379,12 +390,12 @@ def evaluate_tinyemote(
     names, reference = style_reference()
     prompts = [CAPTION_TEMPLATE.format(name=n) for n in names]
     before = generate_batch(pipe, prompts, seed=EVAL_SEED + 1000)
-    lora = style_lora(out / "openmoji-lora", lora_steps, device)
+    lora = style_lora(out / STYLE_LORA_DIR, lora_steps, device)
     load_lora(pipe, lora.adapter_path)
     after = generate_batch(pipe, prompts, seed=EVAL_SEED + 1000)
     unload_lora(pipe)
     record["style"] = {
-        "lora_steps": lora_steps,
+        "lora_steps": lora.step,
         "images": len(prompts),
         "reference_images_per_style": len(names),
         "before": style_distances(before, reference),
