@@ -331,8 +331,8 @@ def style_and_subject(
     base_images = draw(pipe, texts[: len(prompts)], seeds)
     with lora_loaded(pipe, adapter_path, adapter_name="style_and_subject"):
         lora_images = draw(pipe, texts[: len(prompts)], seeds)
-    base, base_rows = measure_pictures(base_images, texts, cats, clip, probe, refs)
-    lora, lora_rows = measure_pictures(lora_images, texts, cats, clip, probe, refs)
+    base, base_rows = measure_pictures(base_images, texts, cats, clip, probe=probe, references=refs)
+    lora, lora_rows = measure_pictures(lora_images, texts, cats, clip, probe=probe, references=refs)
     pairs = torch.stack([base_rows[:, 2], lora_rows[:, 2]], 1)
 
     def ratio(rows: torch.Tensor) -> float:
