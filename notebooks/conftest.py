@@ -100,18 +100,10 @@ def _compare_with_pictures(original):
     def compare_outputs(self, test, ref, skip_compare=None):
         if not original(test, ref, skip_compare):
             return False
-        stored, drawn = notebook_outputs.pictures(ref), notebook_outputs.pictures(test)
-        if len(stored) != len(drawn):
-            self.comparison_traceback.append(
-                f"{len(stored)} stored picture(s), {len(drawn)} drawn by the re-run"
-            )
-            return False
-        for index, (old, new) in enumerate(zip(stored, drawn, strict=True)):
-            problem = notebook_outputs.picture_difference(old, new)
-            if problem:
-                self.comparison_traceback.append(f"picture {index + 1} differs: {problem}")
-                return False
-        return True
+        problem = notebook_outputs.picture_problem(ref, test)
+        if problem:
+            self.comparison_traceback.append(problem)
+        return problem is None
 
     return compare_outputs
 

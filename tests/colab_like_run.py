@@ -86,13 +86,14 @@ def prepare(work: Path, url: str) -> Path:
 
 def execute(path: Path) -> None:
     """Run in the fresh environment (``--execute``): the notebook, from its own folder."""
-    import nbformat
-    from nbclient import NotebookClient
+    from notebook_outputs import execute as run_notebook
+    from notebook_outputs import text_of
 
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=1800, kernel_name="python3").execute(cwd=str(path.parent))
+    notebook, error = run_notebook(path, env=dict(os.environ), cwd=path.parent)
+    if error is not None:
+        sys.exit(f"{path.name} failed in the Colab-like environment:\n{error}")
     printed = "".join(
-        o.get("text", "") for c in notebook.cells for o in c.get("outputs", []) if "text" in o
+        text_of(o["text"]) for c in notebook.cells for o in c.get("outputs", []) if "text" in o
     )
     assert "preset:    tiny" in printed, printed[:2000]
     print(f"{path.name} ran top to bottom in the Colab-like environment")

@@ -75,7 +75,8 @@ def kernel_env(base: dict | None = None) -> dict:
     return env
 
 
-def _text(value) -> str:
+def text_of(value) -> str:
+    """A notebook field stored as one string or as a list of lines, as one string."""
     return value if isinstance(value, str) else "".join(value)
 
 
@@ -115,17 +116,14 @@ def _comparable(outputs) -> list:
             items = value.items() if key == "data" else [(key, value)]
             for name, text in items:
                 if name not in _NOT_COMPARED and not name.startswith("image/"):
-                    fields[name] = sanitize(_text(text)) if isinstance(text, str | list) else text
+                    fields[name] = sanitize(text_of(text)) if isinstance(text, str | list) else text
         seen.append(fields)
     return seen
 
 
 def same_outputs(stored, rerun) -> bool:
     """True when a re-run's outputs pass the comparison ``pytest --nbval`` makes."""
-    if _comparable(stored) != _comparable(rerun):
-        return False
-    old, new = pictures(stored), pictures(rerun)
-    return len(old) == len(new) and not any(map(picture_difference, old, new))
+    return _comparable(stored) == _comparable(rerun) and picture_problem(stored, rerun) is None
 
 
 def keep_unchanged(stored, rerun) -> int:
@@ -207,6 +205,19 @@ def picture_difference(stored: str, rerun: str) -> str | None:
 def pictures(outputs) -> list[str]:
     """The ``image/png`` data of a cell's outputs, in order."""
     return [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+
+
+def picture_problem(stored, rerun) -> str | None:
+    """``None`` when a cell's re-run draws its stored pictures again (see
+    :func:`picture_difference`), else what differs. Both are a cell's outputs."""
+    old, new = pictures(stored), pictures(rerun)
+    if len(old) != len(new):
+        return f"{len(old)} stored picture(s), {len(new)} drawn by the re-run"
+    for index, (a, b) in enumerate(zip(old, new, strict=True)):
+        problem = picture_difference(a, b)
+        if problem:
+            return f"picture {index + 1} differs: {problem}"
+    return None
 
 
 def regenerate(paths: list[Path]) -> int:

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 import pytest
-from notebook_outputs import execute, kernel_env, notebooks
+from notebook_outputs import execute, kernel_env, notebooks, text_of
 
 ROOT = Path(__file__).resolve().parent.parent
 # Per notebook: the STABLEEMOTE_PRECISION its kernel gets for this second run.
@@ -50,8 +50,7 @@ STDERR_NOISE = re.compile(
 
 
 def _source(cell: dict) -> str:
-    source = cell.get("source", "")
-    return source if isinstance(source, str) else "".join(source)
+    return text_of(cell.get("source", ""))
 
 
 def _has_image(cell: dict) -> bool:

@@ -24,7 +24,7 @@ import re
 import socket
 
 import pytest
-from notebook_outputs import IGNORE_MARK, SANITIZER, notebooks
+from notebook_outputs import IGNORE_MARK, SANITIZER, notebooks, text_of
 from test_notebooks_run import figure_problems, stderr_problems
 
 NOTEBOOKS = notebooks()
@@ -52,19 +52,15 @@ MACHINE_PATTERNS = {
 PROGRESS = re.compile(r"(\d+)%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
-def _text(value) -> str:
-    return value if isinstance(value, str) else "".join(value)
-
-
 def _output_texts(notebook: dict):
     """(cell index, text) for every text field of every output (pictures left out)."""
     for index, cell in enumerate(notebook.get("cells", [])):
         for output in cell.get("outputs", []):
             if "text" in output:
-                yield index, _text(output["text"])
+                yield index, text_of(output["text"])
             for mime, value in output.get("data", {}).items():
                 if mime.startswith("text/"):
-                    yield index, _text(value)
+                    yield index, text_of(value)
             if output.get("output_type") == "error":
                 yield index, f"{output.get('ename')}: {output.get('evalue')}"
 
@@ -114,7 +110,7 @@ def _machine_names() -> tuple[str, ...]:
 
 def ignored_cells(notebook: dict) -> int:
     return sum(
-        IGNORE_MARK in _text(c.get("source", ""))
+        IGNORE_MARK in text_of(c.get("source", ""))
         for c in notebook.get("cells", [])
         if c.get("cell_type") == "code"
     )
