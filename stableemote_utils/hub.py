@@ -131,7 +131,7 @@ def write_model_card(out: Path, config, heldout: dict[int, float], preset) -> Pa
     cfg = json.dumps(config.to_dict(), indent=1, default=str)
     body = f"""# Emoji LoRA (StableEmote)
 
-A rank-{config.rank} LoRA on the UNet attention projections (to_q, to_k, to_v, to_out.0) of
+A rank-{config.rank} LoRA on the UNet layers {", ".join(config.target_modules)} of
 {base_text}, trained with the StableEmote course's `stableemote train`.
 
 {trigger}

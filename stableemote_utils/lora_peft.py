@@ -79,7 +79,9 @@ def add_lora(
     if not target_layer_shapes(unet, target_modules):
         raise StableEmoteError(
             f"No layer of the UNet matched the target modules {list(target_modules)}; the "
-            "attention projections of diffusers' UNet are named to_q, to_k, to_v and to_out.0."
+            "attention projections of diffusers' UNet are named to_q, to_k, to_v and to_out.0 "
+            "(attn1 is self-attention, attn2 cross-attention), its ResNet convolutions conv1 "
+            "and conv2."
         )
     unet.requires_grad_(False)
     try:

@@ -143,6 +143,13 @@ def check_train_options(config) -> None:
     check_int("--rank", c.rank, 1)
     if c.alpha is not None:
         check_float("--alpha", c.alpha, 0.0, min_inclusive=False)
+    targets = c.target_modules
+    if (
+        isinstance(targets, str)
+        or not targets
+        or not all(isinstance(t, str) and t.strip() for t in targets)
+    ):
+        raise _fail("--lora-target-modules", targets, "layer name endings such as to_q,conv1")
     check_float("--learning-rate", c.learning_rate, 0.0, 1.0, min_inclusive=False)
     check_int("--lr-warmup-steps", c.lr_warmup_steps, 0)
     check_caption_template(c.caption_template)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.lora_files import LORA_TARGET_MODULES
 from stableemote_utils.presets import CAPTION_TEMPLATE
 
 ORIGINAL_PROMPTS = (
@@ -46,6 +47,8 @@ class TrainConfig:
     resolution_px: int | None = None  # None: the preset's
     rank: int = 4
     alpha: float | None = None  # None: equal to rank
+    # Name endings of the UNet layers that get a LoRA (Linear or Conv2d), e.g. "attn1.to_q"
+    target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     learning_rate: float = 1e-4
     lr_scheduler: str = "cosine"
     lr_warmup_steps: int = 0
@@ -80,8 +83,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["validation_prompts"] = list(self.validation_prompts)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,13 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("rank", "--rank", "LoRA rank r"),
     TrainOption(
         "alpha", "--alpha", "LoRA alpha (the update is scaled by alpha / r)", unset="--rank"
+    ),
+    TrainOption(
+        "target_modules",
+        "--lora-target-modules",
+        "the UNet layers that get a LoRA, by the end of their names, separated by commas: "
+        "to_q, to_k, to_v, to_out.0 (every attention projection), attn1.to_q (self-attention "
+        "only), conv1, conv2 (the ResNet convolutions), proj_in, proj_out",
     ),
     TrainOption("learning_rate", "--learning-rate", "AdamW's peak learning rate"),
     TrainOption(

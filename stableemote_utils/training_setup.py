@@ -278,7 +278,7 @@ def _trainable_unet(config: TrainConfig, components, accelerator, saved_weights)
         if saved_weights is not None:
             unet.load_state_dict(saved_weights)
     else:
-        add_lora(unet, config.rank, config.alpha)
+        add_lora(unet, config.rank, config.alpha, target_modules=config.target_modules)
         if saved_weights is not None:
             set_lora_state_dict(unet, saved_weights)
     if config.gradient_checkpointing:
