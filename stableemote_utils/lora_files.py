@@ -12,6 +12,7 @@ exporting it to kohya keys (``export_kohya``) are in :mod:`stableemote_utils.lor
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -476,12 +477,31 @@ def check_lora_file(path: str | os.PathLike) -> Path:
     return file
 
 
+def matches_target(name: str, target: str) -> bool:
+    """Whether layer ``name`` is picked by one ``target_modules`` entry.
+
+    A plain entry picks the layers whose name is it or ends with ``"." + entry`` (peft's
+    rule: ``"to_q"``, ``"attn1.to_q"``); an entry with ``*``, ``?`` or ``[`` is a glob on
+    the whole name (``"up_blocks.2.*"``).
+    """
+    if any(c in target for c in "*?["):
+        return fnmatch.fnmatchcase(name, target)
+    return name == target or name.endswith("." + target)
+
+
 def target_layer_shapes(
     unet: torch.nn.Module, target_modules=LORA_TARGET_MODULES
 ) -> dict[str, tuple[int, ...]]:
-    """Layer name -> weight shape ``(d_out, d_in)`` for the layers LoRA would adapt."""
+    """Layer name -> weight shape ``(d_out, d_in, ...)`` for the layers LoRA would adapt.
+
+    ``target_modules`` entries are read by :func:`matches_target`; an entry that starts
+    with ``!`` removes the layers it picks (``("up_blocks.2.*", "!attn2.to_k")``).
+    """
+    keep = [t for t in target_modules if not t.startswith("!")]
+    drop = [t[1:] for t in target_modules if t.startswith("!")]
     return {
         name: shape
         for name, shape in _adaptable_layers(unet).items()
-        if any(name == t or name.endswith("." + t) for t in target_modules)
+        if any(matches_target(name, t) for t in keep)
+        and not any(matches_target(name, t) for t in drop)
     }

@@ -46,10 +46,11 @@ def add_lora(
 ) -> int:
     """Add a peft LoRA adapter to ``unet`` and make only its weights trainable.
 
-    Every layer whose name ends with one of ``target_modules`` gets ``A`` of shape
-    ``(rank, d_in)`` (Kaiming-uniform, drawn from torch's global generator, so the same
-    seed gives the same adapter) and ``B`` of shape ``(d_out, rank)`` set to zero, so the
-    UNet's output is unchanged until training moves ``B``. The update is scaled by
+    Every layer that ``target_modules`` picks
+    (:func:`~stableemote_utils.lora_files.target_layer_shapes`) gets ``A`` of shape
+    ``(rank, d_in)``, or ``(rank, d_in, k, k)`` for a k x k convolution (Kaiming-uniform,
+    drawn from torch's global generator, so the same seed gives the same adapter), and
+    ``B`` of shape ``(d_out, rank)`` (``(d_out, rank, 1, 1)``) set to zero, so the UNet's output is unchanged until training moves ``B``. The update is scaled by
     ``alpha / rank``. The LoRA weights are kept in fp32 even when the UNet is fp16 or
     bf16, so that fp16 autocast with a ``GradScaler`` can unscale their gradients.
 
@@ -57,7 +58,8 @@ def add_lora(
         unet: a diffusers ``UNet2DConditionModel`` (modified in place).
         rank: ``r``, the inner size of the update.
         alpha: scale numerator; defaults to ``rank`` (scale 1).
-        target_modules: name endings of the layers to adapt.
+        target_modules: the layers to adapt: name endings (``"to_q"``), globs on the
+            whole name (``"up_blocks.2.*"``), and ``"!..."`` to leave layers out.
         adapter_name: the adapter's name inside peft.
 
     Returns:
@@ -70,19 +72,22 @@ def add_lora(
         raise StableEmoteError(f"LoRA rank must be a positive integer, got {rank}.")
     if not target_modules:
         raise StableEmoteError("add_lora needs at least one target module name, e.g. 'to_q'.")
-    config = LoraConfig(
-        r=int(rank),
-        lora_alpha=float(alpha) if alpha is not None else int(rank),
-        init_lora_weights=True,
-        target_modules=list(target_modules),
-    )
-    if not target_layer_shapes(unet, target_modules):
+    layers = target_layer_shapes(unet, target_modules)
+    if not layers:
         raise StableEmoteError(
             f"No layer of the UNet matched the target modules {list(target_modules)}; the "
             "attention projections of diffusers' UNet are named to_q, to_k, to_v and to_out.0 "
             "(attn1 is self-attention, attn2 cross-attention), its ResNet convolutions conv1 "
             "and conv2."
         )
+    # peft gets the layers' full names: globs and "!" removals are resolved here.
+    plain = all(not any(c in t for c in "*?[!") for t in target_modules)
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha) if alpha is not None else int(rank),
+        init_lora_weights=True,
+        target_modules=list(target_modules) if plain else sorted(layers),
+    )
     unet.requires_grad_(False)
     try:
         unet.add_adapter(config, adapter_name=adapter_name)

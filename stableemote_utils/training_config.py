@@ -47,7 +47,8 @@ class TrainConfig:
     resolution_px: int | None = None  # None: the preset's
     rank: int = 4
     alpha: float | None = None  # None: equal to rank
-    # Name endings of the UNet layers that get a LoRA (Linear or Conv2d), e.g. "attn1.to_q"
+    # The UNet layers (Linear or Conv2d) that get a LoRA: name endings ("attn1.to_q"), globs
+    # on the whole name ("up_blocks.2.*"), "!..." to leave some out (lora_files.target_layer_shapes)
     target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     learning_rate: float = 1e-4
     lr_scheduler: str = "cosine"
@@ -143,9 +144,10 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption(
         "target_modules",
         "--lora-target-modules",
-        "the UNet layers that get a LoRA, by the end of their names, separated by commas: "
-        "to_q, to_k, to_v, to_out.0 (every attention projection), attn1.to_q (self-attention "
-        "only), conv1, conv2 (the ResNet convolutions), proj_in, proj_out",
+        "the UNet layers that get a LoRA, separated by commas: name endings such as to_q, "
+        "to_k, to_v, to_out.0 (every attention projection), attn1.to_q (self-attention only), "
+        "conv1, conv2 (the ResNet convolutions); globs on the whole name (up_blocks.2.*); "
+        "!NAME leaves layers out (!attn2.to_k)",
     ),
     TrainOption("learning_rate", "--learning-rate", "AdamW's peak learning rate"),
     TrainOption(

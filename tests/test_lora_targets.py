@@ -101,3 +101,35 @@ def test_the_option_check_names_the_flag(targets):
 
     with pytest.raises(StableEmoteError, match="--lora-target-modules must be"):
         check_train_options(recipe("tiny-quick", target_modules=targets))
+
+
+def test_globs_and_removals_pick_layers_by_their_whole_name(tiny_components):
+    from stableemote_utils.lora_files import target_layer_shapes
+
+    unet = tiny_components.unet
+    every = target_layer_shapes(unet, ("*",))
+    up = target_layer_shapes(unet, ("up_blocks.2.*", "!attn2.to_k", "!attn2.to_v"))
+    assert up and all(n.startswith("up_blocks.2.") for n in up)
+    assert not any(n.endswith(("attn2.to_k", "attn2.to_v")) for n in up)
+    assert any(n.endswith("attn2.to_q") for n in up) and any(n.endswith("conv1") for n in up)
+    assert set(up) == {
+        n
+        for n in every
+        if n.startswith("up_blocks.2.") and not n.endswith(("attn2.to_k", "attn2.to_v"))
+    }
+    # "to_q" is a name ending, not a glob: it does not pick "to_qx"-like names by prefix.
+    assert set(target_layer_shapes(unet, ("to_q",))) == {n for n in every if n.endswith(".to_q")}
+
+
+def test_a_glob_recipe_trains_and_reloads(tmp_path, capsys, short_run, tiny_components):
+    from stableemote_utils.lora_files import check_lora_fits, target_layer_shapes
+
+    out = tmp_path / "run"
+    targets = "up_blocks.2.*,!attn2.to_k,!attn2.to_v"
+    assert main(short_run.argv(out, "--lora-target-modules", targets, steps=1)) == 0, (
+        capsys.readouterr().err
+    )
+    layers = _layer_names(load_file(out / LORA_WEIGHT_NAME))
+    want = target_layer_shapes(tiny_components.unet, tuple(targets.split(",")))
+    assert {n.removeprefix("unet.") for n in layers} == set(want)
+    check_lora_fits(out / LORA_WEIGHT_NAME, {"unet": tiny_components.unet})

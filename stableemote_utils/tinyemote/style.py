@@ -296,6 +296,74 @@ def measure_pictures(
     return record, torch.stack([calls.float(), right.float(), scores], 1)
 
 
+def measure_adapters(
+    pipe,
+    adapters: dict[str, str | os.PathLike],
+    clip,
+    probe: StyleProbe,
+    prompts: list[tuple[str, str]] | None = None,
+    seeds: tuple[int, ...] = SEEDS,
+    caption: str = CAPTION_TEMPLATE,
+) -> dict:
+    """Style and subject of the base model and of each adapter, on the same prompts and seeds.
+
+    Args:
+        pipe: a ``StableDiffusionPipeline`` over TinyEmote, with no LoRA loaded.
+        adapters: label -> LoRA file, e.g. ``{"step 400": ..., "step 800": ...}`` (each
+            loaded in turn, then removed).
+        clip: ``(CLIPModel, CLIPTokenizer)`` of the tiny CLIP.
+        probe: from :func:`fit_style_probe`.
+        prompts: ``(name, category)`` pairs (default :func:`subject_prompts`).
+        seeds: each prompt is drawn at each seed (default 4 seeds: 80 pictures a model).
+
+    Returns:
+        ``{"models": {"base": ..., label: ...}, "changes": {label: ...}, "pictures": N,
+        "prompts", "seeds", "images": {"base": [...], label: [...]}}``. Each model's record
+        is :func:`measure_pictures`'. ``changes[label]`` has ``clip_score_ratio`` (the
+        adapter's mean over the base's, with a paired bootstrap ``low``, ``high``) and
+        ``prompt_following_points`` (adapter minus base, in percentage points).
+    """
+    from stableemote_utils.lora import lora_loaded
+
+    prompts = subject_prompts() if prompts is None else prompts
+    texts = [caption.format(name=n) for n, _ in prompts] * len(seeds)
+    cats = [c for _, c in prompts] * len(seeds)
+    refs = category_references()
+    images = {"base": draw(pipe, texts[: len(prompts)], seeds)}
+    for label, path in adapters.items():
+        with lora_loaded(pipe, path, adapter_name="measure_adapters"):
+            images[label] = draw(pipe, texts[: len(prompts)], seeds)
+    models, rows = {}, {}
+    for label, drawn in images.items():
+        models[label], rows[label] = measure_pictures(
+            drawn, texts, cats, clip, probe=probe, references=refs
+        )
+
+    def ratio(pairs: torch.Tensor) -> float:
+        return float(pairs[:, 1].mean() / pairs[:, 0].mean())
+
+    changes = {}
+    for label in adapters:
+        pairs = torch.stack([rows["base"][:, 2], rows[label][:, 2]], 1)
+        low, high = bootstrap_interval(pairs, ratio)
+        points = models[label]["prompt_following"]["share"]
+        points -= models["base"]["prompt_following"]["share"]
+        changes[label] = {
+            "clip_score_ratio": ratio(pairs),
+            "clip_score_ratio_low": low,
+            "clip_score_ratio_high": high,
+            "prompt_following_points": 100 * points,
+        }
+    return {
+        "models": models,
+        "changes": changes,
+        "pictures": len(texts),
+        "prompts": [n for n, _ in prompts],
+        "seeds": list(seeds),
+        "images": images,
+    }
+
+
 def style_and_subject(
     pipe,
     adapter_path: str | os.PathLike,
@@ -305,55 +373,59 @@ def style_and_subject(
     seeds: tuple[int, ...] = SEEDS,
     caption: str = CAPTION_TEMPLATE,
 ) -> dict:
-    """Style and subject of the base model and of the LoRA, on the same prompts and seeds.
+    """Style and subject of the base model and of one LoRA, on the same prompts and seeds.
 
-    Args:
-        pipe: a ``StableDiffusionPipeline`` over TinyEmote, with no LoRA loaded.
-        adapter_path: the LoRA file (loaded for the second half, then removed).
-        clip: ``(CLIPModel, CLIPTokenizer)`` of the tiny CLIP.
-        probe: from :func:`fit_style_probe`.
-        prompts: ``(name, category)`` pairs (default :func:`subject_prompts`).
-        seeds: each prompt is drawn at each seed (default 4 seeds: 80 pictures a model).
+    :func:`measure_adapters` for one adapter, labelled ``"lora"``.
 
     Returns:
         ``{"base": ..., "lora": ..., "changes": ..., "pictures": N, "prompts", "seeds",
         "images": {"base": [...], "lora": [...]}}``; base and LoRA as
-        :func:`measure_pictures`' record. ``changes`` has ``clip_score_ratio`` (LoRA mean
-        over base mean, with a paired bootstrap ``low``, ``high``) and
-        ``prompt_following_points`` (LoRA minus base, in percentage points).
+        :func:`measure_pictures`' record, ``changes`` as :func:`measure_adapters`' for the
+        LoRA.
     """
-    from stableemote_utils.lora import lora_loaded
-
-    prompts = subject_prompts() if prompts is None else prompts
-    texts = [caption.format(name=n) for n, _ in prompts] * len(seeds)
-    cats = [c for _, c in prompts] * len(seeds)
-    refs = category_references()
-    base_images = draw(pipe, texts[: len(prompts)], seeds)
-    with lora_loaded(pipe, adapter_path, adapter_name="style_and_subject"):
-        lora_images = draw(pipe, texts[: len(prompts)], seeds)
-    base, base_rows = measure_pictures(base_images, texts, cats, clip, probe=probe, references=refs)
-    lora, lora_rows = measure_pictures(lora_images, texts, cats, clip, probe=probe, references=refs)
-    pairs = torch.stack([base_rows[:, 2], lora_rows[:, 2]], 1)
-
-    def ratio(rows: torch.Tensor) -> float:
-        return float(rows[:, 1].mean() / rows[:, 0].mean())
-
-    low, high = bootstrap_interval(pairs, ratio)
-    points = 100 * (lora["prompt_following"]["share"] - base["prompt_following"]["share"])
+    got = measure_adapters(
+        pipe, {"lora": adapter_path}, clip, probe, prompts=prompts, seeds=seeds, caption=caption
+    )
     return {
-        "base": base,
-        "lora": lora,
-        "changes": {
-            "clip_score_ratio": ratio(pairs),
-            "clip_score_ratio_low": low,
-            "clip_score_ratio_high": high,
-            "prompt_following_points": points,
-        },
-        "pictures": len(texts),
-        "prompts": [n for n, _ in prompts],
-        "seeds": list(seeds),
-        "images": {"base": base_images, "lora": lora_images},
+        "base": got["models"]["base"],
+        "lora": got["models"]["lora"],
+        "changes": got["changes"]["lora"],
+        **{k: got[k] for k in ("pictures", "prompts", "seeds", "images")},
     }
+
+
+def measurement_table(result: dict, probe_record: dict | None = None) -> str:
+    """:func:`measure_adapters`' result as a table: one row per model, 95% intervals.
+
+    Columns: the share the probe calls OpenMoji, prompt following (and its change from the
+    base, in points), the tiny CLIP score (and the ratio to the base's). With
+    ``probe_record`` (from :func:`fit_style_probe`) a first line gives the probe's accuracy
+    on real held-out drawings.
+    """
+
+    def pct(x: dict) -> str:
+        return f"{x['share']:4.0%} [{x['low']:.0%}, {x['high']:.0%}]"
+
+    lines = []
+    if probe_record is not None:
+        lines.append(
+            f"style probe: {probe_record['heldout_accuracy']:.0%} [{probe_record['heldout_low']:.0%}, "
+            f"{probe_record['heldout_high']:.0%}] right on {probe_record['heldout_images']} real "
+            "held-out drawings (Noto vs OpenMoji)"
+        )
+    n, k = len(result["prompts"]), len(result["seeds"])
+    lines.append(f"{result['pictures']} pictures per model: {n} prompts x {k} seeds, same noise")
+    head = f"{'model':<14}{'called OpenMoji':<22}{'prompt following':<30}tiny CLIP score"
+    lines += [head, "-" * len(head)]
+    for label, m in result["models"].items():
+        c = result["changes"].get(label)
+        follow = pct(m["prompt_following"])
+        score = f"{m['clip_score']['mean']:.1f} [{m['clip_score']['low']:.1f}, {m['clip_score']['high']:.1f}]"
+        if c is not None:
+            follow += f" ({c['prompt_following_points']:+.0f} pts)"
+            score += f" (x{c['clip_score_ratio']:.2f})"
+        lines.append(f"{label:<14}{pct(m['openmoji']):<22}{follow:<30}{score}")
+    return "\n".join(lines)
 
 
 def lesson_measurements(output_dir: str | os.PathLike, device: str | None = None) -> dict:
