@@ -21,11 +21,27 @@ from stableemote_utils.images import save_image
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_peft import lora_loaded
 from stableemote_utils.precision import choose_dtype, pick_device
-from stableemote_utils.presets import get_preset
+from stableemote_utils.presets import Preset, get_preset
 from stableemote_utils.sampling import SamplingSettings
-from stableemote_utils.training import ORIGINAL_PROMPTS, TrainResult, recipe, train
+from stableemote_utils.training import ORIGINAL_PROMPTS, TrainConfig, TrainResult, recipe, train
 
 HELDOUT_PROMPTS_SHOWN = 2
+
+
+def quickstart_config(
+    p: Preset, output_dir: str, device: str | None = None, steps: int | None = None
+) -> TrainConfig:
+    """The quickstart's run: ``tiny-quick`` on the tiny presets; on SD 1.5 (or any other
+    model) the original recipe's settings (rank 4 on the attention projections, 1e-4),
+    500 steps. ``steps`` overrides either."""
+    where = dict(preset=p.name if p.name != "custom" else p.model, output_dir=output_dir)
+    if p.is_tiny:
+        config = recipe("tiny-quick", **where, device=device)
+    else:
+        config = recipe(
+            "original", **where, device=device, steps=500, checkpoint_every=250, validate_every=250
+        )
+    return config if steps is None else dataclasses.replace(config, steps=steps)
 
 
 def run_quickstart(
@@ -45,18 +61,7 @@ def run_quickstart(
 
     p = get_preset(preset)
     out = Path(output_dir)
-    config = recipe(
-        "tiny-quick",
-        preset=p.name if p.name != "custom" else p.model,
-        output_dir=str(out),
-        device=device,
-    )
-    if not p.is_tiny:  # the real model: the original recipe's settings, a short run
-        config = dataclasses.replace(
-            config, learning_rate=1e-4, steps=500, checkpoint_every=250, validate_every=250
-        )
-    if steps is not None:
-        config = dataclasses.replace(config, steps=steps)
+    config = quickstart_config(p, str(out), device, steps)
     print(f"StableEmote quickstart: preset {p.name}, {config.steps} LoRA steps -> {out}/")
     result = train(config, resume="latest", preset=p)  # the preset is resolved once, above
 
@@ -94,9 +99,12 @@ def run_quickstart(
             print(f"wrote {dst}")
     if p.name == "tiny":
         print(
-            f"TinyEmote draws Noto-style emoji; the LoRA on '{config.dataset or p.dataset}' moves "
-            f"them toward OpenMoji's flat, outlined style: compare the base and LoRA columns of {png}"
+            f"TinyEmote draws Noto-style emoji; the LoRA on '{config.dataset or p.dataset}' gives "
+            f"them OpenMoji's black outlines: compare the base and LoRA columns of {png}"
         )
+        measured = shipped_style_line()
+        if measured:
+            print(measured)
     elif p.is_tiny:
         print(
             "note: the tiny-random preset's model has random weights, so its pictures are noise; "
@@ -106,3 +114,24 @@ def run_quickstart(
         json.dumps({"heldout_loss": held, "comparison": str(png)}, indent=1)
     )
     return result
+
+
+def shipped_style_line() -> str | None:
+    """One line from TinyEmote's shipped ``metrics.json``: how often the style probe calls the
+    base model's and the ``tiny-quick`` LoRA's pictures OpenMoji, and what the subject kept
+    (``None`` if the shipped file has no such measurement)."""
+    from stableemote_utils.tinyemote.install import SHIPPED_DIR
+
+    file = SHIPPED_DIR / "metrics.json"
+    record = json.loads(file.read_text()) if file.is_file() else {}
+    if "style_and_subject" not in record:
+        return None
+    r = record["style_and_subject"]
+    base, lora, change = r["base"], r["lora"], r["changes"]
+    return (
+        f"measured on this recipe by `stableemote evaluate-tiny` ({r['pictures']} pictures a "
+        f"model): a style probe calls {base['openmoji']['share']:.0%} of the base model's "
+        f"pictures OpenMoji and {lora['openmoji']['share']:.0%} of the LoRA's; prompt following "
+        f"{base['prompt_following']['share']:.0%} -> {lora['prompt_following']['share']:.0%}, "
+        f"tiny CLIP score x{change['clip_score_ratio']:.2f}"
+    )

@@ -57,9 +57,12 @@ class ShortRun:
         "checkpoint_every": 2,
         "validate_every": 1000,
         "learning_rate": 1e-3,
+        "rank": 4,  # not the recipe's: the tests' checkpoint sizes and messages assume 4
     }
     # Settings the command line does not take: quiet, and a small held-out set and grid.
     PYTHON_SETTINGS: dict = {
+        # the attention projections, as on SD 1.5 (lora_files.LORA_TARGET_MODULES)
+        "target_modules": ("to_q", "to_k", "to_v", "to_out.0"),
         "progress_bar": False,
         "log_every": 1,
         "heldout_limit": 4,

@@ -46,3 +46,32 @@ def test_train_refuses_a_preset_that_is_not_the_configs(tmp_path):
     with pytest.raises(StableEmoteError, match="preset 'sd15'.*'tiny-random'"):
         train(config, preset=presets.get_preset("sd15"))
     assert not (tmp_path / "run").exists(), "refused before anything is written"
+
+
+def test_quickstart_trains_tiny_quick_on_the_tiny_presets_and_the_original_layers_on_sd15():
+    from stableemote_utils.lora_files import LORA_TARGET_MODULES
+    from stableemote_utils.quickstart import quickstart_config
+
+    tiny = quickstart_config(presets.get_preset("tiny"), "out")
+    assert tiny == recipe("tiny-quick", preset="tiny", output_dir="out")
+    real = quickstart_config(presets.get_preset("sd15"), "out", steps=20)
+    original = recipe("original")
+    assert (real.rank, real.learning_rate, real.target_modules, real.steps) == (
+        original.rank,
+        original.learning_rate,
+        LORA_TARGET_MODULES,
+        20,
+    )
+
+
+def test_the_demo_quotes_the_shipped_style_measurement_of_its_own_recipe():
+    from stableemote_utils.quickstart import shipped_style_line
+    from stableemote_utils.tinyemote.install import SHIPPED_DIR
+
+    record = json.loads((SHIPPED_DIR / "metrics.json").read_text())
+    assert record["style"]["lora_steps"] == recipe("tiny-quick").steps, "metrics.json is stale"
+    r = record["style_and_subject"]
+    line = shipped_style_line()
+    assert f"{r['base']['openmoji']['share']:.0%} of the base model's" in line
+    assert f"{r['lora']['openmoji']['share']:.0%} of the LoRA's" in line
+    assert f"x{r['changes']['clip_score_ratio']:.2f}" in line

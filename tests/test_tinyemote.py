@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,3 +282,79 @@ def test_tinyemote_follows_prompts_at_the_presets_guidance():
     assert ours["accuracy"] == p["accuracy"] and ours["heldout_accuracy"] == p["heldout_accuracy"]
     assert ours["accuracy"] > sweep["7.5"]["accuracy"]
     assert ours["heldout_accuracy"] > sweep["7.5"]["heldout_accuracy"]
+
+
+def _shipped_lesson() -> tuple[dict, dict]:
+    m = json.loads((SHIPPED_DIR / "metrics.json").read_text())
+    return m["style_probe"], m["style_and_subject"]
+
+
+def test_shipped_metrics_carry_the_lora_lessons_style_and_subject():
+    """The pictures are enough (>= 64, the same prompts and seeds for both models) and each
+    record is consistent with itself (shares inside their intervals, the ratio of the means)."""
+    probe, r = _shipped_lesson()
+    assert probe["heldout_low"] <= probe["heldout_accuracy"] <= probe["heldout_high"]
+    assert r["pictures"] == len(r["prompts"]) * len(r["seeds"]) >= 64
+    base, lora = r["base"], r["lora"]
+    for model in (base, lora):
+        for key in ("openmoji", "prompt_following"):
+            x = model[key]
+            assert x["n"] == r["pictures"] and x["low"] <= x["share"] <= x["high"]
+            assert x["share"] == pytest.approx(x["count"] / x["n"])
+    ratio = lora["clip_score"]["mean"] / base["clip_score"]["mean"]
+    assert r["changes"]["clip_score_ratio"] == pytest.approx(ratio)
+    points = 100 * (lora["prompt_following"]["share"] - base["prompt_following"]["share"])
+    assert r["changes"]["prompt_following_points"] == pytest.approx(points)
+
+
+def test_shipped_tiny_quick_lora_shifts_the_style_as_the_lesson_asks():
+    """The probe is right on >= 90% of real held-out drawings; it calls >= 80% of the
+    LoRA's pictures OpenMoji and <= 20% of the base model's."""
+    from stableemote_utils.tinyemote.style import bars_met
+
+    met = bars_met(*_shipped_lesson())
+    assert met["probe_heldout_accuracy"] and met["base_openmoji_share"]
+    assert met["lora_openmoji_share"]
+
+
+def test_shipped_tiny_quick_lora_keeps_prompt_following_as_the_lesson_asks():
+    """Prompt following with the LoRA within 5 points of the base model's."""
+    from stableemote_utils.tinyemote.style import bars_met
+
+    assert bars_met(*_shipped_lesson())["prompt_following_points"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not met by any setting of the recipe sweep (README, 'What make demo makes'): the "
+    "LoRA keeps about 93% of the base model's tiny CLIP score, 95% interval about [91%, 96%]",
+)
+def test_shipped_tiny_quick_lora_keeps_the_tiny_clip_score_as_the_lesson_asks():
+    """Tiny CLIP score down by at most 5%."""
+    from stableemote_utils.tinyemote.style import bars_met
+
+    assert bars_met(*_shipped_lesson())["clip_score_ratio"]
+
+
+def test_the_readme_states_the_shipped_style_and_subject_measurements():
+    probe, r = _shipped_lesson()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+    def pct(x: dict) -> str:
+        return f"{x['share']:.0%} [{x['low'] * 100:.0f}, {x['high'] * 100:.0f}]"
+
+    base, lora, c = r["base"], r["lora"], r["changes"]
+    rows = {
+        "style probe, right on": f"{probe['heldout_accuracy']:.0%} [{probe['heldout_low'] * 100:.0f}, {probe['heldout_high'] * 100:.0f}]",
+        "pictures the probe calls OpenMoji": f"{pct(base['openmoji'])} | {pct(lora['openmoji'])}",
+        "prompt following |": f"{pct(base['prompt_following'])} | {pct(lora['prompt_following'])} "
+        f"({c['prompt_following_points']:+.1f} points)",
+        "tiny CLIP score |": f"{base['clip_score']['mean']:.1f} [{base['clip_score']['low']:.1f}, "
+        f"{base['clip_score']['high']:.1f}] | {lora['clip_score']['mean']:.1f} "
+        f"[{lora['clip_score']['low']:.1f}, {lora['clip_score']['high']:.1f}] "
+        f"(x{c['clip_score_ratio']:.2f} [{c['clip_score_ratio_low']:.2f}, "
+        f"{c['clip_score_ratio_high']:.2f}])",
+    }
+    for start, cells in rows.items():
+        [line] = [x for x in readme.splitlines() if x.startswith("| " + start)]
+        assert cells in line, (line, cells)

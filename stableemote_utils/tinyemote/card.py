@@ -266,6 +266,10 @@ download and sees colour and layout, not meaning. Nearest-category accuracy says
 a prompt from a broad category (faces, hearts, flags, clocks, hands) gets a picture whose
 nearest real emoji is in that category. The tiny CLIP score uses the model's own CLIP:
 compare it only with the real-emoji ceiling and the shuffled-name floor printed beside it.
+The style probe is a logistic regression on the tiny CLIP image tower's features, trained on
+real Noto against real OpenMoji drawings of the training names; with the prompt following
+and tiny CLIP score of the same pictures it says whether the course's OpenMoji LoRA (the
+`tiny-quick` recipe) changes the look and keeps the subject.
 
 ## Limits
 
