@@ -150,3 +150,44 @@ def test_evaluate_tiny_prints_the_probe_and_both_models_style_and_subject():
     assert "100% [95%, 105%] -> 98% [92%, 102%] (-2.5 points)" in text
     assert "74.7 [73.0, 76.0] -> 72.0 [70.0, 74.0] (LoRA / base 0.96 [0.94, 0.98])" in text
     assert style_subject_lines({}) == []
+
+
+def test_measure_adapters_draws_every_adapter_from_the_same_noise_and_tabulates_them(
+    tinyemote_pipe, tinyemote_dir, tmp_path
+):
+    from stableemote_utils.tinyemote.clip import load_tiny_clip
+    from stableemote_utils.tinyemote.evaluate import style_lora
+
+    clip = load_tiny_clip(tinyemote_dir)
+    probe = style.fit_logistic(torch.randn(8, 512), torch.tensor([0, 1] * 4))
+    adapter = style_lora(tmp_path / "lora", steps=2).adapter_path
+    prompts = [("grinning face", "face"), ("red heart", "heart")]
+    adapters = {"step 1": adapter, "step 2": adapter}  # one file twice: the same pictures
+    got = style.measure_adapters(tinyemote_pipe, adapters, clip, probe, prompts, seeds=(7,))
+    assert list(got["models"]) == ["base", "step 1", "step 2"] and got["pictures"] == 2
+    assert list(got["changes"]) == ["step 1", "step 2"]
+    assert got["models"]["step 1"] == got["models"]["step 2"]
+    assert got["changes"]["step 1"] == got["changes"]["step 2"]
+    assert (
+        got["models"]["base"] != got["models"]["step 1"]
+        or got["images"]["base"] != (got["images"]["step 1"])
+    )
+    table = style.measurement_table(
+        got,
+        {
+            "heldout_accuracy": 0.95,
+            "heldout_low": 0.91,
+            "heldout_high": 0.97,
+            "heldout_images": 182,
+        },
+    )
+    lines = table.splitlines()
+    assert lines[0].startswith("style probe: 95% [91%, 97%] right on 182")
+    assert "2 pictures per model: 2 prompts x 1 seeds" in lines[1]
+    rows = {
+        line.split()[0] + (" " + line.split()[1] if line.startswith("step") else ""): line
+        for line in lines[4:]
+    }
+    assert set(rows) == {"base", "step 1", "step 2"}
+    ratio = got["changes"]["step 2"]["clip_score_ratio"]
+    assert f"(x{ratio:.2f})" in rows["step 2"] and "(x" not in rows["base"]
