@@ -78,18 +78,23 @@ def test_probe_on_the_tiny_clip_tells_real_noto_from_real_openmoji(tinyemote_dir
     assert labels.tolist() == [0] * 4 + [1] * 4
 
 
-def test_style_and_subject_draws_base_and_lora_from_the_same_noise(
-    tinyemote_pipe, tinyemote_dir, tmp_path
-):
-    import numpy as np
-
+@pytest.fixture(scope="module")
+def two_step_lora(tinyemote_dir, tmp_path_factory):
+    """``(clip, probe, adapter, prompts)``: the tiny CLIP, a probe on random features (its
+    calls are arbitrary, only their counting is tested), a 2-step style LoRA, two prompts."""
     from stableemote_utils.tinyemote.clip import load_tiny_clip
     from stableemote_utils.tinyemote.evaluate import style_lora
 
     clip = load_tiny_clip(tinyemote_dir)
     probe = style.fit_logistic(torch.randn(8, 512), torch.tensor([0, 1] * 4))
-    adapter = style_lora(tmp_path / "lora", steps=2).adapter_path
-    prompts = [("grinning face", "face"), ("red heart", "heart")]
+    adapter = style_lora(tmp_path_factory.mktemp("style") / "lora", steps=2).adapter_path
+    return clip, probe, adapter, [("grinning face", "face"), ("red heart", "heart")]
+
+
+def test_style_and_subject_draws_base_and_lora_from_the_same_noise(tinyemote_pipe, two_step_lora):
+    import numpy as np
+
+    clip, probe, adapter, prompts = two_step_lora
     got = style.style_and_subject(tinyemote_pipe, adapter, clip, probe, prompts, seeds=(5, 50))
     assert got["pictures"] == 4 and got["seeds"] == [5, 50]
     for side in ("base", "lora"):
@@ -153,15 +158,9 @@ def test_evaluate_tiny_prints_the_probe_and_both_models_style_and_subject():
 
 
 def test_measure_adapters_draws_every_adapter_from_the_same_noise_and_tabulates_them(
-    tinyemote_pipe, tinyemote_dir, tmp_path
+    tinyemote_pipe, two_step_lora
 ):
-    from stableemote_utils.tinyemote.clip import load_tiny_clip
-    from stableemote_utils.tinyemote.evaluate import style_lora
-
-    clip = load_tiny_clip(tinyemote_dir)
-    probe = style.fit_logistic(torch.randn(8, 512), torch.tensor([0, 1] * 4))
-    adapter = style_lora(tmp_path / "lora", steps=2).adapter_path
-    prompts = [("grinning face", "face"), ("red heart", "heart")]
+    clip, probe, adapter, prompts = two_step_lora
     adapters = {"step 1": adapter, "step 2": adapter}  # one file twice: the same pictures
     got = style.measure_adapters(tinyemote_pipe, adapters, clip, probe, prompts, seeds=(7,))
     assert list(got["models"]) == ["base", "step 1", "step 2"] and got["pictures"] == 2
