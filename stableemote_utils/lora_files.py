@@ -22,8 +22,8 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import save_state_dict_atomic
+from stableemote_utils.training_config import LORA_TARGET_MODULES
 
-LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 UNET_PREFIX = "unet."
 # diffusers reads the adapter's peft config from this header entry when it loads a file.

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.lora_files import LORA_TARGET_MODULES
 from stableemote_utils.presets import CAPTION_TEMPLATE
 
 ORIGINAL_PROMPTS = (
@@ -29,6 +28,9 @@ ORIGINAL_PROMPTS = (
 )
 
 
+# The layers a LoRA adapts unless told otherwise: every attention projection of the UNet, as
+# in the original recipe (lora_files and lora_peft take it as their default too).
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 # tiny-quick's LoRA layers: TinyEmote's two full-resolution blocks (8 x 8 latent), less the
 # cross-attention keys and values (they read the prompt) and the downsampling convolution
 # (its output is at 4 x 4).
