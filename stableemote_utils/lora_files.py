@@ -477,6 +477,16 @@ def check_lora_file(path: str | os.PathLike) -> Path:
     return file
 
 
+def _is_glob(target: str) -> bool:
+    return any(c in target for c in "*?[")
+
+
+def peft_reads_targets(target_modules) -> bool:
+    """Whether every entry is a plain name ending, the form peft matches by itself (no
+    glob, no ``!`` removal), so the entries can go to peft as they are."""
+    return not any(_is_glob(t) or t.startswith("!") for t in target_modules)
+
+
 def matches_target(name: str, target: str) -> bool:
     """Whether layer ``name`` is picked by one ``target_modules`` entry.
 
@@ -484,7 +494,7 @@ def matches_target(name: str, target: str) -> bool:
     rule: ``"to_q"``, ``"attn1.to_q"``); an entry with ``*``, ``?`` or ``[`` is a glob on
     the whole name (``"up_blocks.2.*"``).
     """
-    if any(c in target for c in "*?["):
+    if _is_glob(target):
         return fnmatch.fnmatchcase(name, target)
     return name == target or name.endswith("." + target)
 

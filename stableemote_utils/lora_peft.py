@@ -26,6 +26,7 @@ from stableemote_utils.lora_files import (
     canonical_lora_state_dict,
     check_lora_file,
     check_lora_fits,
+    peft_reads_targets,
     read_lora_file,
     target_layer_shapes,
 )
@@ -80,13 +81,14 @@ def add_lora(
             "(attn1 is self-attention, attn2 cross-attention), its ResNet convolutions conv1 "
             "and conv2."
         )
-    # peft gets the layers' full names: globs and "!" removals are resolved here.
-    plain = all(not any(c in t for c in "*?[!") for t in target_modules)
+    # Globs and "!" removals are resolved here: peft then gets the layers' full names.
     config = LoraConfig(
         r=int(rank),
         lora_alpha=float(alpha) if alpha is not None else int(rank),
         init_lora_weights=True,
-        target_modules=list(target_modules) if plain else sorted(layers),
+        target_modules=(
+            list(target_modules) if peft_reads_targets(target_modules) else sorted(layers)
+        ),
     )
     unet.requires_grad_(False)
     try:

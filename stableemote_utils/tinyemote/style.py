@@ -160,15 +160,16 @@ def fit_style_probe(clip_model, limit: int | None = None) -> tuple[StyleProbe, d
         ``heldout_low``, ``heldout_high`` (drawings of names the probe never saw).
     """
     train_images, train_labels = real_style_set("train", limit)
-    probe = fit_logistic(style_features(clip_model, train_images), train_labels)
+    train_features = style_features(clip_model, train_images)  # read once: fit, then score
+    probe = fit_logistic(train_features, train_labels)
     held_images, held_labels = real_style_set("heldout", limit)
 
-    def accuracy(images: list, labels: torch.Tensor) -> tuple[int, int]:
-        calls = probe.is_openmoji(style_features(clip_model, images))
+    def accuracy(features: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+        calls = probe.is_openmoji(features)
         return int((calls == labels.bool()).sum()), len(labels)
 
-    right, n = accuracy(held_images, held_labels)
-    train_right, train_n = accuracy(train_images, train_labels)
+    right, n = accuracy(style_features(clip_model, held_images), held_labels)
+    train_right, train_n = accuracy(train_features, train_labels)
     low, high = wilson_interval(right, n)
     return probe, {
         "train_images": train_n,
