@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from PIL import Image
 
+from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.tinyemote.install import SHIPPED_DIR
 from stableemote_utils.tinyemote.pretrain import (
     PretrainConfig,
@@ -82,6 +85,61 @@ def test_balanced_data_repeats_everything_but_flags(tmp_path):
     assert flags and all(count[n] == 1 for n in flags)
     assert all(c == 3 for n, c in count.items() if n not in flags)
     assert all((folder / r["file_name"]).exists() for r in rows)
+
+
+def test_openmoji_word_adds_the_training_names_openmoji_drawings_under_that_word(tmp_path):
+    from stableemote_utils.data import is_heldout
+
+    plain = balanced_noto_folder(tmp_path / "plain", repeats=2)
+    mixed = balanced_noto_folder(tmp_path / "mixed", repeats=2, openmoji_word="openmoji")
+
+    def rows(folder):
+        lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+    noto, both = rows(plain), rows(mixed)
+    assert both[: len(noto)] == noto  # the Noto passes are unchanged
+    extra = both[len(noto) :]
+    assert extra and all(r["file_name"].startswith("openmoji-") for r in extra)
+    assert all(r["text"].startswith("openmoji ") for r in extra)
+    names = [r["text"].removeprefix("openmoji ") for r in extra]
+    assert len(set(names)) == len(names)  # each drawing once
+    assert not any(is_heldout(n, 0.05) for n in names)  # held-out names stay out
+    assert sum(is_heldout(r["text"], 0.05) for r in noto) > 0  # ... though Noto has them
+    assert all((mixed / r["file_name"]).exists() for r in extra)
+    opened = Image.open(mixed / extra[0]["file_name"])
+    assert opened.size == Image.open(mixed / noto[0]["file_name"]).size
+
+
+def test_openmoji_word_must_be_a_plain_word(tmp_path):
+    for bad in ("", "  ", "{name}"):
+        with pytest.raises(StableEmoteError, match="openmoji-word"):
+            balanced_noto_folder(tmp_path / "d", repeats=1, openmoji_word=bad)
+    assert not (tmp_path / "d").exists()
+
+
+def test_clip_from_reuses_a_saved_tiny_clip_and_measures_it_again(tmp_path):
+    from transformers import CLIPModel
+
+    config = _quick(tmp_path / "run")
+    config.clip_from = str(SHIPPED_DIR / "clip")
+    config.unet_steps = 1
+    record = pretrain_tiny(config)
+    got = CLIPModel.from_pretrained(tmp_path / "run" / "clip").state_dict()
+    shipped = CLIPModel.from_pretrained(SHIPPED_DIR / "clip").state_dict()
+    assert all(torch.equal(got[k], shipped[k].float()) for k in shipped)
+    saved = json.loads((tmp_path / "run" / "clip" / "clip_training.json").read_text())
+    assert saved["seconds"] == 0.0 and saved["reused_from"] == config.clip_from
+    assert record["clip_heldout_retrieval"] == saved["heldout_retrieval"]["0"]
+    assert 0 <= record["clip_heldout_retrieval"]["top1"] <= 1
+
+
+def test_clip_from_a_folder_without_a_model_says_so(tmp_path):
+    config = _quick(tmp_path / "run")
+    config.clip_from = str(tmp_path / "nothing")
+    with pytest.raises(StableEmoteError, match="clip-from .*config.json"):
+        pretrain_tiny(config)
+    assert not (tmp_path / "run" / "clip").exists()
 
 
 def test_vae_from_and_unet_from_reuse_earlier_weights(tmp_path):

@@ -46,6 +46,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         balance_repeats=args.balance_repeats,
         vae_from=args.vae_from,
         unet_from=args.unet_from,
+        clip_from=args.clip_from,
+        openmoji_word=args.openmoji_word,
         unet_learning_rate=args.unet_learning_rate,
         seed=args.seed,
         threads=args.threads,
@@ -109,6 +111,19 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="reuse this diffusers VAE folder instead of training one (e.g. the shipped "
         "stableemote_utils/weights/tinyemote/vae; default: train one)",
+    )
+    p.add_argument(
+        "--clip-from",
+        default=None,
+        help="reuse this tiny CLIPModel folder instead of training one (e.g. the shipped "
+        "stableemote_utils/weights/tinyemote/clip; default: train one)",
+    )
+    p.add_argument(
+        "--openmoji-word",
+        default=d.openmoji_word,
+        help="add the OpenMoji drawings of the training names to the UNet's data, captioned "
+        "'An emoji of WORD name', so the model knows that style under WORD (default: "
+        f"{d.openmoji_word or 'Noto only'})",
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every stage")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads")

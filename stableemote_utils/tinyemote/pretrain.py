@@ -11,6 +11,10 @@ Five stages, each with this repo's own code, deterministic on one machine:
    names (:mod:`stableemote_utils.tinyemote.clip`); its text tower becomes the text encoder.
 3. **Training data.** The Noto training split, with every emoji that is not a flag
    repeated ``balance_repeats`` times, so the ~260 flags do not set the model's prior.
+   With ``openmoji_word``, the OpenMoji drawings of the training names join it once
+   each, captioned with that word before the name ("An emoji of openmoji red heart"):
+   the model then knows the style under that word and draws Noto without it, as SD 1.5
+   knows many styles by name from its web data.
 4. **UNet.** A small ``UNet2DConditionModel`` is trained from random weights (every
    weight, :func:`stableemote_utils.training.train` with ``mode="full"``; or continued
    from an earlier UNet with ``unet_from``) on the cached
@@ -37,7 +41,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stableemote_utils.data import build_font_folder, images_to_tensor, load_emoji_dataset
+from stableemote_utils.data import (
+    build_font_folder,
+    images_to_tensor,
+    is_heldout,
+    load_emoji_dataset,
+)
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import staged_folder
 from stableemote_utils.precision import pick_device
@@ -79,6 +88,11 @@ class PretrainConfig:
         unet_from: a diffusers UNet folder to start the UNet stage from instead of random
             weights (continuing an earlier TinyEmote on the new text encoder: far fewer
             steps than from scratch, where CPU time is short).
+        clip_from: a saved tiny ``CLIPModel`` folder (e.g. the shipped
+            ``stableemote_utils/weights/tinyemote/clip``) to reuse instead of training the
+            tiny CLIP stage; its held-out retrieval is measured again.
+        openmoji_word: if set, the OpenMoji drawings of the training names join the
+            UNet's data once each, captioned with this word before the name (see stage 3).
     """
 
     output_dir: str = "outputs/tinyemote"
@@ -98,6 +112,8 @@ class PretrainConfig:
     balance_repeats: int = 3
     vae_from: str | None = None
     unet_from: str | None = None
+    clip_from: str | None = None
+    openmoji_word: str | None = None
 
 
 def vae_training_pixels(
@@ -241,26 +257,85 @@ def is_flag(name: str, char: str = "") -> bool:
     return regional or char.startswith("\U0001f3f4\U000e0067") or name.lower().startswith("flag")
 
 
-def balanced_noto_folder(folder: Path, repeats: int) -> Path:
+def balanced_noto_folder(
+    folder: Path,
+    repeats: int,
+    openmoji_word: str | None = None,
+    heldout_fraction: float = 0.05,
+) -> Path:
     """An ``imagefolder`` of the Noto emoji in which every non-flag row appears ``repeats`` times.
 
     Rows are written in passes (all emoji, then the non-flags again, ...), so the order
     is fixed and the held-out split (by name) is unchanged. Images are copied once.
+    With ``openmoji_word``, one more pass adds the OpenMoji drawing of every name that is
+    not held out (by ``heldout_fraction``), as ``openmoji-<file>`` with the text
+    ``"<openmoji_word> <name>"``; held-out names stay out of the folder's training split.
     """
     if (folder / "metadata.jsonl").exists():
         return folder
+    if openmoji_word is not None and (not openmoji_word.strip() or "{" in openmoji_word):
+        raise StableEmoteError(
+            f"--openmoji-word {openmoji_word!r}: give a plain word, e.g. openmoji."
+        )
     source = build_font_folder("noto")
     with open(source / "metadata.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    extra: list[dict] = []
+    if openmoji_word:
+        openmoji = build_font_folder("openmoji")
+        with open(openmoji / "metadata.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line) if line.strip() else None
+                if row is None or is_heldout(row["text"], heldout_fraction):
+                    continue
+                extra.append(
+                    {
+                        **row,
+                        "file_name": f"openmoji-{row['file_name']}",
+                        "text": f"{openmoji_word.strip()} {row['text']}",
+                        "source_file": str(openmoji / row["file_name"]),
+                    }
+                )
     with staged_folder(folder) as staging:
         staging.mkdir()
         for row in rows:
             shutil.copy(source / row["file_name"], staging / row["file_name"])
+        for row in extra:
+            shutil.copy(row.pop("source_file"), staging / row["file_name"])
         with open(staging / "metadata.jsonl", "w", encoding="utf-8") as f:
             for rep in range(max(1, repeats)):
                 for row in rows:
                     if rep == 0 or not is_flag(row["text"], row.get("emoji", "")):
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            for row in extra:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return folder
+
+
+def reuse_clip(
+    source: str | Path, folder: Path, tokenizer_dir: str | Path, limit: int | None = None
+) -> Path:
+    """Copy a saved tiny ``CLIPModel`` into the CLIP stage's ``folder``, as if trained there.
+
+    Its held-out name -> image retrieval is measured again and recorded (``seconds`` 0,
+    ``reused_from``), so the pretraining record and the model card read the same.
+    """
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from stableemote_utils.tinyemote.clip import load_clip_pairs, retrieval
+
+    if not (Path(source) / "config.json").exists():
+        raise StableEmoteError(
+            f"--clip-from {source}: no config.json there; give a folder written by "
+            "CLIPModel.save_pretrained, e.g. stableemote_utils/weights/tinyemote/clip."
+        )
+    model = CLIPModel.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    measured = retrieval(model, tokenizer, load_clip_pairs("heldout", limit))
+    record = {"reused_from": str(source), "seconds": 0.0, "heldout_retrieval": {"0": measured}}
+    with staged_folder(folder) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        (staging / "clip_training.json").write_text(json.dumps(record, indent=1))
     return folder
 
 
@@ -320,6 +395,8 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
         seed=config.seed,
         max_names=config.max_examples,
     )
+    if config.clip_from and not (out / "clip" / "clip_training.json").exists():
+        reuse_clip(config.clip_from, out / "clip", tokenizer_dir, config.max_examples)
     clip_model, clip_record = clip_stage(out / "clip", clip_config, tokenizer_dir, device)
     record["clip_seconds"] = clip_record["seconds"]
     final = list(clip_record["heldout_retrieval"].values())[-1]  # after the last step
@@ -331,7 +408,10 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
 
     # 3. The UNet's data: Noto, flags not dominating
     print("stage 3/5: UNet data")
-    data_dir = balanced_noto_folder(out / "unet-data", config.balance_repeats)
+    data_name = "unet-data" if not config.openmoji_word else "unet-data-openmoji"
+    data_dir = balanced_noto_folder(
+        out / data_name, config.balance_repeats, config.openmoji_word, preset.heldout_fraction
+    )
 
     # 4. UNet from scratch, on latents of the VAE and states of the tiny CLIP's text tower
     print("stage 4/5: UNet")
