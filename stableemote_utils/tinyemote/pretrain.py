@@ -269,7 +269,8 @@ def balanced_noto_folder(
     is fixed and the held-out split (by name) is unchanged. Images are copied once.
     With ``openmoji_word``, one more pass adds the OpenMoji drawing of every name that is
     not held out (by ``heldout_fraction``), as ``openmoji-<file>`` with the text
-    ``"<openmoji_word> <name>"``; held-out names stay out of the folder's training split.
+    ``"<openmoji_word> <name>"``. Rows whose new text would itself fall in the held-out
+    split are left out too, so that split holds only names never seen in training.
     """
     if (folder / "metadata.jsonl").exists():
         return folder
@@ -286,13 +287,16 @@ def balanced_noto_folder(
         with open(openmoji / "metadata.jsonl", encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line) if line.strip() else None
-                if row is None or is_heldout(row["text"], heldout_fraction):
+                text = f"{openmoji_word.strip()} {row['text']}" if row else ""
+                # Out when the name is held out, and when the captioned text would land in the
+                # folder's held-out split: that split is for names never seen in training.
+                if row is None or any(is_heldout(t, heldout_fraction) for t in (row["text"], text)):
                     continue
                 extra.append(
                     {
                         **row,
                         "file_name": f"openmoji-{row['file_name']}",
-                        "text": f"{openmoji_word.strip()} {row['text']}",
+                        "text": text,
                         "source_file": str(openmoji / row["file_name"]),
                     }
                 )
@@ -310,6 +314,20 @@ def balanced_noto_folder(
             for row in extra:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return folder
+
+
+def earlier_build(unet_folder: str | Path) -> dict | None:
+    """How the UNet in ``unet_folder`` was made, from the ``pretrain.json`` beside it.
+
+    A shipped TinyEmote keeps its record next to its ``unet/`` folder; the model card
+    of a UNet continued from it names those steps. ``None`` when there is no record.
+    """
+    found = Path(unet_folder).parent / "pretrain.json"
+    if not found.exists():
+        return None
+    cfg = json.loads(found.read_text()).get("config", {})
+    keys = ("unet_steps", "unet_batch_size", "unet_from", "openmoji_word")
+    return {k: cfg.get(k) for k in keys}
 
 
 def reuse_clip(
@@ -429,6 +447,8 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             shutil.rmtree(start_dir / "unet")
             unet.save_pretrained(start_dir / "unet", safe_serialization=True)
             print(f"UNet starts from {config.unet_from}")
+    if config.unet_from:
+        record["unet_from_build"] = earlier_build(config.unet_from)
     t0 = time.perf_counter()
     result = train(
         TrainConfig(
