@@ -48,7 +48,7 @@ def test_train_help_shows_the_recipes_and_presets_real_defaults(capsys, monkeypa
     text = capsys.readouterr().out
     assert "total optimizer steps (default: 4500; --recipe tiny-quick: 1500)" in text
     assert (
-        "(default: the preset's: 8 for sd15, 4 for tiny and tiny-random; --recipe tiny-quick: 16)"
+        "(default: the preset's: 8 for sd15, 4 for tiny and tiny-random; --recipe tiny-quick: 8)"
         in text
     )
     assert "(default: to_q, to_k, to_v, to_out.0; --recipe tiny-quick: down_blocks.0.*, " in text

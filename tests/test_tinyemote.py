@@ -270,7 +270,8 @@ def test_shipped_metrics_were_measured_on_these_weights_at_the_presets_guidance(
 def test_tinyemote_follows_prompts_at_the_presets_guidance():
     """TinyEmote 2's bars: >= 80% on training names (chance 20%) and, on held-out names,
     above always answering the commonest category. At 7.5, SD 1.5's usual scale, the small
-    UNet overshoots and follows prompts worse: that is why the tiny preset samples lower."""
+    UNet overshoots and follows training-name prompts worse: that is why the tiny preset samples
+    lower. (On the 19 held-out pictures, too few to separate the scales, it is not better.)"""
     from stableemote_utils.presets import get_preset
 
     m = json.loads((SHIPPED_DIR / "metrics.json").read_text())
@@ -281,7 +282,7 @@ def test_tinyemote_follows_prompts_at_the_presets_guidance():
     ours = sweep[str(get_preset("tiny").guidance_scale)]
     assert ours["accuracy"] == p["accuracy"] and ours["heldout_accuracy"] == p["heldout_accuracy"]
     assert ours["accuracy"] > sweep["7.5"]["accuracy"]
-    assert ours["heldout_accuracy"] > sweep["7.5"]["heldout_accuracy"]
+    assert ours["heldout_accuracy"] >= sweep["7.5"]["heldout_accuracy"]
 
 
 def _shipped_lesson() -> tuple[dict, dict]:
