@@ -117,6 +117,11 @@ def test_openmoji_word_must_be_a_plain_word(tmp_path):
         with pytest.raises(StableEmoteError, match="openmoji-word"):
             balanced_noto_folder(tmp_path / "d", repeats=1, openmoji_word=bad)
     assert not (tmp_path / "d").exists()
+    config = _quick(tmp_path / "run")
+    config.openmoji_word = "{name}"
+    with pytest.raises(StableEmoteError, match="openmoji-word"):
+        pretrain_tiny(config)  # refused before any stage runs
+    assert not (tmp_path / "run").exists()
 
 
 def test_clip_from_reuses_a_saved_tiny_clip_and_measures_it_again(tmp_path):

@@ -79,8 +79,9 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         description="Reproduce TinyEmote's weights from scratch: a small VAE on Noto and OpenMoji "
         "emoji, a tiny CLIP trained contrastively on emoji and their names (its text tower is "
         "the text encoder), then a small UNet on the Noto training split's latents (with "
-        "--openmoji-word, OpenMoji's drawings too, under that word; held-out names never seen). Deterministic on one machine with the same thread count. Finished "
-        "stages are kept: run it again to resume.",
+        "--openmoji-word, OpenMoji's drawings too, under that word; held-out names never "
+        "seen). Deterministic on one machine with the same thread count. Finished stages are "
+        "kept: run it again to resume.",
     )
     p.add_argument(
         "--output-dir", default=d.output_dir, help="where the stages are written and resumed"

@@ -261,6 +261,22 @@ def is_flag(name: str, char: str = "") -> bool:
     return regional or char.startswith("\U0001f3f4\U000e0067") or name.lower().startswith("flag")
 
 
+def check_openmoji_word(word: str | None) -> None:
+    """Refuse an ``openmoji_word`` that is blank or holds a ``{`` (it goes into captions).
+
+    Raises:
+        StableEmoteError: one line with the word and an example of a good one.
+    """
+    if word is not None and (not word.strip() or "{" in word):
+        raise StableEmoteError(f"--openmoji-word {word!r}: give a plain word, e.g. openmoji.")
+
+
+def _metadata_rows(folder: Path) -> list[dict]:
+    """The rows of an ``imagefolder``'s ``metadata.jsonl``, blank lines skipped."""
+    with open(folder / "metadata.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def balanced_noto_folder(
     folder: Path,
     repeats: int,
@@ -278,38 +294,25 @@ def balanced_noto_folder(
     """
     if (folder / "metadata.jsonl").exists():
         return folder
-    if openmoji_word is not None and (not openmoji_word.strip() or "{" in openmoji_word):
-        raise StableEmoteError(
-            f"--openmoji-word {openmoji_word!r}: give a plain word, e.g. openmoji."
-        )
+    check_openmoji_word(openmoji_word)
     source = build_font_folder("noto")
-    with open(source / "metadata.jsonl", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = _metadata_rows(source)
     extra: list[dict] = []
     if openmoji_word:
         openmoji = build_font_folder("openmoji")
-        with open(openmoji / "metadata.jsonl", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line) if line.strip() else None
-                text = f"{openmoji_word.strip()} {row['text']}" if row else ""
-                # Out when the name is held out, and when the captioned text would land in the
-                # folder's held-out split: that split is for names never seen in training.
-                if row is None or any(is_heldout(t, heldout_fraction) for t in (row["text"], text)):
-                    continue
-                extra.append(
-                    {
-                        **row,
-                        "file_name": f"openmoji-{row['file_name']}",
-                        "text": text,
-                        "source_file": str(openmoji / row["file_name"]),
-                    }
-                )
+        for row in _metadata_rows(openmoji):
+            text = f"{openmoji_word.strip()} {row['text']}"
+            # Out when the name is held out, and when the captioned text would land in the
+            # folder's held-out split: that split is for names never seen in training.
+            if not any(is_heldout(t, heldout_fraction) for t in (row["text"], text)):
+                extra.append({**row, "file_name": f"openmoji-{row['file_name']}", "text": text})
     with staged_folder(folder) as staging:
         staging.mkdir()
         for row in rows:
             shutil.copy(source / row["file_name"], staging / row["file_name"])
         for row in extra:
-            shutil.copy(row.pop("source_file"), staging / row["file_name"])
+            original = row["file_name"].removeprefix("openmoji-")
+            shutil.copy(openmoji / original, staging / row["file_name"])
         with open(staging / "metadata.jsonl", "w", encoding="utf-8") as f:
             for rep in range(max(1, repeats)):
                 for row in rows:
@@ -369,6 +372,7 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
     """
     from diffusers import AutoencoderKL
 
+    check_openmoji_word(config.openmoji_word)  # before the VAE and CLIP stages, not after
     out = check_output_dir(config.output_dir)
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
