@@ -1,14 +1,22 @@
 """Two CPU processes through `accelerate launch` (gloo): each trains on its shard, one saves."""
 
+import contextlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+
+# One xdist worker runs these one after the other: two launches at once would race for the
+# launcher's default port and share the two cores.
+pytestmark = pytest.mark.xdist_group("two-processes")
 
 
 def launch_two(program: str | Path, *args: str) -> list[str]:
@@ -33,6 +41,49 @@ def launch_two(program: str | Path, *args: str) -> list[str]:
     ]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (from ``/proc``), parents first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": the name may hold spaces, so split after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop(0))
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def run_two(cmd: list[str], env: dict[str, str], timeout_s: float = 300):
+    """Run a ``launch_two`` command; ``CompletedProcess`` with its text output.
+
+    A run that outlives ``timeout_s`` (these take well under a minute) fails the test with
+    the Python stack of every thread of the launcher and of both training processes: each
+    gets SIGABRT, which ``PYTHONFAULTHANDLER`` turns into a traceback on stderr, and any
+    left then gets SIGKILL. A hang then says where it is, not only that it happened. (The
+    launcher starts its workers in sessions of their own, so they are found from ``/proc``.)
+    """
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        tree = process_tree(proc.pid)
+        for how in (signal.SIGABRT, signal.SIGKILL):
+            for pid in reversed(tree):  # the workers first, while the launcher still reads them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, how)
+            time.sleep(5)
+        out, err = proc.communicate()
+        pytest.fail(
+            f"{shlex.join(cmd)} ran past {timeout_s:.0f} s; where each process was:\n"
+            f"{out[-2000:]}\n{err[-12000:]}"
+        )
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_two_process_cpu_run_saves_exactly_one_adapter(tmp_path, tiny_model_dir, short_run):
     stableemote = shutil.which("stableemote", path=str(Path(sys.executable).parent))
@@ -43,7 +94,7 @@ def test_two_process_cpu_run_saves_exactly_one_adapter(tmp_path, tiny_model_dir,
         *short_run.argv(out, "--recipe", "tiny-quick", preset="tiny", max_train_examples=16),
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_two(cmd, env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["pytorch_lora_weights.safetensors"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
@@ -82,13 +133,7 @@ def test_sigterm_to_accelerate_launch_checkpoints_the_step_and_resumes_identical
     assert not (folder / "pytorch_lora_weights.safetensors").exists()
 
     for out, extra in ((folder, ("--resume", "latest")), (tmp_path / "straight", ())):
-        proc = subprocess.run(
-            launch_two(slow_trainer, *run_args(out, *extra)),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = run_two(launch_two(slow_trainer, *run_args(out, *extra)), env)
         assert proc.returncode == 0, proc.stderr[-4000:]
     got = load_file(folder / "pytorch_lora_weights.safetensors")
     want = load_file(tmp_path / "straight" / "pytorch_lora_weights.safetensors")
