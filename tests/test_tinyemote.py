@@ -238,6 +238,14 @@ def test_model_card_is_written_from_the_records_beside_the_weights(tmp_path):
     assert "not measured yet" not in card
     assert format_metrics(json.loads((folder / "metrics.json").read_text())) in card
     assert f"| {counts['unet']:,} |" in card
+    # The shipped card is the one its records give: write it again after changing them.
+    assert card == (SHIPPED_DIR / "README.md").read_text(encoding="utf-8")
+    # A continued UNet's card says where the earlier UNet of its command comes from.
+    record = json.loads((folder / "pretrain.json").read_text())
+    assert record["config"]["unet_from"] and "out of the git" in card
+    record["config"]["unet_from"] = None
+    (folder / "pretrain.json").write_text(json.dumps(record))
+    assert "out of the git" not in write_tinyemote_card(folder).read_text(encoding="utf-8")
     (folder / "metrics.json").unlink()
     assert "not measured yet" in write_tinyemote_card(folder).read_text(encoding="utf-8")
 

@@ -193,6 +193,13 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
     times.append(f"UNet {pre['unet_seconds'] / 60:.0f} min")
     stage_times = ", ".join(times)
     threads = f"{cfg['threads']} thread" + ("" if cfg["threads"] == 1 else "s")
+    continued = ""
+    if cfg.get("unet_from"):
+        continued = (
+            "The `--unet-from` folder holds the earlier UNet named above. For the shipped\n"
+            "TinyEmote, the course README's TinyEmote section shows how to take it out of the git\n"
+            "history and repeat the build.\n"
+        )
     m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     pf = m.get("prompt_following")
     limits = (
@@ -274,7 +281,7 @@ under CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji an
 ## Training
 
 Command: `{command}` (seed {cfg["seed"]}, {threads}).
-Device: {pre["device"]} ({pre.get("machine", "not recorded")}), shared with other jobs.
+{continued}Device: {pre["device"]} ({pre.get("machine", "not recorded")}), shared with other jobs.
 Time per stage: {stage_times}. VAE: AdamW {cfg["vae_learning_rate"]}, cosine, L1 + 1e-6 KL.
 Tiny CLIP: AdamW, cosine, weight decay 0.1, symmetric contrastive loss (two drawings of a
 name both count as its match). UNet: AdamW {cfg["unet_learning_rate"]}, cosine, epsilon
