@@ -41,18 +41,31 @@ def launch_two(program: str | Path, *args: str) -> list[str]:
     ]
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and every process below it (from ``/proc``), parents first."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the process name (state, ppid, ...); None if gone."""
+    try:
+        # "pid (name) state ppid ...": the name may hold spaces, so split after it.
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_tree(pid: int) -> dict[int, str]:
+    """``pid`` and every process below it (from ``/proc``), parents first, each with its
+    start time (so that a number the system has since given to another process is not it)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # "pid (comm) state ppid ...": the name may hold spaces, so split after it.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
+    started: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            started[int(entry.name)] = fields[19]
+    tree, todo = {}, [pid]
     while todo:
-        tree.append(todo.pop(0))
-        todo += children.get(tree[-1], [])
+        here = todo.pop(0)
+        if here in started:
+            tree[here] = started[here]
+        todo += children.get(here, [])
     return tree
 
 
@@ -71,11 +84,21 @@ def run_two(cmd: list[str], env: dict[str, str], timeout_s: float = 300):
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         tree = process_tree(proc.pid)
-        for how in (signal.SIGABRT, signal.SIGKILL):
-            for pid in reversed(tree):  # the workers first, while the launcher still reads them
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, how)
-            time.sleep(5)
+
+        def signal_tree(how: signal.Signals, pause_s: float, pids: list[int] | None = None) -> None:
+            for pid in pids or reversed(tree):  # the workers first
+                fields = _stat(pid)
+                if fields and fields[19] == tree.get(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, how)
+                    time.sleep(pause_s)
+
+        # The launcher is paused while the workers print their stacks one after the other,
+        # so it cannot stop the second worker when it sees the first one abort.
+        signal_tree(signal.SIGSTOP, 0, [proc.pid])
+        signal_tree(signal.SIGABRT, 1)
+        signal_tree(signal.SIGCONT, 2, [proc.pid])
+        signal_tree(signal.SIGKILL, 0)
         out, err = proc.communicate()
         pytest.fail(
             f"{shlex.join(cmd)} ran past {timeout_s:.0f} s; where each process was:\n"
