@@ -129,6 +129,13 @@ def _font_for(source: str) -> tuple[ImageFont.FreeTypeFont, int]:
     return ImageFont.truetype(str(find_openmoji_font()), OPENMOJI_SIZE_PX), NOTO_CANVAS_PX
 
 
+def font_rows(folder: str | os.PathLike) -> list[dict]:
+    """The rows of a font folder's ``metadata.jsonl`` (as :func:`build_font_folder` writes
+    them: ``file_name``, ``text`` the emoji's name, ``emoji`` its characters), in order."""
+    with open(Path(folder) / "metadata.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def build_font_folder(
     source: str = "noto", folder: str | os.PathLike | None = None, limit: int | None = None
 ) -> Path:

@@ -116,15 +116,14 @@ def load_clip_pairs(split: str = "train", limit: int | None = None) -> ClipPairs
     Names come in a fixed order (Noto's); ``limit`` keeps the first ``limit`` names.
     """
     from stableemote_utils.data import build_font_folder, load_emoji_dataset
+    from stableemote_utils.emoji_fonts import font_rows
     from stableemote_utils.presets import get_preset
 
     fraction = get_preset("tiny").heldout_fraction
     chars: dict[str, str] = {}
     for style in CLIP_STYLES:
-        with open(build_font_folder(style) / "metadata.jsonl", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                chars.setdefault(row["text"], row.get("emoji", ""))
+        for row in font_rows(build_font_folder(style)):
+            chars.setdefault(row["text"], row.get("emoji", ""))
     drawings: dict[str, list[Image.Image]] = {}
     for style in CLIP_STYLES:
         # both fonts list emoji in the same order, so a limit per style keeps shared names

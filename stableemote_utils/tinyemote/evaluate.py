@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from stableemote_utils.data import images_to_tensor, is_heldout, load_emoji_dataset
-from stableemote_utils.emoji_fonts import build_font_folder
+from stableemote_utils.emoji_fonts import build_font_folder, font_rows
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import load_components, make_pipeline
@@ -105,13 +105,11 @@ def categorised_emoji(source: str = "noto") -> list[tuple[str, str, str]]:
 
     fraction = get_preset("tiny").heldout_fraction
     rows = []
-    with open(build_font_folder(source) / "metadata.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            cat = category_of(row["text"], row.get("emoji", ""))
-            if cat:
-                split = "heldout" if is_heldout(row["text"], fraction) else "train"
-                rows.append((row["text"], cat, split))
+    for row in font_rows(build_font_folder(source)):
+        cat = category_of(row["text"], row.get("emoji", ""))
+        if cat:
+            split = "heldout" if is_heldout(row["text"], fraction) else "train"
+            rows.append((row["text"], cat, split))
     return rows
 
 

@@ -47,6 +47,7 @@ from stableemote_utils.data import (
     is_heldout,
     load_emoji_dataset,
 )
+from stableemote_utils.emoji_fonts import font_rows
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import staged_folder
 from stableemote_utils.precision import pick_device
@@ -271,12 +272,6 @@ def check_openmoji_word(word: str | None) -> None:
         raise StableEmoteError(f"--openmoji-word {word!r}: give a plain word, e.g. openmoji.")
 
 
-def _metadata_rows(folder: Path) -> list[dict]:
-    """The rows of an ``imagefolder``'s ``metadata.jsonl``, blank lines skipped."""
-    with open(folder / "metadata.jsonl", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def balanced_noto_folder(
     folder: Path,
     repeats: int,
@@ -296,11 +291,11 @@ def balanced_noto_folder(
         return folder
     check_openmoji_word(openmoji_word)
     source = build_font_folder("noto")
-    rows = _metadata_rows(source)
+    rows = font_rows(source)
     extra: list[dict] = []
     if openmoji_word:
         openmoji = build_font_folder("openmoji")
-        for row in _metadata_rows(openmoji):
+        for row in font_rows(openmoji):
             text = f"{openmoji_word.strip()} {row['text']}"
             # Out when the name is held out, and when the captioned text would land in the
             # folder's held-out split: that split is for names never seen in training.
