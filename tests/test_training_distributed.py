@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -41,34 +42,6 @@ def launch_two(program: str | Path, *args: str) -> list[str]:
     ]
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the process name (state, ppid, ...); None if gone."""
-    try:
-        # "pid (name) state ppid ...": the name may hold spaces, so split after it.
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_tree(pid: int) -> dict[int, str]:
-    """``pid`` and every process below it (from ``/proc``), parents first, each with its
-    start time (so that a number the system has since given to another process is not it)."""
-    children: dict[int, list[int]] = {}
-    started: dict[int, str] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        fields = _stat(int(entry.name))
-        if fields:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-            started[int(entry.name)] = fields[19]
-    tree, todo = {}, [pid]
-    while todo:
-        here = todo.pop(0)
-        if here in started:
-            tree[here] = started[here]
-        todo += children.get(here, [])
-    return tree
-
-
 def run_two(cmd: list[str], env: dict[str, str], timeout_s: float = 300):
     """Run a ``launch_two`` command; ``CompletedProcess`` with its text output.
 
@@ -76,29 +49,29 @@ def run_two(cmd: list[str], env: dict[str, str], timeout_s: float = 300):
     the Python stack of every thread of the launcher and of both training processes: each
     gets SIGABRT, which ``PYTHONFAULTHANDLER`` turns into a traceback on stderr, and any
     left then gets SIGKILL. A hang then says where it is, not only that it happened. (The
-    launcher starts its workers in sessions of their own, so they are found from ``/proc``.)
+    launcher starts its workers in sessions of their own, so they are found as its children;
+    psutil signals a process only while it is the one it found, never a reused number.)
     """
     env = {**env, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        tree = process_tree(proc.pid)
+        launcher = psutil.Process(proc.pid)
+        workers = launcher.children(recursive=True)
 
-        def signal_tree(how: signal.Signals, pause_s: float, pids: list[int] | None = None) -> None:
-            for pid in pids or reversed(tree):  # the workers first
-                fields = _stat(pid)
-                if fields and fields[19] == tree.get(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, how)
+        def send(how: signal.Signals, processes: list[psutil.Process], pause_s: float) -> None:
+            for process in processes:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.send_signal(how)
                     time.sleep(pause_s)
 
         # The launcher is paused while the workers print their stacks one after the other,
         # so it cannot stop the second worker when it sees the first one abort.
-        signal_tree(signal.SIGSTOP, 0, [proc.pid])
-        signal_tree(signal.SIGABRT, 1)
-        signal_tree(signal.SIGCONT, 2, [proc.pid])
-        signal_tree(signal.SIGKILL, 0)
+        send(signal.SIGSTOP, [launcher], 0)
+        send(signal.SIGABRT, [*workers, launcher], 1)
+        send(signal.SIGCONT, [launcher], 2)
+        send(signal.SIGKILL, [*workers, launcher], 0)
         out, err = proc.communicate()
         pytest.fail(
             f"{shlex.join(cmd)} ran past {timeout_s:.0f} s; where each process was:\n"
