@@ -8,6 +8,9 @@ This file sets it up the way the stored outputs were made (``tests/notebook_outp
 * the sanitiser ``nbval_sanitize.cfg`` (beside this file) is used unless another is named;
 * the notebooks run in order in one process (06 reads what 05 trained): ``make test`` runs
   this before the tests in ``tests/``, which it spreads over pytest-xdist workers;
+* printed numbers may differ by one unit in their last printed digit, the words around them
+  not at all (``notebook_outputs.reconcile_numbers``): a value on a rounding boundary prints
+  one way on one CPU and the other way on another;
 * pictures are compared too, which nbval leaves out: every stored ``image/png`` must be
   what the re-run draws, within the tolerance of ``notebook_outputs.picture_difference``;
 * after each notebook's last cell, one more item checks the CPU time its introduction
@@ -95,9 +98,12 @@ def pytest_configure(config):
 
 
 def _compare_with_pictures(original):
-    """nbval's text comparison, then the pictures (which it skips) within our tolerance."""
+    """nbval's text comparison, with each printed number allowed one unit in its last digit
+    (``notebook_outputs.reconcile_outputs``), then the pictures (which nbval skips) within
+    their tolerance. A number that moved further, or changed words, fails with nbval's diff."""
 
     def compare_outputs(self, test, ref, skip_compare=None):
+        test = notebook_outputs.reconcile_outputs(ref, test)
         if not original(test, ref, skip_compare):
             return False
         problem = notebook_outputs.picture_problem(ref, test)
