@@ -45,15 +45,19 @@ KERNEL_ENV = {
 }
 KERNEL_ENV_REMOVED = ("STABLEEMOTE_PRECISION",)
 
-# What a stored picture may differ by from a re-run's. On the machine that stored them the
-# pictures come back pixel-identical (same arrays, same matplotlib). On another CPU, float
-# rounding in other kernels can move a generated pixel by a level or two and an anti-aliased
-# edge by a few more; a different picture (another seed, another figure, a changed plot)
-# moves a large share of its pixels by tens of levels. So: the same size, a mean absolute
-# difference under one level (of 255), and at most 0.5% of the values off by more than 16.
+# What a stored picture may differ by from a re-run's, set from the spread measured across
+# CPUs (`python tests/notebook_outputs.py --measure --isa=avx2`). On the machine that stored
+# them the pictures come back pixel-identical. Re-run on AVX2 code paths (forced on an
+# AVX-512 Xeon) most come back identical or within 0.001 levels; the largest spread was a
+# heatmap whose colour scale followed its own maximum: mean 0.24 levels, 0.23% of values off
+# by more than 16; on an AMD EPYC (AVX2 only) the same heatmap moved by 0.65 levels and
+# 0.51%. A different picture (another seed, a flipped or changed plot) moves a large share
+# of its values by tens of levels. So: the same size, a mean absolute difference of at most
+# one level (of 255), and at most 1% of the values (twice the largest spread measured) off
+# by more than 16.
 PICTURE_MEAN_LEVELS = 1.0
 PICTURE_FAR_LEVELS = 16
-PICTURE_FAR_SHARE = 0.005
+PICTURE_FAR_SHARE = 0.01
 
 # What a printed number may differ by: one unit in its last printed digit (0.1 for "9.9",
 # 1 for "84%", 0.001 for "1.234e-05"'s mantissa). A value that sits on a rounding boundary
