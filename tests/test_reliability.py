@@ -763,11 +763,15 @@ def test_train_prints_only_its_own_lines_and_the_progress_bar(run_args, tmp_path
 
 
 def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
+    """And a refused request (a seed out of range) adds one line, no traceback (issue 37)."""
     import signal
     import subprocess
     import time
 
+    from gradio_client import Client
+
     from stableemote_utils.cli.demo import free_port
+    from stableemote_utils.cli.demo_app import API_NAME
 
     port = free_port()
     proc = subprocess.Popen(
@@ -784,6 +788,9 @@ def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
         while "demo on" not in started and time.time() < deadline and proc.poll() is None:
             started = proc.stdout.readline()
         assert f"StableEmote demo on http://127.0.0.1:{port}" in started, started
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match="seed must be a whole number"):
+            client.predict("An emoji of cat face", -5, 2, api_name=f"/{API_NAME}")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -793,6 +800,11 @@ def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
     assert proc.returncode == 0
     others = lines_besides_the_progress_bar(err)
     assert all(line.startswith("stableemote:") for line in others), others
+    refused = [line for line in others if "seed must be" in line]
+    assert refused == [
+        "stableemote: demo: refused a request: The seed must be a whole number from 0 to "
+        "4294967295, got -5. Pick one in that range or press 'Random seed'."
+    ], others
 
 
 def test_known_notices_are_hidden_only_inside_the_call(tiny_model_dir):
