@@ -216,11 +216,11 @@ def get_preset(name_or_model: str | None = None) -> Preset:
     if key.lower() in presets:
         return presets[key.lower()]
     if not (is_hub_model_id(key) or os.path.exists(os.path.expanduser(key))):
-        raise unknown_preset_error(key, list(presets), from_env)
-    return replace(presets[DEFAULT_PRESET], name="custom", model=key)
+        raise _unknown_preset_error(key, list(presets), from_env)
+    return replace(presets["sd15"], name="custom", model=key)
 
 
-def unknown_preset_error(key: str, names: list[str], from_env: bool = False) -> StableEmoteError:
+def _unknown_preset_error(key: str, names: list[str], from_env: bool = False) -> StableEmoteError:
     """The one line for a name that is no preset, no path here and no Hub id, listing
     ``names`` with a "did you mean" for a near miss (``tiny_random``, ``sd-15``)."""
     import difflib

@@ -26,7 +26,7 @@ def test_pipeline_has_no_safety_checker(tiny_model_dir):
 
 
 def test_missing_folder_says_so(tmp_path):
-    with pytest.raises(StableEmoteError, match="does not exist.*STABLEEMOTE_PRESET=tiny"):
+    with pytest.raises(StableEmoteError, match="does not exist.*The presets are .*tiny"):
         load_components(str(tmp_path / "nope"))
 
 

@@ -840,13 +840,13 @@ def test_known_notices_are_hidden_only_inside_the_call(tiny_model_dir):
 # ---------------------------------------------------------------------------
 
 
-def cache_commands(tmp_path) -> dict[str, list[str]]:
+def cache_commands(tmp_path, adapter) -> dict[str, list[str]]:
     """Every command that keeps models or data in the cache, with arguments that would work."""
     tiny = ["--preset", "tiny-random", "--device", "cpu"]
     return {
         "train": ["train", *tiny, "--steps", "2", "--output-dir", str(tmp_path / "run")],
         "demo": ["demo", *tiny],
-        "compare": ["compare", *tiny, "--lora", str(tmp_path / "a"), "--output-dir",
+        "compare": ["compare", *tiny, "--lora", str(adapter), "--output-dir",
                     str(tmp_path / "cmp")],
         "evaluate-tiny": ["evaluate-tiny", "--device", "cpu", "--output-dir",
                           str(tmp_path / "eval")],
@@ -856,7 +856,7 @@ def cache_commands(tmp_path) -> dict[str, list[str]]:
 @pytest.mark.parametrize("command", ["train", "demo", "compare", "evaluate-tiny"])
 @pytest.mark.parametrize("kind", ["file", "under-a-file", "sysfs"])
 def test_an_unusable_cache_stops_every_command_that_uses_it_in_one_line(
-    tmp_path, capsys, monkeypatch, command, kind
+    tmp_path, capsys, monkeypatch, lora_file, command, kind
 ):
     import os
     import sys
@@ -867,10 +867,11 @@ def test_an_unusable_cache_stops_every_command_that_uses_it_in_one_line(
         pytest.skip("needs Linux's /sys")
     path = {"file": str(mine), "under-a-file": str(mine / "cache"), "sysfs": "/sys"}[kind]
     monkeypatch.setenv("STABLEEMOTE_CACHE", path)
-    assert main(cache_commands(tmp_path)[command]) == 2
+    assert main(cache_commands(tmp_path, lora_file)[command]) == 2
     err = one_line_error(capsys)
     assert f"STABLEEMOTE_CACHE={path} " in err and "a folder you can write in" in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"], "nothing written"
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["good", "mine.txt"], "nothing written besides the adapter and the file"
     assert mine.read_text() == "a user's file"
 
 
