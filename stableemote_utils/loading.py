@@ -100,9 +100,10 @@ def _hub_error(location: str, err: Exception) -> StableEmoteError:
 
 
 def check_hub_model(location: str) -> None:
-    """For a Hub model id, fail now, naming the model, if its ``model_index.json`` cannot be
-    had: offline and not in the local Hub cache, no network, no such repo, gated without a
-    token. Asks the Hub (or the cache) without downloading; folders pass untouched.
+    """For a Hub model id, fail now, naming the model, if its UNet's ``config.json`` (a file
+    :func:`load_components` always reads) cannot be had: offline and not in the local Hub
+    cache, no network, no such repo, gated without a token. Asks the Hub (or the cache)
+    without downloading; folders pass untouched.
 
     Training calls this before it reads any data, so a model that cannot be loaded is
     reported as the model, not as the dataset that happens to be read first.
@@ -115,7 +116,7 @@ def check_hub_model(location: str) -> None:
     from huggingface_hub import hf_hub_download
 
     try:
-        hf_hub_download(location, "model_index.json", dry_run=True)
+        hf_hub_download(location, "config.json", subfolder="unet", dry_run=True)
     except Exception as err:  # offline, network, missing or gated repo: one clear message
         raise _hub_error(location, err) from err
 
