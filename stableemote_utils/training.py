@@ -37,6 +37,8 @@ from tqdm import tqdm  # a text bar: in a notebook its stored output is its last
 from stableemote_utils.config_file import write_config_file
 from stableemote_utils.denoising import add_noise
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.hub import check_push_target
+from stableemote_utils.loading import check_hub_model
 from stableemote_utils.options import check_train_options
 from stableemote_utils.precision import (
     check_training_precision,
@@ -280,12 +282,16 @@ def train(
         ``config.toml`` (every setting, resolved: ``stableemote train --config`` repeats it).
 
     Raises:
-        StableEmoteError: a bad option (before any work), a locked or used folder, a
+        StableEmoteError: a bad option, a ``push_to_hub`` id that is not a Hub repo id or
+            no Hub token to push with, a Hub model that cannot be had (all before any
+            work); a locked or used folder, a
             checkpoint made with other settings, bad data, a non-finite loss.
         WriteFailedError: a checkpoint or the results could not be written (a full disk);
             the earlier checkpoints are intact.
     """
     check_train_options(config)
+    if config.push_to_hub:  # hours of training must not end on a bad id or a missing token
+        check_push_target(config.push_to_hub)
     device = pick_device(config.device)
     dtype = choose_dtype(device, precision_setting(config.precision))[0]
     check_training_precision(device, dtype)
@@ -315,6 +321,7 @@ def train(
             else config.validation_guidance
         ),
     )
+    check_hub_model(config.model)  # a Hub model that cannot be had, before any data is read
     out = check_output_dir(config.output_dir)
     # One lock per run: only the launching process of a distributed run takes it.
     with run_lock(out) if is_first_launched_process() else contextlib.nullcontext():
