@@ -390,6 +390,7 @@ def test_refuses_an_adapter_whose_ranks_disagree(trained, tiny_components, tmp_p
         pipe, file, inputs, base, f"{len(state) - 2} of {len(state)} keys matched", "2 did not"
     )
     assert "rank 4 in lora_A/down but 8 in lora_B/up" in message
+    assert "damaged or was edited" in message and "another architecture" not in message
 
 
 def test_refuses_an_adapter_with_another_layer_size(pipe, tmp_path):
@@ -402,7 +403,8 @@ def test_refuses_an_adapter_with_another_layer_size(pipe, tmp_path):
     }
     file = tmp_path / "wide.safetensors"
     save_file(state, str(file))
-    _expect_refused(pipe, file, inputs, base, "0 of 2 keys matched", f"{d_in} inputs")
+    message = _expect_refused(pipe, file, inputs, base, "0 of 2 keys matched", f"{d_in} inputs")
+    assert "another architecture" in message
 
 
 def test_refuses_a_text_encoder_only_adapter(pipe, tmp_path):
@@ -588,10 +590,18 @@ def test_hand_written_lora_matches_peft_and_merges(tiny_components):
     torch.testing.assert_close(run_unet(theirs, inputs), adapted, atol=1e-4, rtol=1e-3)
     layer = ours.get_submodule(names[0])
     assert torch.linalg.matrix_rank(layer.delta_weight()) == 2
+    weight = layer.base.weight.detach().clone()
     for n in names:
         ours.get_submodule(n).merge()
-        ours.get_submodule(n).B.data.zero_()
+        ours.get_submodule(n).merge()  # a second merge must not add the update again
+    assert layer.merged and not torch.equal(layer.base.weight, weight)
     torch.testing.assert_close(run_unet(ours, inputs), adapted, atol=1e-4, rtol=1e-3)
+    for n in names:
+        ours.get_submodule(n).unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer.base.weight, weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(run_unet(ours, inputs), adapted, atol=1e-4, rtol=1e-3)
+    assert "A: (2, " in repr(layer) and "B: (" in repr(layer)
 
 
 def test_peft_names_still_import_from_the_lesson_module():
