@@ -3,17 +3,23 @@
 The LoRA lesson trains a short LoRA on OpenMoji's emoji and claims two things: the
 pictures take on OpenMoji's look, and they still show what the prompt asks for. Each
 claim gets its own number, measured on the same pictures (every prompt at every seed,
-drawn once by the base model and once with the LoRA):
+drawn from the same noise by each model compared):
 
 * **Style:** a *style probe*, a logistic regression on the tiny CLIP's image features
   (:func:`style_features`; :mod:`stableemote_utils.tinyemote.clip`), trained to tell real Noto drawings from real
   OpenMoji drawings of the training names. Its accuracy on the held-out names' drawings
-  says whether it can be trusted; the share of generated pictures it calls "OpenMoji"
-  (with a Wilson interval) is the style measurement.
+  (with a Wilson interval) says whether it can be trusted; the share of generated pictures
+  it calls "OpenMoji" is the style measurement.
 * **Subject:** prompt following (the nearest real emoji's category, as in
   :mod:`stableemote_utils.tinyemote.evaluate`, against real emoji of both styles, so
   that a change of style alone is not counted as a change of subject) and the tiny CLIP
-  score of each picture against its prompt (with a bootstrap interval).
+  score of each picture against its prompt.
+
+:func:`style_and_subject` compares three models on training names and on held-out names:
+the base model, the base model told the style word its UNet already knows ("openmoji"),
+and the LoRA. Every level and every difference between two models gets a 95% interval from
+a cluster bootstrap over the prompts (:func:`cluster_means`): the seeds of one prompt stay
+together, since they are not independent pictures.
 
 In a notebook, three lines::
 
@@ -21,7 +27,7 @@ In a notebook, three lines::
     probe, real = fit_style_probe(clip[0])          # real["heldout_accuracy"]
     result = style_and_subject(pipe, adapter_path, clip, probe)
 
-``result["base"]`` and ``result["lora"]`` hold the same keys (see :func:`style_and_subject`).
+and ``print(lesson_table(result, real))``.
 """
 
 from __future__ import annotations
