@@ -275,6 +275,19 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
             "in its web data; the course's OpenMoji LoRA makes that style the default, with no\n"
             "word in the prompt.\n"
         )
+    word_finding = ""
+    lesson = m.get("style_and_subject", {}).get("splits", {}).get("train")
+    if lesson:
+        models, vs_word = lesson["models"], lesson["changes"]["lora - base_word"]
+        share, follow = vs_word["openmoji_points"], vs_word["prompt_following_points"]
+        word_finding = (
+            f'Against the base model told "{word or "openmoji"}" on training names, the LoRA '
+            f"changes the share called OpenMoji by {share['value']:+.0f} points [{share['low']:+.0f}, "
+            f"{share['high']:+.0f}] and prompt following by {follow['value']:+.0f} points "
+            f"[{follow['low']:+.0f}, {follow['high']:+.0f}] ({models['base_word']['prompt_following']['share']:.0%} "
+            f"-> {models['lora']['prompt_following']['share']:.0%}): the comparison that says what "
+            "the LoRA adds over writing the style's name.\n"
+        )
     text = f"""---
 license: cc-by-sa-4.0
 library_name: diffusers
@@ -340,7 +353,7 @@ The style probe is a logistic regression on the tiny CLIP image tower's features
 real Noto against real OpenMoji drawings of the training names; with the prompt following
 and tiny CLIP score of the same pictures it says whether the course's OpenMoji LoRA (the
 `tiny-quick` recipe) changes the look and keeps the subject.
-
+{word_finding}
 ## Limits
 
 {limits}
