@@ -154,3 +154,19 @@ def test_nbval_passes_a_last_digit_change_and_fails_real_changes_with_a_diff(tmp
     assert "0.2445" in failed["Cell 1"].text and "0.2431" in failed["Cell 1"].text
     assert "picture 1 differs" in failed["Cell 2"].text
     assert "dissimilar number of outputs" in failed["Cell 3"].text  # nbval's own diff
+
+
+def test_stored_pictures_are_compacted_without_changing_a_pixel():
+    from notebook_outputs import compact_png, decode_picture
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    flat = np.full((48, 64, 3), 200, dtype=np.uint8)
+    picture = np.concatenate([noise, flat], axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+    stored = base64.b64encode(buffer.getvalue()).decode()
+    compact = compact_png(stored)
+    assert len(compact) < len(stored)
+    assert np.array_equal(decode_picture(compact), decode_picture(stored))
+    assert compact_png(compact) == compact  # make notebooks twice changes no byte
