@@ -71,14 +71,15 @@ def test_01_exercise_3_check_wants_the_psnr_of_an_error_of_a_tenth():
             check(wrong)
 
 
-def test_02_truncation_check_wants_exactly_one_word_cut(text_parts):
+def test_02_truncation_check_wants_exactly_one_token_cut(text_parts):
     tokenizer, _ = text_parts
     check = notebook_function(
         "02", "check_truncation", tokenizer=tokenizer, truncated_words=T.truncated_words
     )
     words = ["cat"] * (tokenizer.model_max_length - 2)  # one token each: exactly fills the window
     check(" ".join([*words, "dog"]))
-    for wrong in (" ".join(words), " ".join([*words, "dog", "fish"]), "An emoji of a cat"):
+    rare = " ".join([*words, "supercalifragilistic"])  # one word cut, but five tokens
+    for wrong in (" ".join(words), " ".join([*words, "dog", "fish"]), "An emoji of a cat", rare):
         with pytest.raises(AssertionError):
             check(wrong)
 
