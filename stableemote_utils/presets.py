@@ -6,6 +6,8 @@ repo and shipped with it, fine-tuned on OpenMoji's style (rendered from a local 
 ``tiny-random`` is the tiny architecture with random weights, built in seconds, for
 tests of the machinery; ``sd15-random`` is the full-size SD 1.5 architecture with random
 weights (built locally, no download) for checking the real-size path on a CPU.
+``sdxl`` is SDXL base 1.0 from the Hub (with the fp16-fix VAE when computing in fp16);
+``sdxl-random`` its full-size architecture with random weights, built locally.
 Anything else is taken as a model id or a local folder and uses
 the ``sd15`` sizes.
 """
@@ -25,6 +27,13 @@ DEFAULT_PRESET = "sd15"
 CAPTION_TEMPLATE = "An emoji of {name}"
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINYEMOTE_GUIDANCE = 3.0  # measured: see the model card's prompt following by guidance scale
+SDXL_MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+# SDXL's own VAE overflows to NaN in fp16; this one is fine-tuned to keep its activations in range.
+SDXL_FP16_VAE_ID = "madebyollin/sdxl-vae-fp16-fix"
+# SDXL's recipe on a 16 GB T4: 1024 px fits with gradient checkpointing and 8-bit Adam
+# (see `stableemote bench --flops --preset sdxl` for the count).
+SDXL_RESOLUTION_PX = 1024
+SDXL_GUIDANCE = 5.0  # StableDiffusionXLPipeline's default
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,11 @@ class Preset:
         guidance_scale: default classifier-free guidance scale when sampling. 7.5 suits SD
             1.5; TinyEmote's small UNet overshoots at 7.5 (its colours burn and shapes
             break up), and draws its prompts best near 3.
+        family: ``"sd15"`` or ``"sdxl"`` (:mod:`stableemote_utils.model_family`): known
+            before the model loads, for the checks that come first.
+        fp16_vae: a VAE to use instead of the model's own when computing in fp16 (SDXL's
+            overflows there), or ``None``.
+        needs_gpu: too large to train or draw on a CPU unless ``--device cpu`` asks for it.
     """
 
     name: str
@@ -56,6 +70,9 @@ class Preset:
     heldout_fraction: float = 0.05
     sample_steps: int = 25
     guidance_scale: float = 7.5
+    family: str = "sd15"
+    fp16_vae: str | None = None
+    needs_gpu: bool = False
 
     @property
     def is_tiny(self) -> bool:
@@ -80,6 +97,11 @@ def tiny_model_dir() -> str:
 def random_sd15_dir() -> str:
     """Where the full-size SD 1.5 architecture with random weights is built on first use."""
     return os.path.join(cache_dir(), "sd15-random")
+
+
+def random_sdxl_dir() -> str:
+    """Where the full-size SDXL architecture with random weights is built on first use."""
+    return os.path.join(cache_dir(), "sdxl-random")
 
 
 def tinyemote_dir() -> str:
@@ -131,6 +153,23 @@ def get_preset(name_or_model: str | None = None) -> Preset:
         return sd15
     if key.lower() == "sd15-random":  # the real architecture, random weights, offline data
         return replace(sd15, name="sd15-random", model=random_sd15_dir(), dataset="openmoji")
+    sdxl = Preset(
+        name="sdxl",
+        model=SDXL_MODEL_ID,
+        resolution_px=SDXL_RESOLUTION_PX,
+        batch_size=1,
+        dataset="valhalla/emoji-dataset",
+        guidance_scale=SDXL_GUIDANCE,
+        family="sdxl",
+        fp16_vae=SDXL_FP16_VAE_ID,
+        needs_gpu=True,
+    )
+    if key.lower() == "sdxl":
+        return sdxl
+    if key.lower() == "sdxl-random":  # the real architecture, random weights, offline data
+        return replace(
+            sdxl, name="sdxl-random", model=random_sdxl_dir(), dataset="openmoji", fp16_vae=None
+        )
     if key.lower() == "tiny":
         return Preset(
             name="tiny",

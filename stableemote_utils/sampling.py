@@ -78,11 +78,12 @@ def generate(
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     callback_on_step_end: Callable | None = None,
+    **pooled_embeds: torch.Tensor,
 ):
     """One picture from a seeded CPU generator (so CPU and GPU runs share their initial noise).
 
     Args:
-        pipe: a ``StableDiffusionPipeline``.
+        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``.
         prompt: the prompt text, or ``None`` with ``prompt_embeds``.
         seed: the generator's seed.
         settings: its ``steps``, ``guidance`` and ``resolution_px`` are used (its prompts,
@@ -90,6 +91,9 @@ def generate(
         prompt_embeds, negative_prompt_embeds: encoded prompts ``(1, 77, D)`` instead of
             text (training's validation grid encodes its prompts once).
         callback_on_step_end: called by the pipeline after each denoising step.
+        pooled_embeds: SDXL's ``pooled_prompt_embeds`` and ``negative_pooled_prompt_embeds``
+            ``(1, 1280)`` with encoded prompts (see
+            :meth:`~stableemote_utils.model_family.ModelFamily.sampling_embeds`).
 
     Returns:
         A PIL image, ``settings.resolution_px`` square.
@@ -104,4 +108,5 @@ def generate(
         width=settings.resolution_px,
         generator=torch.Generator(device="cpu").manual_seed(seed),
         callback_on_step_end=callback_on_step_end,
+        **pooled_embeds,
     ).images[0]

@@ -25,13 +25,14 @@ import torch
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import read_marker, staged_folder
 from stableemote_utils.notices import no_known_notices
-from stableemote_utils.presets import cache_dir, random_sd15_dir, tiny_model_dir
+from stableemote_utils.presets import cache_dir, random_sd15_dir, random_sdxl_dir, tiny_model_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_SEED = 0
 # Bump when the tiny architecture changes, so stale cached builds are rebuilt.
 TINY_BUILD_VERSION = "2"
 SD15_RANDOM_BUILD_VERSION = "1"
+SDXL_RANDOM_BUILD_VERSION = "1"
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # Wheels that ship the MIT-licensed CLIP vocabulary (their code is never imported).
 _VOCAB_WHEELS = ("open_clip_torch", "clip-anytorch")
@@ -85,6 +86,13 @@ TINY_TEXT_CONFIG = {
 def sd15_config(component: str) -> dict:
     """SD 1.5's published config for ``"unet"``, ``"vae"``, ``"text_encoder"`` or ``"scheduler"``."""
     with open(CONFIG_DIR / f"sd15_{component}.json") as f:
+        return json.load(f)
+
+
+def sdxl_config(component: str) -> dict:
+    """SDXL base 1.0's published config for ``"unet"``, ``"vae"``, ``"text_encoder"``,
+    ``"text_encoder_2"`` or ``"scheduler"``."""
+    with open(CONFIG_DIR / f"sdxl_{component}.json") as f:
         return json.load(f)
 
 
@@ -249,6 +257,95 @@ def ensure_random_sd15(folder: str | os.PathLike | None = None, seed: int = 0) -
         pipe.save_pretrained(staging, safe_serialization=True)
         del pipe, unet, vae, text_encoder
         (staging / "STABLEEMOTE_SD15_RANDOM").write_text(json.dumps(marker) + "\n")
+    return folder
+
+
+def build_sdxl_components(seed: int = 0, parts=("unet", "vae", "text_encoder", "text_encoder_2")):
+    """Build SDXL's full-size parts with random weights (CPU) from the published configs.
+
+    Used to check shapes, parameter counts and LoRA layouts of the real model without a
+    download. The UNet alone is 2,567,463,684 parameters (10.3 GB in fp32), so ask only
+    for the parts you need.
+
+    Returns:
+        ``{part: module}`` for each of ``parts``, in that order, each seeded from ``seed``.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def text(component: str, cls):
+        config = {k: v for k, v in sdxl_config(component).items() if k != "architectures"}
+        return cls(CLIPTextConfig(**config))
+
+    builders = {
+        "unet": lambda: UNet2DConditionModel.from_config(sdxl_config("unet")),
+        "vae": lambda: AutoencoderKL.from_config(sdxl_config("vae")),
+        "text_encoder": lambda: text("text_encoder", CLIPTextModel),
+        "text_encoder_2": lambda: text("text_encoder_2", CLIPTextModelWithProjection),
+    }
+    built = {}
+    for i, part in enumerate(parts):
+        torch.manual_seed(seed + i)
+        built[part] = builders[part]()
+    return built
+
+
+def write_sdxl_tokenizers(folder: str | os.PathLike) -> None:
+    """SDXL's two tokenizers in ``folder/tokenizer`` and ``folder/tokenizer_2``: CLIP's BPE,
+    the second padding with ``"!"`` as SDXL's second tokenizer does."""
+    folder = Path(folder)
+    for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        target = write_clip_tokenizer(folder / sub)
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            config = json.loads((target / name).read_text())
+            config["pad_token"] = pad
+            (target / name).write_text(json.dumps(config, indent=2))
+
+
+def ensure_random_sdxl(folder: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """The full-size SDXL architecture with random weights, as a local model folder.
+
+    Built once from the published configs (a few minutes; ~7 GB on disk in fp16, loadable
+    in any dtype), one part at a time so that at most one part is in memory, in the Hub's
+    folder layout (``StableDiffusionXLPipeline.from_pretrained`` loads it), so that the
+    ``sdxl-random`` preset runs the real-size path on a CPU without a download. It draws
+    noise: it is for shapes, memory and time, not pictures.
+    """
+    import diffusers
+    from diffusers import EulerDiscreteScheduler
+
+    folder = Path(folder or random_sdxl_dir())
+    marker = {"build_version": SDXL_RANDOM_BUILD_VERSION, "seed": seed}
+    if read_marker(folder / "STABLEEMOTE_SDXL_RANDOM") == marker:
+        return folder
+    classes = {
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    }
+    with staged_folder(folder) as staging:
+        generator_state = torch.random.get_rng_state()
+        for i, part in enumerate(classes):
+            module = build_sdxl_components(seed + i, parts=(part,))[part]
+            module.half().save_pretrained(staging / part, safe_serialization=True)
+            del module
+        torch.random.set_rng_state(generator_state)
+        write_sdxl_tokenizers(staging)
+        EulerDiscreteScheduler.from_config(sdxl_config("scheduler")).save_pretrained(
+            staging / "scheduler"
+        )
+        index = {
+            "_class_name": "StableDiffusionXLPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "force_zeros_for_empty_prompt": True,
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            **classes,
+        }
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (staging / "STABLEEMOTE_SDXL_RANDOM").write_text(json.dumps(marker) + "\n")
     return folder
 
 
