@@ -17,8 +17,13 @@ import torch
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.notices import no_known_notices
 from stableemote_utils.presets import Preset, get_preset
-from stableemote_utils.tiny_model import ensure_random_sd15, ensure_random_sdxl, ensure_tiny_model
-from stableemote_utils.tinyemote.install import ensure_tinyemote
+from stableemote_utils.tiny_model import (
+    ensure_random_sd15,
+    ensure_random_sdxl,
+    ensure_tiny_model,
+    ensure_tiny_xl_model,
+)
+from stableemote_utils.tinyemote.install import SHIPPED_XL_DIR, ensure_tinyemote
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -69,6 +74,10 @@ def resolve_model_location(preset: Preset | str | None = None) -> str:
         preset = get_preset(preset)
     if preset.name == "tiny":
         return str(ensure_tinyemote(preset.model))
+    if preset.name == "tiny-xl":
+        return str(ensure_tinyemote(preset.model, SHIPPED_XL_DIR))
+    if preset.name == "tiny-xl-random":
+        return str(ensure_tiny_xl_model(preset.model))
     if preset.is_tiny:
         return str(ensure_tiny_model(preset.model))
     if preset.name == "sd15-random":

@@ -8,6 +8,8 @@ tests of the machinery; ``sd15-random`` is the full-size SD 1.5 architecture wit
 weights (built locally, no download) for checking the real-size path on a CPU.
 ``sdxl`` is SDXL base 1.0 from the Hub (with the fp16-fix VAE when computing in fp16);
 ``sdxl-random`` its full-size architecture with random weights, built locally.
+``tiny-xl`` is TinyEmote-XL, SDXL's architecture at small size, pretrained here and
+shipped like TinyEmote; ``tiny-xl-random`` is that architecture with random weights.
 Anything else is taken as a model id or a local folder and uses
 the ``sd15`` sizes.
 """
@@ -41,7 +43,8 @@ class Preset:
     """Everything that differs between the real model and the tiny one.
 
     Attributes:
-        name: ``"sd15"``, ``"sd15-random"``, ``"tiny"``, ``"tiny-random"`` or ``"custom"``.
+        name: ``"sd15"``, ``"sd15-random"``, ``"tiny"``, ``"tiny-random"``, ``"tiny-xl"``,
+            ``"tiny-xl-random"`` or ``"custom"``.
         model: a Hub model id or a local folder in the diffusers layout. For the tiny
             presets this is the folder the model is installed or built into on first use.
         resolution_px: training and sampling resolution (square images).
@@ -77,7 +80,7 @@ class Preset:
     @property
     def is_tiny(self) -> bool:
         """True for the offline presets (TinyEmote and the random tiny model)."""
-        return self.name in ("tiny", "tiny-random")
+        return self.name in ("tiny", "tiny-random", "tiny-xl", "tiny-xl-random")
 
 
 def cache_dir() -> str:
@@ -92,6 +95,16 @@ def cache_dir() -> str:
 def tiny_model_dir() -> str:
     """Where the random-weight tiny model is built on first use."""
     return os.path.join(cache_dir(), "tiny-sd")
+
+
+def tiny_xl_model_dir() -> str:
+    """Where the random-weight TinyEmote-XL architecture (``tiny-xl-random``) is built on first use."""
+    return os.path.join(cache_dir(), "tiny-sdxl")
+
+
+def tinyemote_xl_dir() -> str:
+    """Where TinyEmote-XL's shipped weights (``tiny-xl``) are installed on first use."""
+    return os.path.join(cache_dir(), "tinyemote-xl")
 
 
 def random_sd15_dir() -> str:
@@ -190,4 +203,9 @@ def get_preset(name_or_model: str | None = None) -> Preset:
             sample_steps=10,
             guidance_scale=TINYEMOTE_GUIDANCE,  # TinyEmote's architecture, so its scale
         )
+    if key.lower() in ("tiny-xl", "tiny-xl-random"):
+        # TinyEmote-XL: TinyEmote's sizes, data and guidance on SDXL's architecture
+        tiny = get_preset(key.lower().replace("-xl", ""))
+        model = tinyemote_xl_dir() if key.lower() == "tiny-xl" else tiny_xl_model_dir()
+        return replace(tiny, name=key.lower(), model=model, family="sdxl")
     return replace(sd15, name="custom", model=key)
