@@ -47,6 +47,8 @@ from stableemote_utils.tiny_model import (
 LAYOUT_NAMES = ("sd15", "tiny", "tinyemote", "sdxl", "tiny-xl")
 # How messages name each family (the kohya_family names).
 FAMILY_LABELS = {"sd15": "SD 1.x", "sdxl": "SDXL"}
+# The presets that load each family's models.
+FAMILY_PRESETS = {"sd15": "sd15 or tiny", "sdxl": "sdxl or tiny-xl"}
 
 
 def _text_config(config: dict) -> dict:

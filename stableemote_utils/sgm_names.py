@@ -73,6 +73,11 @@ def sgm_layer_name(name: str, unet_config) -> str:
     for prefix, sgm in _TOP_LEVEL.items():
         if name == prefix or name.startswith(prefix + "."):
             return sgm + name[len(prefix) :]
+    if parts[0] == "mid_block" and len(parts) >= 3:  # mid_block has no block number
+        kind, index, rest = parts[1], parts[2], parts[3:]
+        position = 2 * int(index) if kind == "resnets" else 1
+        inner = _inner(kind, rest)
+        return f"middle_block.{position}" + (f".{inner}" if inner else "")
     if len(parts) < 4:
         return name
     block, kind, index, rest = parts[1], parts[2], parts[3], parts[4:]
@@ -82,9 +87,6 @@ def sgm_layer_name(name: str, unet_config) -> str:
             return ".".join([f"input_blocks.{(i + 1) * per_block}.0.op", *rest[1:]])
         slot = "0" if kind == "resnets" else "1"
         stem = f"input_blocks.{1 + i * per_block + int(index)}.{slot}"
-    elif parts[0] == "mid_block":
-        position = 2 * int(index) if kind == "resnets" else 1
-        stem = f"middle_block.{position}"
     elif parts[0] == "up_blocks":
         i = int(block)
         if kind == "upsamplers":
