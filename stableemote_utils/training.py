@@ -211,6 +211,7 @@ def training_loss(
     generator: torch.Generator,
     min_snr_gamma: float | None = None,
     noise_offset: float = 0.0,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One training step's loss, written out: draw, noise, predict, compare.
 
@@ -221,6 +222,7 @@ def training_loss(
         noise_scheduler: the model's scheduler; its ``alphas_cumprod`` ``(1000,)`` is the
             noise schedule.
         generator: the step's generator (on the latents' device).
+        added_cond_kwargs: SDXL's pooled text and time ids (``None`` for SD 1.5).
 
     Returns:
         The scalar loss: MSE between the true noise and the UNet's prediction.
@@ -241,6 +243,7 @@ def training_loss(
         text=text,
         noise_scheduler=noise_scheduler,
         min_snr_gamma=min_snr_gamma,
+        added_cond_kwargs=added_cond_kwargs,
     )
 
 
