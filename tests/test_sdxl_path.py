@@ -261,3 +261,25 @@ def test_sdxl_preset_without_a_gpu_is_refused_unless_cpu_is_asked_for(tmp_path, 
     assert "\n" not in str(info.value)
     plan = resolve_run(short_run.config(tmp_path, preset="sdxl", device="cpu"))
     assert plan.family is SDXL and plan.config.model == get_preset("sdxl").model
+
+
+def test_demo_draws_with_an_sdxl_adapter(xl_run, xl_pipe):
+    from stableemote_utils.cli.demo_generation import demo_generate
+    from stableemote_utils.sampling import SamplingSettings
+
+    settings = SamplingSettings.for_preset(XL, prompts=["cat face"], seeds=[1], steps=2)
+    with lora_loaded(xl_pipe, xl_run.adapter_path, adapter_name="demo"):
+        base, lora = demo_generate(xl_pipe, settings)
+    assert base.size == lora.size == (settings.resolution_px,) * 2
+    assert base.tobytes() != lora.tobytes()
+
+
+def test_sdxl_layout_has_the_published_counts():
+    """SDXL base 1.0's UNet (meta device, from the published config) and its rank-4 LoRA."""
+    from stableemote_utils.lora import lora_parameter_count
+
+    unet = LI.layout_models("sdxl")["unet"]
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    assert len(LF.target_layer_shapes(unet)) == 560
+    assert lora_parameter_count(4, unet) == 5_806_080
+    assert lora_parameter_count(4) == 797_184  # SD 1.5's, for scale

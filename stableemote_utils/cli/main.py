@@ -33,7 +33,7 @@ from stableemote_utils.images import IMAGES_DIR
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_files import check_lora_file
 from stableemote_utils.options import check_device, check_sampling_options
-from stableemote_utils.precision import choose_dtype, pick_device
+from stableemote_utils.precision import check_preset_device, choose_dtype, pick_device
 from stableemote_utils.presets import get_preset, precision_setting
 from stableemote_utils.quickstart import run_quickstart
 from stableemote_utils.sampling import SamplingSettings
@@ -130,6 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         check_sampling_options(seeds=seeds)
     check_lora_file(args.lora)  # a broken adapter is refused before the model loads
     p = get_preset(args.base or args.preset)
+    check_preset_device(p, args.device)
     dev = pick_device(args.device)
     dtype, _ = choose_dtype(dev, precision_setting())
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))
