@@ -375,7 +375,7 @@ def format_flops_table(
 ) -> str:
     """The FLOP counts and the ideal step times they allow on a T4 (fp16) and an H100 (bf16)."""
     name = "SDXL" if family == "sdxl" else "SD 1.5"
-    text = "encoders" if family == "sdxl" else "CLIP"
+    text = "text" if family == "sdxl" else "CLIP"
     lines = [
         f"full-size {name}, one training step, batch {batch_size}, {resolution_px} px "
         "(TFLOP; a multiply-add counts 2)",

@@ -160,7 +160,17 @@ def resolve_run(
     )
     family.check_resolution(config.resolution_px)
     out = check_output_dir(config.output_dir)
-    return RunPlan(config, preset, family, device, dtype, reason, out, resume, overwrite)
+    return RunPlan(
+        config=config,
+        preset=preset,
+        family=family,
+        device=device,
+        dtype=dtype,
+        precision_reason=reason,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+    )
 
 
 @dataclass
