@@ -101,10 +101,29 @@ def layout_family(name: str) -> str:
     return kohya_family(layout_models(name)["unet"].config)
 
 
-def fitting_layout(state_dict: dict[str, torch.Tensor], file: Path) -> tuple[str | None, dict]:
-    """The first layout an adapter fits, with the fit; ``(None, {layout: reason})`` if none."""
+def family_in_header(metadata: dict[str, str]) -> str | None:
+    """The model family a file's header names: StableEmote's ``model_family`` entry, or
+    kohya's ``ss_base_model_version`` (``sdxl_...`` or ``sd_v1``); ``None`` if neither."""
+    if metadata.get("model_family") in FAMILY_LABELS:
+        return metadata["model_family"]
+    version = metadata.get("ss_base_model_version", "")
+    return next((f for f, v in KOHYA_BASE_VERSION.items() if version.startswith(v[:4])), None)
+
+
+def layouts_to_try(metadata: dict[str, str]) -> list[str]:
+    """:data:`LAYOUT_NAMES`, those of the family the header names first: an adapter that
+    changes only layers two families share (a few ResNets) is read as its own family's."""
+    hint = family_in_header(metadata)
+    return sorted(LAYOUT_NAMES, key=lambda name: hint is not None and layout_family(name) != hint)
+
+
+def fitting_layout(
+    state_dict: dict[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None
+) -> tuple[str | None, dict]:
+    """The first layout an adapter fits (see :func:`layouts_to_try`), with the fit;
+    ``(None, {layout: reason})`` if none."""
     errors = {}
-    for name in LAYOUT_NAMES:
+    for name in layouts_to_try(metadata or {}):
         try:
             return name, check_lora_fits(file, layout_models(name), state_dict=state_dict)
         except StableEmoteError as err:
@@ -115,8 +134,8 @@ def fitting_layout(state_dict: dict[str, torch.Tensor], file: Path) -> tuple[str
 def adapter_family(path: str | os.PathLike) -> str | None:
     """``"sd15"`` or ``"sdxl"``: the family of the first layout an adapter fits (None: none)."""
     file = resolve_lora_file(path)
-    state_dict, _ = read_lora_file(file)
-    name, _ = fitting_layout(state_dict, file)
+    state_dict, metadata = read_lora_file(file)
+    name, _ = fitting_layout(state_dict, file, metadata)
     return None if name is None else layout_family(name)
 
 
@@ -162,13 +181,14 @@ def inspect_lora(path: str | os.PathLike) -> dict:
     state_dict, metadata = read_lora_file(file)
     fits = {}
     result, family = None, None
-    for name in LAYOUT_NAMES:
+    for name in layouts_to_try(metadata):
         try:
             r = check_lora_fits(file, layout_models(name), state_dict=state_dict)
             fits[name] = None
             result, family = result or r, family or layout_family(name)
         except StableEmoteError as err:
             fits[name] = _short_reason(str(err), file)
+    fits = {name: fits[name] for name in LAYOUT_NAMES}  # reported in one order
     if result is None:  # parse without resolving names, just to describe the file
         result = match_lora(state_dict, {})
     apply_header_alpha(result, metadata)
@@ -273,7 +293,7 @@ def export_kohya(
     if out.resolve() == file.resolve():
         raise StableEmoteError("The export target is the input file; pick another name.")
     state_dict, metadata = read_lora_file(file)
-    layout, result = fitting_layout(state_dict, file)
+    layout, result = fitting_layout(state_dict, file, metadata)
     if layout is None:
         raise StableEmoteError(
             "Only adapters for the SD 1.x or SDXL UNet can be exported to the kohya format. "

@@ -273,6 +273,7 @@ def _write_result_files(run: TrainingRun, step_times: list[float]) -> Path:
         "steps": str(run.step),
         "resolution_px": str(config.resolution_px),
         "dataset": str(config.dataset),
+        "model_family": run.family.name,
     }
     if run.full:
         run.raw_unet.save_pretrained(out / "unet", safe_serialization=True)

@@ -283,3 +283,20 @@ def test_sdxl_layout_has_the_published_counts():
     assert len(LF.target_layer_shapes(unet)) == 560
     assert lora_parameter_count(4, unet) == 5_806_080
     assert lora_parameter_count(4) == 797_184  # SD 1.5's, for scale
+
+
+def test_an_adapter_on_layers_both_families_share_is_read_as_its_own(tmp_path, short_run):
+    """tiny-quick's layers on TinyEmote-XL (the first and last blocks' ResNets) have the
+    same names and shapes in the tiny SD 1.5 model; the header's family decides."""
+    from stableemote_utils.training_config import TINY_QUICK_TARGETS
+
+    run = train(short_run.config(tmp_path, **XL_RUN, target_modules=TINY_QUICK_TARGETS))
+    _, metadata = LF.read_lora_file(run.adapter_path)
+    assert metadata["model_family"] == "sdxl"
+    info = LI.inspect_lora(run.adapter_path)
+    assert info["fits"]["tiny"] is None and info["fits"]["tiny-xl"] is None
+    assert info["family"] == "SDXL"
+    out = LI.export_kohya(run.adapter_path, tmp_path / "k.safetensors")
+    keys = set(load_file(out))
+    assert "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight" in keys
+    assert not any("down_blocks" in k or "up_blocks" in k for k in keys)
