@@ -38,7 +38,7 @@ MEMORY_BUDGET_GB = 24  # this machine's
 
 @full_size_run
 def test_published_parameter_counts_on_the_built_parts():
-    stages = _Stages()
+    stages = _Stages("sdxl")
     parts = stages.run(
         "build the full-size UNet (fp32)", lambda: build_sdxl_components(0, ("unet",))
     )
@@ -52,7 +52,7 @@ def test_published_parameter_counts_on_the_built_parts():
 
 @full_size_run
 def test_one_lora_step_and_the_kohya_export(tmp_path, capsys):
-    stages = _Stages()
+    stages = _Stages("sdxl")
     folder = stages.run("build sdxl-random (fp16 on disk)", ensure_random_sdxl)
     assert folder == ensure_random_sdxl(get_preset("sdxl-random").model)
     run = tmp_path / "run"
