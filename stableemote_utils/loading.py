@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,10 +232,31 @@ def make_pipeline(components: SDComponents, scheduler: object | None = None):
     return pipe
 
 
+def is_sdxl_folder(location: str) -> bool:
+    """True when ``location`` is a local folder whose ``model_index.json`` names SDXL's pipeline."""
+    index = Path(os.path.expanduser(location)) / "model_index.json"
+    if not index.is_file():
+        return False
+    return json.loads(index.read_text()).get("_class_name") == "StableDiffusionXLPipeline"
+
+
 def load_pipeline(
     model: Preset | str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ):
-    """Load an SD-1.x model as a ``StableDiffusionPipeline`` (safety checker off)."""
-    return make_pipeline(load_components(model, device=device, dtype=dtype))
+    """Load an SD-1.x model as a ``StableDiffusionPipeline`` (safety checker off).
+
+    A local SDXL folder (the ``tiny-xl`` presets' TinyEmote-XL) loads as a
+    ``StableDiffusionXLPipeline`` instead, progress bar off, on ``device`` in ``dtype``.
+    """
+    location = resolve_model_location(model)
+    if not is_sdxl_folder(location):
+        return make_pipeline(load_components(model, device=device, dtype=dtype))
+    with no_known_notices():
+        from diffusers import StableDiffusionXLPipeline
+
+        with no_weight_loading_bar():
+            pipe = StableDiffusionXLPipeline.from_pretrained(location, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
