@@ -257,6 +257,6 @@ def load_pipeline(
         from diffusers import StableDiffusionXLPipeline
 
         with no_weight_loading_bar():
-            pipe = StableDiffusionXLPipeline.from_pretrained(location, torch_dtype=dtype)
+            pipe = StableDiffusionXLPipeline.from_pretrained(location, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
