@@ -385,7 +385,8 @@ def write_tinyemote_xl_card(folder: str | os.PathLike) -> Path:
         resumed_line = (
             "The UNet stage was stopped and resumed ("
             + ", ".join(f"at step {r['step']:,}, to {r['unet_steps']:,} steps" for r in resumed)
-            + "); a checkpoint holds everything a step needs, so a resumed run repeats one that ran through.\n"
+            + "); a checkpoint holds everything a step needs, so a run resumed with the same step "
+            "count repeats one that ran through.\n"
         )
     text = f"""---
 license: cc-by-sa-4.0
@@ -422,6 +423,7 @@ In training, each image was seen either as the 64 px square (time ids 64, 64, 0,
 or as a 72 px square cut to 64 px at a corner on the latents' 8-pixel grid (72, 72, 0 or 8,
 0 or 8, 64, 64), mirrored half the time, the mirror made before the cut. Sample with the
 pipeline's default ids (64 px, no crop) and guidance about 3, as for TinyEmote.
+
 {data_section(f', the UNet (under the word "{word}")' if word else "")}
 ## Training
 
