@@ -69,6 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "figures",
         "tinyemote.clip",
         "tinyemote.pretrain",
+        "tinyemote.pretrain_xl",
         "tinyemote.evaluate",
         "tinyemote.card",
         "tinyemote.style",

@@ -85,3 +85,12 @@ def test_build_is_seeded_and_leaves_the_global_generator_alone(tmp_path):
     wa, wb, wc = (load_file(m / part) for m in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_load_pipeline_gives_sdxls_pipeline_for_the_tiny_xl_preset(tiny_xl_dir):
+    from stableemote_utils.loading import load_pipeline
+
+    pipe = load_pipeline("tiny-xl-random")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert pipe.name_or_path == str(tiny_xl_dir)
+    assert type(load_pipeline("tiny-random")).__name__ == "StableDiffusionPipeline"

@@ -25,6 +25,8 @@ from stableemote_utils.tiny_model import write_clip_tokenizer
 
 SHIPPED_DIR = Path(__file__).parent.parent / "weights" / "tinyemote"
 SHIPPED_XL_DIR = Path(__file__).parent.parent / "weights" / "tinyemote-xl"
+# The shipped models by preset: (name, folder of their weights in the package).
+SHIPPED_MODELS = {"tiny": ("TinyEmote", SHIPPED_DIR), "tiny-xl": ("TinyEmote-XL", SHIPPED_XL_DIR)}
 
 
 MARKER = "STABLEEMOTE_TINYEMOTE"
