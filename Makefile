@@ -74,16 +74,23 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# First pytest --nbval re-runs every notebook in notebooks/, in order in one process (tiny
-# preset, CPU, fp32, one thread), and compares each cell's output, pictures included, with the
-# one stored in it (notebooks/conftest.py, notebooks/nbval_sanitize.cfg). Then the tests, on
-# pytest-xdist workers; tests/test_notebooks_run.py runs 03-05 once more in bf16, the
-# half-precision path a GPU takes, where only their asserts count.
-test: lint
-	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --nbval notebooks \
-		$(NBVAL_ARGS)
-	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny $(BIN)/python -m pytest -q --durations=15 \
-		-n $(TEST_WORKERS) --dist loadgroup tests $(PYTEST_ARGS)
+# One pytest run over TEST_WORKERS pytest-xdist workers: the notebooks under nbval (each
+# re-run top to bottom in its own kernel, tiny preset, CPU, fp32, one thread, its text and
+# pictures compared with the stored ones: notebooks/conftest.py) beside the unit tests in
+# tests/. The stored outputs come from a native run (make notebooks); here the kernels run
+# on AVX2 code paths (NBVAL_ISA=avx2), so every run checks them on a second instruction set.
+# tests/test_notebooks_run.py runs some notebooks again in bf16, the half-precision path a
+# GPU takes, where only their asserts count. Each part prints how long it took.
+NBVAL_ISA ?= avx2
+test: install
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint || exit $$?; \
+	echo "make test: lint took $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); \
+	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny STABLEEMOTE_NBVAL_ISA=$(NBVAL_ISA) \
+		$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup \
+		--nbval notebooks tests $(NBVAL_ARGS) $(PYTEST_ARGS); status=$$?; \
+	echo "make test: notebooks (nbval, $(NBVAL_ISA) code paths) and unit tests took" \
+		"$$(( $$(date +%s) - start )) s on $(TEST_WORKERS) workers"; exit $$status
 
 # After changing a notebook (or code it shows), store its outputs again: every notebook, or
 # those named (make notebooks NOTEBOOKS="03 04"). Cells whose re-run passes nbval's comparison

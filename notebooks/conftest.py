@@ -4,10 +4,14 @@ nbval runs every cell and compares its text outputs with the ones stored in the 
 This file sets it up the way the stored outputs were made (``tests/notebook_outputs.py``):
 
 * the kernel gets the stored run's environment: the ``tiny`` preset, the CPU, fp32, one
-  thread, offline;
+  thread, offline; with ``STABLEEMOTE_NBVAL_ISA=avx2`` (``make test``), AVX2 code paths too;
 * the sanitiser ``nbval_sanitize.cfg`` (beside this file) is used unless another is named;
-* the notebooks run in order in one process (06 reads what 05 trained): ``make test`` runs
-  this before the tests in ``tests/``, which it spreads over pytest-xdist workers;
+* each notebook runs in order in one kernel; under pytest-xdist, on one worker, and 05 and
+  06 on the same one (06 reads what 05 trained): ``make test`` runs the notebooks and the
+  tests in ``tests/`` in one pytest run over two workers;
+* printed numbers may differ by one unit in their last printed digit, the words around them
+  not at all (``notebook_outputs.reconcile_numbers``): a value on a rounding boundary prints
+  one way on one CPU and the other way on another;
 * pictures are compared too, which nbval leaves out: every stored ``image/png`` must be
   what the re-run draws, within the tolerance of ``notebook_outputs.picture_difference``;
 * after each notebook's last cell, one more item checks the CPU time its introduction
@@ -75,10 +79,54 @@ def pytest_runtest_logreport(report):
         _cell_seconds[path] = _cell_seconds.get(path, 0.0) + report.duration
 
 
+def pytest_terminal_summary(terminalreporter):
+    """How long each notebook's cells took in this run, beside the time it states."""
+    if not _cell_seconds:
+        return
+    terminalreporter.section("notebooks: seconds their cells took in this run")
+    for path, seconds in sorted(_cell_seconds.items()):
+        terminalreporter.write_line(f"{Path(path).name:40} {seconds:7.1f} s")
+
+
 def _nbval_on(config) -> bool:
     return bool(
         getattr(config.option, "nbval", False) or getattr(config.option, "nbval_lax", False)
     )
+
+
+# STABLEEMOTE_NBVAL_ISA=avx2 (make test sets it) runs the kernels on AVX2 code paths
+# (notebook_outputs.AVX2_ENV), so that outputs stored on a machine with AVX-512 are checked
+# against another instruction set on every run; on an AVX2 machine it is the native run.
+ISA_ENV_VAR = "STABLEEMOTE_NBVAL_ISA"
+
+
+def notebook_kernel_env() -> dict:
+    """The environment nbval starts each notebook's kernel with."""
+    base = dict(os.environ)
+    isa = base.get(ISA_ENV_VAR, "").lower()
+    if isa == "avx2":
+        base.update(notebook_outputs.AVX2_ENV)
+    elif isa not in ("", "native"):
+        raise pytest.UsageError(f"{ISA_ENV_VAR}={isa!r}: use 'avx2' or 'native'")
+    return notebook_outputs.kernel_env(base)
+
+
+def _start_kernel_in_notebook_env(original):
+    """nbval starts a notebook's kernel with this process's environment: start it with
+    :func:`notebook_kernel_env` instead, leaving this process's own as it was (the unit
+    tests may share the process under pytest-xdist)."""
+
+    def setup(self):
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(notebook_kernel_env())
+        try:
+            original(self)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    return setup
 
 
 def pytest_configure(config):
@@ -88,16 +136,20 @@ def pytest_configure(config):
         config.option.nbval_sanitize_with = str(SANITIZER)
     if not config.option.nbval_kernel_name:
         config.option.nbval_current_env = True  # this environment's Python runs the kernel
-    # nbval starts each kernel with this process's environment.
-    os.environ.update(notebook_outputs.kernel_env())
-    for name in notebook_outputs.KERNEL_ENV_REMOVED:
-        os.environ.pop(name, None)
+    from nbval.plugin import IPyNbFile
+
+    if not getattr(IPyNbFile.setup, "_in_notebook_env", False):
+        IPyNbFile.setup = _start_kernel_in_notebook_env(IPyNbFile.setup)
+        IPyNbFile.setup._in_notebook_env = True
 
 
 def _compare_with_pictures(original):
-    """nbval's text comparison, then the pictures (which it skips) within our tolerance."""
+    """nbval's text comparison, with each printed number allowed one unit in its last digit
+    (``notebook_outputs.reconcile_outputs``), then the pictures (which nbval skips) within
+    their tolerance. A number that moved further, or changed words, fails with nbval's diff."""
 
     def compare_outputs(self, test, ref, skip_compare=None):
+        test = notebook_outputs.reconcile_outputs(ref, test)
         if not original(test, ref, skip_compare):
             return False
         problem = notebook_outputs.picture_problem(ref, test)
@@ -108,9 +160,17 @@ def _compare_with_pictures(original):
     return compare_outputs
 
 
+# Under pytest-xdist (make test runs the notebooks beside the unit tests), each notebook's
+# cells run in order on one worker, in one kernel; 06 reads the run 05 trained, so the two
+# share a worker. Other notebooks are independent and may run side by side, one thread each.
+SHARED_WORKER = {"05_lora_training": "05-06", "06_inference_comparison": "05-06"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """After each notebook's last cell, the item that checks its stated CPU time; and the
-    pictures compared, in strict mode (lax mode compares no outputs)."""
+    """Each notebook's cells in one xdist group; after each notebook's last cell, the item
+    that checks its stated CPU time; and the pictures compared, in strict mode (lax mode
+    compares no outputs)."""
     if not _nbval_on(config):
         return
     from nbval.plugin import IPyNbCell
@@ -125,3 +185,7 @@ def pytest_collection_modifyitems(config, items):
                 )
     for parent, index in sorted(last_cells.items(), key=lambda pair: -pair[1]):
         items.insert(index + 1, StatedTimeItem.from_parent(parent, name="stated CPU time"))
+    for item in items:
+        if isinstance(item, IPyNbCell | StatedTimeItem):
+            stem = Path(str(item.parent.fspath)).stem
+            item.add_marker(pytest.mark.xdist_group(f"notebook-{SHARED_WORKER.get(stem, stem)}"))

@@ -29,10 +29,15 @@ from safetensors.torch import load_file
 from stableemote_utils.files import explain_write_errors, save_state_dict_atomic
 
 STATE_FILE = "training_state.json"
-# What to do when a checkpoint could not be written (the folder is gone by then).
+# What to do when a checkpoint could not be written (the folder is gone by then): continue
+# from the newest earlier one, or, for the first, start again (there is nothing to resume).
 CHECKPOINT_WRITE_ADVICE = (
-    "The checkpoints before it are intact: free some space, then continue with --resume "
-    "latest (in Python: train(config, resume='latest'))."
+    "The checkpoints before it ({newest} the newest) are untouched: free some space, then "
+    "continue with --resume latest (in Python: train(config, resume='latest'))."
+)
+FIRST_CHECKPOINT_WRITE_ADVICE = (
+    "It was the run's first checkpoint, so there is none to resume from: free some space, "
+    "then run the same command again, which starts from step 0 (in Python: train(config))."
 )
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -112,12 +117,19 @@ def save_checkpoint(
 
     Raises:
         WriteFailedError: the disk is full (or read-only ...); the half-written folder is
-            removed and the earlier checkpoints are untouched.
+            removed and the earlier checkpoints are untouched. The message says to continue
+            from them, or, when there are none, to run again.
     """
     folder = Path(folder)
     final = folder / f"checkpoint-{step:06d}"
     tmp = folder / f".checkpoint-{step:06d}.tmp-{os.getpid()}"
-    with explain_write_errors("the checkpoint", final, CHECKPOINT_WRITE_ADVICE):
+    earlier = list_checkpoints(folder)
+    advice = (
+        CHECKPOINT_WRITE_ADVICE.format(newest=earlier[-1].name)
+        if earlier
+        else FIRST_CHECKPOINT_WRITE_ADVICE
+    )
+    with explain_write_errors("the checkpoint", final, advice):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         try:

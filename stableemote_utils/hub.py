@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.presets import SD15_MODEL_ID
+from stableemote_utils.presets import SD15_MODEL_ID, is_hub_model_id
 
 # The Hub's licence ids. Share-alike data passes its licence on to what is trained on it.
 DATASET_LICENCES = {
@@ -30,7 +29,6 @@ LORA_TAGS = (
     "emoji",
     "stableemote",
 )
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # The last validation grid's pictures, one per prompt, for the model card's widget gallery.
 WIDGET_PICTURE = "samples/widget-{i}.png"
 
@@ -62,7 +60,7 @@ def read_secret(name: str) -> str | None:
 
 def _is_hub_id(model: str) -> bool:
     """``owner/name`` that is not a folder on this machine."""
-    return bool(HUB_ID_RE.match(model)) and not Path(model).expanduser().exists()
+    return is_hub_model_id(model) and not Path(model).expanduser().exists()
 
 
 def adapter_licence(dataset: str, base_model: str | None) -> str:
@@ -165,6 +163,34 @@ def hub_token() -> str | None:
     return get_token()
 
 
+NO_TOKEN_MESSAGE = (
+    "Pushing to the Hub needs a token with write access: log in once with "
+    "`hf auth login` (or huggingface_hub.login()), set HF_TOKEN, or on Colab add "
+    "HF_TOKEN to the secrets (the key icon) and grant this notebook access."
+)
+
+
+def check_push_target(repo_id: str) -> None:
+    """Refuse, before any work, a push that cannot happen: ``repo_id`` breaks the Hub's
+    rules for repo ids (``huggingface_hub``'s ``validate_repo_id``), or no token is found
+    (:func:`hub_token`; never printed). Whether the token may write there is the Hub's to say.
+
+    Raises:
+        StableEmoteError: naming ``--push-to-hub`` and what to do.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        why = " ".join(str(err).split())
+        raise StableEmoteError(
+            f"--push-to-hub {repo_id!r} is not a Hub repo id. {why} Use your-name/emoji-lora."
+        ) from None
+    if not hub_token():
+        raise StableEmoteError(f"--push-to-hub {repo_id}: {NO_TOKEN_MESSAGE}")
+
+
 def push_adapter(out: Path, repo_id: str, token: str | None = None) -> str:
     """Upload only the adapter file, its model card and the last sample grid (never checkpoints).
 
@@ -175,11 +201,7 @@ def push_adapter(out: Path, repo_id: str, token: str | None = None) -> str:
 
     token = token or hub_token()
     if not token:
-        raise StableEmoteError(
-            "Pushing to the Hub needs a token with write access: log in once with "
-            "`hf auth login` (or huggingface_hub.login()), set HF_TOKEN, or on Colab add "
-            "HF_TOKEN to the secrets (the key icon) and grant this notebook access."
-        )
+        raise StableEmoteError(NO_TOKEN_MESSAGE)
     adapter = out / "pytorch_lora_weights.safetensors"
     if not adapter.exists():
         raise StableEmoteError(f"No adapter at {adapter}; train to the end before pushing.")

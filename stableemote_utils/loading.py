@@ -16,7 +16,7 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.notices import no_known_notices
-from stableemote_utils.presets import Preset, get_preset
+from stableemote_utils.presets import Preset, get_preset, is_hub_model_id
 from stableemote_utils.tiny_model import (
     ensure_random_sd15,
     ensure_random_sdxl,
@@ -87,12 +87,6 @@ def resolve_model_location(preset: Preset | str | None = None) -> str:
     return preset.model
 
 
-def _is_hub_id(location: str) -> bool:
-    """True for ``owner/name`` strings, which from_pretrained looks up on the Hub."""
-    parts = location.split("/")
-    return len(parts) == 2 and all(parts) and not location.startswith((".", "~"))
-
-
 def check_model_location(location: str) -> None:
     """Fail early, with a message that says what to do, if ``location`` cannot be an SD model."""
     path = Path(os.path.expanduser(location))
@@ -113,7 +107,7 @@ def check_model_location(location: str) -> None:
                 "STABLEEMOTE_PRESET=tiny for the offline model."
             )
         return
-    if not _is_hub_id(location):
+    if not is_hub_model_id(location):
         raise StableEmoteError(
             f"The model folder '{location}' does not exist. Check the path, pass a Hub model id "
             "such as 'stable-diffusion-v1-5/stable-diffusion-v1-5', or run with "
@@ -134,6 +128,28 @@ def _hub_error(location: str, err: Exception) -> StableEmoteError:
         "need a token in HF_TOKEN), or run with STABLEEMOTE_PRESET=tiny to work offline with "
         "the small model built on this machine."
     )
+
+
+def check_hub_model(location: str) -> None:
+    """For a Hub model id, fail now, naming the model, if its UNet's ``config.json`` (a file
+    :func:`load_components` always reads) cannot be had: offline and not in the local Hub
+    cache, no network, no such repo, gated without a token. Asks the Hub (or the cache)
+    without downloading; folders pass untouched.
+
+    Training calls this before it reads any data, so a model that cannot be loaded is
+    reported as the model, not as the dataset that happens to be read first.
+
+    Raises:
+        StableEmoteError: the model cannot be had from the Hub.
+    """
+    if os.path.exists(os.path.expanduser(location)) or not is_hub_model_id(location):
+        return
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(location, "config.json", subfolder="unet", dry_run=True)
+    except Exception as err:  # offline, network, missing or gated repo: one clear message
+        raise _hub_error(location, err) from err
 
 
 @contextlib.contextmanager

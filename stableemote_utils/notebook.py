@@ -10,7 +10,13 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.precision import choose_dtype, dtype_name, pick_device
-from stableemote_utils.presets import PRECISION_ENV_VAR, Preset, get_preset, precision_setting
+from stableemote_utils.presets import (
+    PRECISION_ENV_VAR,
+    Preset,
+    check_cache_dir,
+    get_preset,
+    precision_setting,
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,12 @@ def notebook_setup(
 
     Raises:
         StableEmoteError: the ``sd15`` preset on a machine without a GPU (a Colab runtime
-            without one), unless ``device`` asks for the CPU on purpose.
+            without one), unless ``device`` asks for the CPU on purpose; a preset name that
+            is no preset, folder or Hub id; a ``$STABLEEMOTE_CACHE`` that is a file or
+            cannot be written in.
     """
     chosen = get_preset(preset)
+    check_cache_dir()
     dev = pick_device(device)
     if chosen.name == "sd15" and dev.type == "cpu" and device is None:
         # On a CPU the real model takes hours where a T4 takes minutes: stop and say why.

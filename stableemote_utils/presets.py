@@ -10,18 +10,20 @@ weights (built locally, no download) for checking the real-size path on a CPU.
 ``sdxl-random`` its full-size architecture with random weights, built locally.
 ``tiny-xl`` is TinyEmote-XL, SDXL's architecture at small size, pretrained here and
 shipped like TinyEmote; ``tiny-xl-random`` is that architecture with random weights.
-Anything else is taken as a model id or a local folder and uses
-the ``sd15`` sizes.
+A Hub model id (``owner/name``) or a local folder uses the ``sd15`` sizes; any other
+name is refused, with the list of presets.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, replace
 
 from stableemote_utils.errors import StableEmoteError
 
 PRESET_ENV_VAR = "STABLEEMOTE_PRESET"
+CACHE_ENV_VAR = "STABLEEMOTE_CACHE"
 # fp32, fp16 or bf16; unset: the precision policy (fp16 on GPUs below compute capability
 # 8.0, bf16 from 8.0, fp32 on CPU). CI sets bf16 to run the half-precision path on CPU.
 PRECISION_ENV_VAR = "STABLEEMOTE_PRECISION"
@@ -86,10 +88,49 @@ class Preset:
 def cache_dir() -> str:
     """The folder for everything the course builds or renders (``$STABLEEMOTE_CACHE``).
 
-    Defaults to ``~/.cache/stableemote``.
+    Defaults to ``~/.cache/stableemote``. :func:`check_cache_dir` checks it can be used.
     """
     default = os.path.join(os.path.expanduser("~"), ".cache", "stableemote")
-    return os.environ.get("STABLEEMOTE_CACHE", default)
+    # Absolute, so a preset's model folder is never mistaken for a Hub id (owner/name).
+    return os.path.abspath(os.environ.get(CACHE_ENV_VAR) or default)
+
+
+def check_cache_dir() -> str:
+    """:func:`cache_dir`, created if missing, once a file could be made in it.
+
+    Every command that builds, renders or caches calls this first, and so does the
+    notebooks' config cell, so a cache that cannot be used stops the work before it starts.
+
+    Raises:
+        StableEmoteError: the path is a file (or lies under one), or the folder cannot be
+            created or written in (permissions, a read-only disk).
+    """
+    folder = cache_dir()
+    given = os.environ.get(CACHE_ENV_VAR)
+    named = (
+        f"{CACHE_ENV_VAR}={given}"
+        if given
+        else f"The cache folder {folder} (the default; {CACHE_ENV_VAR} chooses another)"
+    )
+    advice = f"Set {CACHE_ENV_VAR} to a folder you can write in (it is created if missing)" + (
+        ", or unset it to use ~/.cache/stableemote." if given else "."
+    )
+    if os.path.isfile(folder):
+        raise StableEmoteError(
+            f"{named} names a file, not a folder: the course keeps its models and data in "
+            f"that folder. {advice}"
+        )
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise StableEmoteError(
+            f"{named} cannot be used: {reason}. The course keeps its models and data in that "
+            f"folder. {advice}"
+        ) from err
+    return folder
 
 
 def tiny_model_dir() -> str:
@@ -133,28 +174,9 @@ def precision_setting(precision: str | None = None) -> str | None:
     return os.environ.get(PRECISION_ENV_VAR, "").strip() or None
 
 
-def get_preset(name_or_model: str | None = None) -> Preset:
-    """Turn a preset name, a Hub model id or a local folder into a :class:`Preset`.
-
-    Args:
-        name_or_model: ``"sd15"``, ``"sd15-random"``, ``"tiny"``, ``"tiny-random"``, a Hub id such as
-            ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` or a local folder. ``None``
-            reads ``$STABLEEMOTE_PRESET`` and falls back to ``"sd15"``.
-
-    Returns:
-        The preset. Model ids and folders get the ``sd15`` sizes and data.
-
-    Raises:
-        StableEmoteError: for an empty name.
-    """
-    if name_or_model is None:
-        name_or_model = os.environ.get(PRESET_ENV_VAR, "") or DEFAULT_PRESET
-    key = name_or_model.strip()
-    if not key:
-        raise StableEmoteError(
-            "The preset name is empty. Use 'sd15' (the real model, needs a GPU and network), "
-            "'tiny' (TinyEmote: offline, CPU), 'tiny-random', or a model id / local folder."
-        )
+def preset_table() -> dict[str, Preset]:
+    """Every preset, by name: the names :func:`get_preset` knows (model folders under the
+    current :func:`cache_dir`)."""
     sd15 = Preset(
         name="sd15",
         model=SD15_MODEL_ID,
@@ -162,10 +184,31 @@ def get_preset(name_or_model: str | None = None) -> Preset:
         batch_size=8,
         dataset="valhalla/emoji-dataset",
     )
-    if key.lower() == "sd15":
-        return sd15
-    if key.lower() == "sd15-random":  # the real architecture, random weights, offline data
-        return replace(sd15, name="sd15-random", model=random_sd15_dir(), dataset="openmoji")
+    table = {
+        "sd15": sd15,
+        # the real architecture, random weights, offline data
+        "sd15-random": replace(
+            sd15, name="sd15-random", model=random_sd15_dir(), dataset="openmoji"
+        ),
+        "tiny": Preset(
+            name="tiny",
+            model=tinyemote_dir(),
+            resolution_px=64,
+            batch_size=4,
+            dataset="openmoji",
+            sample_steps=25,
+            guidance_scale=TINYEMOTE_GUIDANCE,
+        ),
+        "tiny-random": Preset(
+            name="tiny-random",
+            model=tiny_model_dir(),
+            resolution_px=64,
+            batch_size=4,
+            dataset="noto",
+            sample_steps=10,
+            guidance_scale=TINYEMOTE_GUIDANCE,  # TinyEmote's architecture, so its scale
+        ),
+    }
     sdxl = Preset(
         name="sdxl",
         model=SDXL_MODEL_ID,
@@ -177,35 +220,77 @@ def get_preset(name_or_model: str | None = None) -> Preset:
         fp16_vae=SDXL_FP16_VAE_ID,
         needs_gpu=True,
     )
-    if key.lower() == "sdxl":
-        return sdxl
-    if key.lower() == "sdxl-random":  # the real architecture, random weights, offline data
-        return replace(
-            sdxl, name="sdxl-random", model=random_sdxl_dir(), dataset="openmoji", fp16_vae=None
+    table["sdxl"] = sdxl
+    # the real architecture, random weights, offline data
+    table["sdxl-random"] = replace(
+        sdxl, name="sdxl-random", model=random_sdxl_dir(), dataset="openmoji", fp16_vae=None
+    )
+    # TinyEmote-XL: TinyEmote's sizes, data and guidance on SDXL's architecture
+    table["tiny-xl"] = replace(
+        table["tiny"], name="tiny-xl", model=tinyemote_xl_dir(), family="sdxl"
+    )
+    table["tiny-xl-random"] = replace(
+        table["tiny-random"], name="tiny-xl-random", model=tiny_xl_model_dir(), family="sdxl"
+    )
+    return table
+
+
+def is_hub_model_id(text: str) -> bool:
+    """True for ``owner/name`` as the Hub's own rules allow it (``validate_repo_id``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count("/") == 1
+
+
+def get_preset(name_or_model: str | None = None) -> Preset:
+    """Turn a preset name, a Hub model id or a local folder into a :class:`Preset`.
+
+    Args:
+        name_or_model: a name from :func:`preset_table` (``"sd15"``, ``"tiny"`` ...), a Hub
+            id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` or a local folder.
+            ``None`` reads ``$STABLEEMOTE_PRESET`` and falls back to ``"sd15"``.
+
+    Returns:
+        The preset. Model ids and folders get the ``sd15`` sizes and data.
+
+    Raises:
+        StableEmoteError: for an empty name, or one that is neither a preset, a path that
+            exists nor shaped like a Hub id (the message lists the presets and suggests
+            the nearest).
+    """
+    from_env = name_or_model is None and bool(os.environ.get(PRESET_ENV_VAR, ""))
+    if name_or_model is None:
+        name_or_model = os.environ.get(PRESET_ENV_VAR, "") or DEFAULT_PRESET
+    key = name_or_model.strip()
+    if not key:
+        raise StableEmoteError(
+            "The preset name is empty. Use 'sd15' (the real model, needs a GPU and network), "
+            "'tiny' (TinyEmote: offline, CPU), 'tiny-random', or a model id / local folder."
         )
-    if key.lower() == "tiny":
-        return Preset(
-            name="tiny",
-            model=tinyemote_dir(),
-            resolution_px=64,
-            batch_size=4,
-            dataset="openmoji",
-            sample_steps=25,
-            guidance_scale=TINYEMOTE_GUIDANCE,
-        )
-    if key.lower() == "tiny-random":
-        return Preset(
-            name="tiny-random",
-            model=tiny_model_dir(),
-            resolution_px=64,
-            batch_size=4,
-            dataset="noto",
-            sample_steps=10,
-            guidance_scale=TINYEMOTE_GUIDANCE,  # TinyEmote's architecture, so its scale
-        )
-    if key.lower() in ("tiny-xl", "tiny-xl-random"):
-        # TinyEmote-XL: TinyEmote's sizes, data and guidance on SDXL's architecture
-        tiny = get_preset(key.lower().replace("-xl", ""))
-        model = tinyemote_xl_dir() if key.lower() == "tiny-xl" else tiny_xl_model_dir()
-        return replace(tiny, name=key.lower(), model=model, family="sdxl")
-    return replace(sd15, name="custom", model=key)
+    presets = preset_table()
+    if key.lower() in presets:
+        return presets[key.lower()]
+    if not (is_hub_model_id(key) or os.path.exists(os.path.expanduser(key))):
+        raise _unknown_preset_error(key, list(presets), from_env)
+    return replace(presets["sd15"], name="custom", model=key)
+
+
+def _unknown_preset_error(key: str, names: list[str], from_env: bool = False) -> StableEmoteError:
+    """The one line for a name that is no preset, no path here and no Hub id, listing
+    ``names`` with a "did you mean" for a near miss (``tiny_random``, ``sd-15``)."""
+    import difflib
+
+    given = f"{PRESET_ENV_VAR}={key}" if from_env else f"'{key}'"
+    if any(sep in key for sep in ("/", os.sep)) or key.startswith((".", "~")):
+        problem = f"The model folder {given} does not exist, and it is not a preset or"
+    else:
+        problem = f"{given} is not a preset, a folder here or"
+    near = difflib.get_close_matches(key.lower(), names, n=1)
+    hint = f" Did you mean '{near[0]}'?" if near else ""
+    return StableEmoteError(
+        f"{problem} a Hub model id (owner/name). The presets are {', '.join(names)}.{hint}"
+    )

@@ -281,7 +281,9 @@ def train(
         ``config.toml`` (every setting, resolved: ``stableemote train --config`` repeats it).
 
     Raises:
-        StableEmoteError: a bad option (before any work), a locked or used folder, a
+        StableEmoteError: a bad option, a ``push_to_hub`` id that is not a Hub repo id or
+            no Hub token to push with, a Hub model that cannot be had (all before any
+            work); a locked or used folder, a
             checkpoint made with other settings, bad data, a non-finite loss.
         WriteFailedError: a checkpoint or the results could not be written (a full disk);
             the earlier checkpoints are intact.

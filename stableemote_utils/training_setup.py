@@ -28,9 +28,9 @@ from stableemote_utils.captions import make_caption
 from stableemote_utils.checkpoints import load_checkpoint, restore_rng
 from stableemote_utils.data import CAPTIONS_RECORD, load_emoji_dataset, write_captions_record
 from stableemote_utils.errors import StableEmoteError, Terminated
-from stableemote_utils.hub import read_secret
+from stableemote_utils.hub import check_push_target, read_secret
 from stableemote_utils.latent_cache import build_or_load_cache
-from stableemote_utils.loading import SDComponents, load_components
+from stableemote_utils.loading import SDComponents, check_hub_model, load_components
 from stableemote_utils.lora_peft import add_lora, set_lora_state_dict
 from stableemote_utils.model_family import ModelFamily, family_of, get_family
 from stableemote_utils.options import check_train_options
@@ -127,6 +127,8 @@ def resolve_run(
             output folder that cannot be written.
     """
     check_train_options(config)
+    if config.push_to_hub:  # hours of training must not end on a bad id or a missing token
+        check_push_target(config.push_to_hub)
     if overwrite and resume is not None:
         raise StableEmoteError(
             "--overwrite starts the run over and --resume continues it; pass one of them."
@@ -159,6 +161,7 @@ def resolve_run(
         ),
     )
     family.check_resolution(config.resolution_px)
+    check_hub_model(config.model)  # a Hub model that cannot be had, before any data is read
     out = check_output_dir(config.output_dir)
     return RunPlan(
         config=config,

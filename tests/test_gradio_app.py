@@ -247,6 +247,39 @@ def test_server_starts_serves_a_generation_and_stops(pipe, adapter):
         urllib.request.urlopen(url, timeout=5)
 
 
+def test_a_refused_request_leaves_no_traceback_and_a_fault_keeps_its_own(pipe, monkeypatch, capfd):
+    """A bad seed is the caller's mistake: the caller gets the message, the server's log no
+    traceback. A fault in the app still prints its traceback there."""
+    from gradio_client import Client
+
+    from stableemote_utils.cli import demo_app
+
+    demo = build_demo(pipe, None, SIZE_SETTINGS)
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True
+    )
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        capfd.readouterr()
+        for seed in (-5, 2**70):
+            with pytest.raises(Exception, match="seed must be a whole number"):
+                client.predict(PROMPT, seed, STEPS, 7.5, 1.0, True, api_name=f"/{API_NAME}")
+        refused = capfd.readouterr()
+        assert "Traceback" not in refused.err + refused.out, refused.err
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a fault in the app")
+
+        monkeypatch.setattr(demo_app, "demo_generate", broken)
+        with pytest.raises(Exception):  # noqa: B017 (gradio_client's own error type)
+            client.predict(PROMPT, 1, STEPS, 7.5, 1.0, True, api_name=f"/{API_NAME}")
+        fault = capfd.readouterr().err
+        assert "Traceback" in fault and "RuntimeError: a fault in the app" in fault, fault
+    finally:
+        demo.close()
+
+
 def test_demo_command_parses():
     parser = argparse.ArgumentParser()
     add_demo_command(parser.add_subparsers(dest="command"))

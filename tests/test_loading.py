@@ -26,7 +26,7 @@ def test_pipeline_has_no_safety_checker(tiny_model_dir):
 
 
 def test_missing_folder_says_so(tmp_path):
-    with pytest.raises(StableEmoteError, match="does not exist.*STABLEEMOTE_PRESET=tiny"):
+    with pytest.raises(StableEmoteError, match="does not exist.*The presets are .*tiny"):
         load_components(str(tmp_path / "nope"))
 
 
@@ -71,3 +71,26 @@ def test_loading_draws_no_weight_loading_bar_and_leaves_the_bar_settings(tiny_mo
     assert hf_logging.is_progress_bar_enabled()
     previous = hf_logging.set_tqdm_hook(None)
     assert previous is None  # our hook is gone again
+
+
+def test_the_early_hub_check_names_the_model_and_passes_one_in_the_local_cache(
+    tmp_path, monkeypatch
+):
+    """Offline, a Hub model is refused before any work unless the Hub cache holds it: a
+    model loaded once (its UNet's config.json fetched) passes, as its loading would."""
+    from huggingface_hub import constants
+
+    from stableemote_utils.loading import check_hub_model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(StableEmoteError, match="Could not load the model 'someone/cached-model'"):
+        check_hub_model("someone/cached-model")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--someone--cached-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit / "unet").mkdir(parents=True)
+    (repo / "snapshots" / commit / "unet" / "config.json").write_text("{}")
+    check_hub_model("someone/cached-model")
+    check_hub_model(str(tmp_path))  # a folder is left to load_components

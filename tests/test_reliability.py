@@ -636,6 +636,8 @@ def test_a_full_disk_is_one_line_leaves_nothing_half_written_and_resumes(
     err = one_line_error_after_training(capsys)
     assert what in err and "No space left on device" in err and "free there" in err, err
     assert "--resume latest" in err and str(folder) in err, err
+    if what.startswith("checkpoint"):
+        assert f"({kept[-1]} the newest) are untouched" in err, err
     assert names(folder) == kept
     assert all(verify_checkpoint(folder / "checkpoints" / name) is None for name in kept)
     assert leftovers(folder) == []
@@ -643,6 +645,26 @@ def test_a_full_disk_is_one_line_leaves_nothing_half_written_and_resumes(
     # Space freed: the run continues from the newest checkpoint, as if never stopped.
     monkeypatch.undo()
     assert main(run_args(folder, "--resume", "latest", "--keep-checkpoints", "10")) == 0
+    assert_same_weights(folder, straight)
+
+
+def test_a_full_disk_at_the_first_checkpoint_says_to_start_again(
+    run_args, straight, tmp_path, capsys, monkeypatch
+):
+    """No checkpoint before it: the message promises none, and running again works."""
+    import safetensors.torch
+
+    folder = tmp_path / "run"
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk_at(2))  # checkpoint-000002
+    assert main(run_args(folder)) == 1
+    err = one_line_error_after_training(capsys)
+    assert "checkpoint-000002" in err and "No space left on device" in err, err
+    assert "first checkpoint, so there is none to resume from" in err, err
+    assert "run the same command again" in err, err
+    assert "--resume" not in err and "intact" not in err and "untouched" not in err, err
+    assert names(folder) == [] and leftovers(folder) == []
+    monkeypatch.undo()
+    assert main(run_args(folder)) == 0  # the same command, as the message says
     assert_same_weights(folder, straight)
 
 
@@ -741,11 +763,15 @@ def test_train_prints_only_its_own_lines_and_the_progress_bar(run_args, tmp_path
 
 
 def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
+    """And a refused request (a seed out of range) adds one line, no traceback (issue 37)."""
     import signal
     import subprocess
     import time
 
+    from gradio_client import Client
+
     from stableemote_utils.cli.demo import free_port
+    from stableemote_utils.cli.demo_app import API_NAME
 
     port = free_port()
     proc = subprocess.Popen(
@@ -762,6 +788,9 @@ def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
         while "demo on" not in started and time.time() < deadline and proc.poll() is None:
             started = proc.stdout.readline()
         assert f"StableEmote demo on http://127.0.0.1:{port}" in started, started
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match="seed must be a whole number"):
+            client.predict("An emoji of cat face", -5, 2, api_name=f"/{API_NAME}")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -771,6 +800,11 @@ def test_demo_start_up_prints_only_its_own_lines(tiny_model_dir):
     assert proc.returncode == 0
     others = lines_besides_the_progress_bar(err)
     assert all(line.startswith("stableemote:") for line in others), others
+    refused = [line for line in others if "seed must be" in line]
+    assert refused == [
+        "stableemote: demo: refused a request: The seed must be a whole number from 0 to "
+        "4294967295, got -5. Pick one in that range or press 'Random seed'."
+    ], others
 
 
 def test_known_notices_are_hidden_only_inside_the_call(tiny_model_dir):
@@ -798,3 +832,116 @@ def test_known_notices_are_hidden_only_inside_the_call(tiny_model_dir):
     assert seen == ["another notice", "`Mine` requires torchvision, said after the call"]
     assert logger.filters == filters, "the filter is gone after the call"
     assert transformers.logging.get_verbosity() == verbosity, "no log level changed"
+
+
+# ---------------------------------------------------------------------------
+# A cache that cannot be used, a name that is no preset, a push that cannot happen, a
+# Hub model out of reach: one line, exit 2, before any work (issue 37)
+# ---------------------------------------------------------------------------
+
+
+def cache_commands(tmp_path, adapter) -> dict[str, list[str]]:
+    """Every command that keeps models or data in the cache, with arguments that would work."""
+    tiny = ["--preset", "tiny-random", "--device", "cpu"]
+    return {
+        "train": ["train", *tiny, "--steps", "2", "--output-dir", str(tmp_path / "run")],
+        "demo": ["demo", *tiny],
+        "compare": ["compare", *tiny, "--lora", str(adapter), "--output-dir",
+                    str(tmp_path / "cmp")],
+        "evaluate-tiny": ["evaluate-tiny", "--device", "cpu", "--output-dir",
+                          str(tmp_path / "eval")],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "compare", "evaluate-tiny"])
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "sysfs"])
+def test_an_unusable_cache_stops_every_command_that_uses_it_in_one_line(
+    tmp_path, capsys, monkeypatch, lora_file, command, kind
+):
+    import os
+    import sys
+
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a user's file")
+    if kind == "sysfs" and not (sys.platform.startswith("linux") and os.path.isdir("/sys")):
+        pytest.skip("needs Linux's /sys")
+    path = {"file": str(mine), "under-a-file": str(mine / "cache"), "sysfs": "/sys"}[kind]
+    monkeypatch.setenv("STABLEEMOTE_CACHE", path)
+    assert main(cache_commands(tmp_path, lora_file)[command]) == 2
+    err = one_line_error(capsys)
+    assert f"STABLEEMOTE_CACHE={path} " in err and "a folder you can write in" in err, err
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["good", "mine.txt"], "nothing written besides the adapter and the file"
+    assert mine.read_text() == "a user's file"
+
+
+def test_a_hub_model_out_of_reach_is_named_before_any_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The dataset is a Hub id too, and unreachable: reading it first would blame the data.
+    args = ["train", "--preset", "no-such-owner/no-such-model", "--dataset", "no-such/dataset",
+            "--device", "cpu", "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert "Could not load the model 'no-such-owner/no-such-model'" in err, err
+    assert "dataset" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_push_that_cannot_happen_is_refused_before_any_model_loads(
+    tmp_path, capsys, monkeypatch, short_run
+):
+    from huggingface_hub import constants
+
+    from stableemote_utils import training_setup
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded for a push that cannot happen")
+
+    monkeypatch.setattr(training_setup, "load_components", no_loading)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    for repo, said in [
+        ("not a valid id!!", "--push-to-hub 'not a valid id!!' is not a Hub repo id"),
+        ("someone/bad--name", "--push-to-hub 'someone/bad--name' is not a Hub repo id"),
+        ("someone/emoji-lora", "--push-to-hub someone/emoji-lora: Pushing to the Hub needs a token"),
+    ]:  # fmt: skip
+        assert main(short_run.argv(tmp_path / "run", "--push-to-hub", repo)) == 2
+        err = one_line_error(capsys)
+        assert err.startswith(f"stableemote: error: {said}"), err
+        assert not (tmp_path / "run").exists(), "refused before the run folder is made"
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "said"),
+    [
+        pytest.param({"STABLEEMOTE_PRESET": "bogus"}, ["info"],
+                     "STABLEEMOTE_PRESET=bogus is not a preset", id="bogus-preset"),
+        pytest.param({"STABLEEMOTE_CACHE": "FILE"}, ["train", "--preset", "tiny-random"],
+                     "STABLEEMOTE_CACHE=FILE names a file", id="cache-is-a-file"),
+    ],
+)  # fmt: skip
+def test_the_console_command_exits_2_with_one_line(tmp_path, env, args, said):
+    """The installed command, as a user runs it (the other cases call ``main`` in-process)."""
+    import subprocess
+
+    from stableemote_utils.presets import preset_table
+
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a user's file")
+    env = {k: v.replace("FILE", str(mine)) for k, v in env.items()}
+    proc = subprocess.run(
+        [*stableemote_command(), *args, "--output-dir", str(tmp_path / "run")]
+        if args[0] == "train"
+        else [*stableemote_command(), *args],
+        env={**checkout_env(), "HF_HOME": str(tmp_path / "hf"), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err[-4000:]
+    assert "\n" not in err and err.startswith("stableemote: error:"), err
+    assert said.replace("FILE", str(mine)) in err, err
+    if "PRESET" in str(env):
+        assert ", ".join(preset_table()) in err
+    assert not (tmp_path / "run").exists()

@@ -98,3 +98,32 @@ def test_figure_helpers_leave_the_learners_backend_alone(tmp_path):
             assert matplotlib.get_backend() == "pdf", f"{name} switched the backend"
     finally:
         matplotlib.use(before)
+
+
+def test_xdist_groups_keep_their_tests_on_one_worker(tmp_path):
+    """make test relies on --dist loadgroup: a notebook's cells in one kernel, 05 before 06,
+    the two-process tests one at a time. Some pytest / pytest-xdist pairs silently ignore the
+    groups (pytest 9.2 with pytest-xdist 3.8); this fails on such a pair."""
+    import os
+    import subprocess
+    import sys
+
+    body = (
+        "import os, pytest\n"
+        "@pytest.mark.xdist_group('one')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_grouped(i):\n"
+        "    with open('workers.txt', 'a') as f:\n"
+        "        f.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
+    )
+    (tmp_path / "test_a.py").write_text(body)
+    (tmp_path / "test_b.py").write_text(body)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup",
+         "-p", "no:cacheprovider", "-p", "no:randomly", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTEST_ADDOPTS": ""},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:]
+    workers = (tmp_path / "workers.txt").read_text().split()
+    assert len(workers) == 12 and len(set(workers)) == 1, workers

@@ -51,7 +51,7 @@ def test_published_parameter_counts_on_the_built_parts():
 
 
 @full_size_run
-def test_one_lora_step_and_the_kohya_export(tmp_path, capsys):
+def test_one_lora_step_and_the_kohya_export(tmp_path):
     stages = _Stages("sdxl")
     folder = stages.run("build sdxl-random (fp16 on disk)", ensure_random_sdxl)
     assert folder == ensure_random_sdxl(get_preset("sdxl-random").model)

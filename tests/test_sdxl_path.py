@@ -252,13 +252,18 @@ def test_sdxl_refuses_a_size_it_cannot_take(tmp_path, short_run):
     resolve_run(short_run.config(tmp_path, resolution_px=72))  # SD 1.x takes it
 
 
-def test_sdxl_preset_without_a_gpu_is_refused_unless_cpu_is_asked_for(tmp_path, short_run):
+def test_sdxl_preset_without_a_gpu_is_refused_unless_cpu_is_asked_for(
+    tmp_path, short_run, monkeypatch
+):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     config = short_run.config(tmp_path, preset="sdxl", device=None, resolution_px=None)
     with pytest.raises(StableEmoteError, match="needs a CUDA GPU") as info:
         resolve_run(config)
     assert "\n" not in str(info.value)
+    from stableemote_utils import training_setup
+
+    monkeypatch.setattr(training_setup, "check_hub_model", lambda model: None)  # offline here
     plan = resolve_run(short_run.config(tmp_path, preset="sdxl", device="cpu"))
     assert plan.family is SDXL and plan.config.model == get_preset("sdxl").model
 

@@ -85,3 +85,23 @@ def test_training_reads_the_precision_knob(tmp_path, capsys, monkeypatch, short_
     monkeypatch.setenv("STABLEEMOTE_PRECISION", "fp16")
     assert main(short_run.argv(tmp_path / "run", steps=2)) == 2
     assert "fp16 training needs a GPU" in capsys.readouterr().err
+
+
+def test_a_bf16_run_resumes_to_the_uninterrupted_result(tmp_path, config):
+    """The resume a T4 or Ampere learner makes after a disconnect, in half precision: the
+    LoRA weights are fp32 under bf16 autocast, so the tolerance is bf16's rounding of the
+    largest weight (a different step order would move them by far more)."""
+    import torch
+    from safetensors.torch import load_file
+
+    straight = train(config(precision="bf16", steps=4, output_dir=str(tmp_path / "straight")))
+    first = train(config(precision="bf16", steps=4, stop_after_steps=2))
+    assert first.stopped_early
+    resumed = train(config(precision="bf16", steps=4), resume="latest")
+    assert resumed.step == 4
+    a, b = load_file(straight.adapter_path), load_file(resumed.adapter_path)
+    assert a.keys() == b.keys()
+    for key in a:
+        tolerance = torch.finfo(torch.bfloat16).eps * float(a[key].abs().max())
+        assert torch.allclose(a[key], b[key], atol=tolerance, rtol=0), key
+    assert resumed.losses == pytest.approx(straight.losses, abs=torch.finfo(torch.bfloat16).eps)

@@ -29,6 +29,7 @@ def add_command(
     func: Callable[[argparse.Namespace], None],
     *,
     common: bool = False,
+    uses_cache: bool = False,
     **parser_kwargs: Any,
 ) -> argparse.ArgumentParser:
     """Add the subcommand ``name``, run by ``func``; its parser, for its own options.
@@ -37,12 +38,14 @@ def add_command(
         subparsers: what ``ArgumentParser.add_subparsers()`` returned.
         func: the handler; ``main`` calls it with the parsed arguments.
         common: give it ``--preset`` and ``--device`` (:func:`add_common_args`) first.
+        uses_cache: it builds, renders or caches in ``$STABLEEMOTE_CACHE``: ``main``
+            checks that folder before calling ``func``.
         parser_kwargs: for ``add_parser``: ``help``, ``description``, ``formatter_class``.
     """
     p = subparsers.add_parser(name, **parser_kwargs)
     if common:
         add_common_args(p)
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, uses_cache=uses_cache)
     return p
 
 

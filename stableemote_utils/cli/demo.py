@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ import sys
 import threading
 
 from stableemote_utils.cli.common import add_command
-from stableemote_utils.cli.demo_app import build_demo
+from stableemote_utils.cli.demo_app import REJECTED_LOG, build_demo
 from stableemote_utils.cli.demo_generation import demo_generate, demo_settings, find_adapter
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import load_components, make_pipeline
@@ -160,11 +161,21 @@ def launch_demo(
 def cmd_demo(args: argparse.Namespace) -> None:
     """Handler of ``stableemote demo``: serve until Ctrl-C or SIGTERM, then exit at once.
 
+    Each request the app refuses (a bad seed ...) prints one line, ``stableemote: demo:
+    refused a request: ...``, on stderr; faults keep their tracebacks.
+
     Once the server is closed the process ends with ``os._exit``: tearing down the
     interpreter (garbage-collecting torch, transformers and gradio) took 5 to 7 seconds
     on a 2-core machine, and there is nothing left to save. The app's temporary download
     files are removed first.
     """
+    # This process is the demo's own: it shows the requests the app refused, one line each.
+    if not REJECTED_LOG.handlers:
+        shown = logging.StreamHandler(sys.stderr)
+        shown.setFormatter(logging.Formatter("stableemote: demo: %(message)s"))
+        REJECTED_LOG.addHandler(shown)
+        REJECTED_LOG.setLevel(logging.INFO)
+        REJECTED_LOG.propagate = False  # printed here, once
     demo = launch_demo(
         lora=args.lora,
         preset=args.preset,
@@ -186,6 +197,7 @@ def add_demo_command(subparsers) -> None:
         "demo",
         cmd_demo,
         common=True,
+        uses_cache=True,
         help="Gradio app: the base model's picture, and the LoRA's beside it",
         description="Start a Gradio app: prompt (with example names), seed, steps, guidance and "
         "the base model's picture; with --lora, the LoRA's picture beside it and a LoRA-scale "

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import secrets
@@ -30,6 +31,8 @@ from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.presets import CAPTION_TEMPLATE
 from stableemote_utils.sampling import SamplingSettings
 
+# One line per request the app refuses; only ``stableemote demo`` shows it (on stderr).
+REJECTED_LOG = logging.getLogger("stableemote.demo")
 DEFAULT_NAME = "grinning face"
 API_NAME = "generate"
 # Emoji names offered as one-click examples. Each is shown as a training name or a
@@ -92,7 +95,13 @@ def page_intro(model_label: str, adapter: str | None) -> str:
 
 
 def _guarded(fn):
-    """``fn`` with a :class:`StableEmoteError` turned into ``gradio.Error`` (shown on the page)."""
+    """``fn`` with a :class:`StableEmoteError` turned into ``gradio.Error`` (shown on the page).
+
+    A request the app refuses (a seed out of range, no prompt) is the caller's mistake, not
+    the server's: gradio is told not to print its traceback (``print_exception=False``),
+    and :data:`REJECTED_LOG` gets one line at INFO, which ``stableemote demo`` prints. Any
+    other exception is a fault and keeps gradio's traceback.
+    """
     import gradio as gr
 
     @functools.wraps(fn)
@@ -100,7 +109,8 @@ def _guarded(fn):
         try:
             return fn(*args)
         except StableEmoteError as err:
-            raise gr.Error(str(err)) from err
+            REJECTED_LOG.info("refused a request: %s", err)
+            raise gr.Error(str(err), print_exception=False) from err
 
     return run
 

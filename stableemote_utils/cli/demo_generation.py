@@ -22,6 +22,7 @@ from PIL import Image
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file, resolve_lora_file
 from stableemote_utils.lora_peft import load_lora, set_lora_scale
+from stableemote_utils.presets import is_hub_model_id
 from stableemote_utils.sampling import SamplingSettings, generate
 
 DEMO_ADAPTER_NAME = "demo"
@@ -257,8 +258,7 @@ def find_adapter(dir_or_repo: str | os.PathLike) -> str:
     text = os.path.expanduser(str(dir_or_repo))
     if os.path.exists(text):
         return str(resolve_lora_file(text))
-    parts = text.split("/")
-    if len(parts) != 2 or not all(parts) or text.startswith("."):
+    if not is_hub_model_id(text):
         raise StableEmoteError(
             f"The adapter '{dir_or_repo}' is neither a file or folder here nor a Hub repo id "
             "(owner/name). Pass the folder training wrote or a repo such as 'you/emoji-lora'."

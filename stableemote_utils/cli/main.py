@@ -34,7 +34,7 @@ from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.lora_files import check_lora_file
 from stableemote_utils.options import check_device, check_sampling_options
 from stableemote_utils.precision import check_preset_device, choose_dtype, pick_device
-from stableemote_utils.presets import get_preset, precision_setting
+from stableemote_utils.presets import check_cache_dir, get_preset, precision_setting
 from stableemote_utils.quickstart import run_quickstart
 from stableemote_utils.sampling import SamplingSettings
 
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart",
         cmd_quickstart,
         common=True,
+        uses_cache=True,
         help="the course's main job in one go (what `make demo` runs)",
         description="Build or load the model, train a short LoRA, and write a base-vs-LoRA "
         "grid and a loss plot.",
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         cmd_bench,
         common=True,
+        uses_cache=True,
         help="time the original recipe against ours",
         description="Seconds per training step and peak memory of (a) the original recipe (VAE and "
         "text encoder every step, bf16) and (b) ours (cached latents and text), same model and batch.",
@@ -258,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         cmd_compare,
         common=True,
+        uses_cache=True,
         help="fair base-vs-LoRA grid (same prompts, seeds, scheduler, steps)",
     )
     p.add_argument(
@@ -294,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"folder for {COMPARISON_FILE} and its record comparison.json (default: %(default)s)",
     )
 
-    p = add_command(sub, "figures", cmd_figures, help="regenerate the README's figures in images/")
+    p = add_command(
+        sub,
+        "figures",
+        cmd_figures,
+        uses_cache=True,
+        help="regenerate the README's figures in images/",
+    )
     add_output_dir(p, None, "folder (default: the repository's images/)")
     p.add_argument("only", nargs="*", help="file names to make (default: all)")
 
@@ -318,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
+        if getattr(args, "uses_cache", False):
+            check_cache_dir()  # a cache that cannot be used stops the command before any work
         func(args)
     except StableEmoteError as err:
         print(f"stableemote: error: {err}", file=sys.stderr)

@@ -93,6 +93,7 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         sub,
         "pretrain-tiny",
         cmd_pretrain,
+        uses_cache=True,
         help="train TinyEmote (VAE, tiny CLIP, then UNet from scratch) on the offline emoji",
         description="Reproduce TinyEmote's weights from scratch: a small VAE on Noto and OpenMoji "
         "emoji, a tiny CLIP trained contrastively on emoji and their names (its text tower is "
@@ -198,6 +199,7 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         sub,
         "evaluate-tiny",
         cmd_evaluate,
+        uses_cache=True,
         help="measure TinyEmote: VAE PSNR, prompt following, LoRA style and subject",
         description="Print TinyEmote's measurements: VAE reconstruction PSNR on held-out "
         "emoji; nearest-category accuracy of generated images with its chance level; KID to "
@@ -239,6 +241,7 @@ def add_grid_command(sub: argparse._SubParsersAction) -> None:
         sub,
         "tiny-grid",
         cmd_grid,
+        uses_cache=True,
         help="draw the README's 4 x 4 grid of fixed prompts with TinyEmote (fixed seeds)",
     )
     add_output_dir(p, "images", f"folder for {TINY_GRID_FILE}")

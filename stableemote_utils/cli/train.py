@@ -103,6 +103,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         sub,
         "train",
         cmd_train,
+        uses_cache=True,
         help="train a LoRA on emoji (resumable; runs under accelerate launch)",
         description="Train a LoRA on the UNet's attention projections. Images and captions are "
         "encoded once and cached; checkpoints go to OUTPUT_DIR/checkpoints and --resume latest "
