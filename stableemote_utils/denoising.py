@@ -73,11 +73,20 @@ def predicted_x0(
     return ((x_t.float() - (1 - a).sqrt() * noise_pred.float()) / a.sqrt()).to(x_t.dtype)
 
 
-def ddim_step(noise_pred: torch.Tensor, t, latents: torch.Tensor, scheduler) -> torch.Tensor:
-    """One DDIM update (eta 0): ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps_hat``.
+def ddim_step(
+    noise_pred: torch.Tensor,
+    t,
+    latents: torch.Tensor,
+    scheduler,
+    eta: float = 0.0,
+    fresh_noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DDIM update: ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - s^2) eps_hat + s z``.
 
-    ``noise_pred`` and ``latents`` are ``(B, 4, h, w)``; ``scheduler`` is a
-    ``DDIMScheduler`` after ``set_timesteps``. Returns ``x_prev``, same shape and dtype.
+    ``noise_pred``, ``latents`` and ``fresh_noise`` (``z``, used when ``eta > 0``) are
+    ``(B, 4, h, w)``; ``scheduler`` is a ``DDIMScheduler`` after ``set_timesteps``. With
+    ``eta = 0`` the step is deterministic (``s = 0``); ``eta = 1`` replaces as much of the
+    noise with fresh noise as a DDPM step does. Returns ``x_prev``, same shape and dtype.
     """
     t = int(t)
     t_prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
@@ -87,7 +96,12 @@ def ddim_step(noise_pred: torch.Tensor, t, latents: torch.Tensor, scheduler) -> 
         scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
     )
     x0_hat = (latents - (1 - alpha_bar).sqrt() * noise_pred) / alpha_bar.sqrt()
-    return alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev).sqrt() * noise_pred
+    # s: the standard deviation of the fresh noise; the reused noise shrinks to keep the total.
+    s = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
+    x_prev = alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev - s**2).sqrt() * noise_pred
+    if eta > 0:
+        x_prev = x_prev + s * fresh_noise
+    return x_prev
 
 
 def denoise(

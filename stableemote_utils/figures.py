@@ -69,13 +69,20 @@ def plot_noise_schedule(scheduler):
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     axes[0].plot(t, betas, color="#d8703b")
     axes[0].set_title(f"betas ({beta_kind})")
-    axes[1].plot(t, alphas_cumprod, label="alphas_cumprod (signal variance)", color="#3b7dd8")
-    axes[1].plot(t, 1 - alphas_cumprod, label="1 - alphas_cumprod (noise variance)", color="#888")
+    axes[0].set_ylabel("beta_t (noise added at step t)")
+    crossover = int((alphas_cumprod < 0.5).double().argmax())  # where SNR falls below 1
+    axes[1].plot(t, alphas_cumprod, label="alpha_bar_t (signal)", color="#3b7dd8")
+    axes[1].plot(t, 1 - alphas_cumprod, label="1 - alpha_bar_t (noise)", color="#888")
+    axes[1].axvline(crossover, color="#aaa", lw=0.8, ls="--")
     axes[1].set_title("how much signal is left")
-    axes[1].legend(fontsize=8, loc="center right")
+    axes[1].set_ylabel("share of the variance")
+    axes[1].legend(fontsize=8, loc="center right", bbox_to_anchor=(1.0, 0.62))
     axes[2].plot(t, torch.log10(snr(alphas_cumprod)), color="#2a9d5c")
     axes[2].axhline(0, color="#aaa", lw=0.8)
+    axes[2].axvline(crossover, color="#aaa", lw=0.8, ls="--")
+    axes[2].text(crossover + 15, 2.0, f"SNR = 1\nat t = {crossover}", fontsize=8)
     axes[2].set_title("log10 SNR = log10(a / (1 - a))")
+    axes[2].set_ylabel("log10 SNR")
     for ax in axes:
         ax.set_xlabel("training timestep t")
     fig.suptitle(
@@ -312,6 +319,7 @@ def figure_sd15_pipeline(
         sd15_scheduler() if scheduler is None else type(scheduler).from_config(scheduler.config)
     )
     counter.set_timesteps(sampling_steps)
+    vae_factor = sd15_config("vae")["scaling_factor"]
     unet_calls = len(counter.timesteps)
     train_steps = counter.config.num_train_timesteps
 
@@ -330,7 +338,7 @@ def figure_sd15_pipeline(
         "timestep": (3.0, 0.0, "timestep t\n(scheduler.timesteps)", "#d6f0dd"),
         "unet": (5.8, 1.5, "UNet\n(predicts noise)", "#cfe0fa"),
         "cfg": (8.6, 1.5, "guidance\nu + s (c - u)", "#d6f0dd"),
-        "sched": (8.6, 0.0, "scheduler.step\nx_t -> x_t-1", "#d6f0dd"),
+        "sched": (8.6, 0.0, "scheduler.step\nx_t -> x_t_prev", "#d6f0dd"),
         "vae": (11.4, 1.5, "VAE decoder", "#f6d0d0"),
         "image": (11.4, 3.3, "image", "#eeeeee"),
     }
@@ -374,10 +382,10 @@ def figure_sd15_pipeline(
         (
             "sched",
             "vae",
-            f"final latents\n{fmt('latents')}",
+            f"final latents\n{fmt('latents')}\n/ scaling_factor ({vae_factor})",
             (10.55, 0.45),
             (12.35, 1.45),
-            (0.9, -0.25),
+            (0.9, -0.3),
         ),
         ("vae", "image", f"{fmt('image')}\nin [-1, 1]", (12.35, 2.45), (12.35, 3.25), (-1.0, 0.0)),
     ]

@@ -135,6 +135,23 @@ def test_ddim_step_matches_diffusers_at_every_timestep(steps):
         assert not torch.allclose(ours, x)
 
 
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_ddim_step_with_fresh_noise_matches_diffusers(eta):
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(sd15_config("scheduler"))
+    ddim.set_timesteps(10)
+    g = torch.Generator().manual_seed(1)
+    for t in ddim.timesteps:
+        x, eps, z = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+        ours = D.ddim_step(eps, t, x, ddim, eta=eta, fresh_noise=z)
+        theirs = ddim.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        # fresh noise matters wherever there is a previous timestep to noise towards
+        if int(t) - ddim.config.num_train_timesteps // 10 >= 0:
+            assert not torch.allclose(ours, D.ddim_step(eps, t, x, ddim))
+
+
 def test_denoise_with_the_hand_written_update_follows_ddim(tiny_components):
     from diffusers import DDIMScheduler
 

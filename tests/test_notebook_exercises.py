@@ -83,21 +83,17 @@ def test_02_truncation_check_wants_exactly_one_word_cut(text_parts):
             check(wrong)
 
 
-def test_02_changed_rows_check_counts_the_padding_rows(text_parts):
+def test_02_pooled_row_check_wants_the_end_of_text_rows(text_parts):
     tokenizer, text_encoder = text_parts
-    check = notebook_function(
-        "02",
-        "check_changed_rows",
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        encode_prompts=T.encode_prompts,
-        tolerance=1e-5,
-    )
-    last = tokenizer.model_max_length
-    check(list(range(5, last)))  # "heart" sits at position 5; every later row sees it
-    for wrong in ([5], [5, 6], list(range(4, last)), list(range(6, last))):
+    check = notebook_function("02", "check_pooled")
+    ids = T.tokenize(tokenizer, ["An emoji of red heart", "rocket"])
+    with torch.no_grad():
+        outputs = text_encoder(ids)
+    rows = outputs.last_hidden_state
+    check(rows[torch.arange(2), ids.argmax(dim=-1)], outputs)  # the end-of-text token's rows
+    for wrong in (rows[:, -1], rows[:, 0], rows[torch.arange(2), ids.argmax(dim=-1) - 1]):
         with pytest.raises(AssertionError):
-            check(wrong)
+            check(wrong, outputs)
 
 
 def test_02_causal_mask_lets_each_row_see_itself_and_the_past():
@@ -112,8 +108,11 @@ def test_02_causal_mask_lets_each_row_see_itself_and_the_past():
 def test_02_encode_by_hand_equals_the_text_encoder(text_parts):
     tokenizer, text_encoder = text_parts
     causal_mask = notebook_function("02", "causal_mask")
+    encode_vectors = notebook_function(
+        "02", "encode_vectors", causal_mask=causal_mask, text_encoder=text_encoder
+    )
     encode_by_hand = notebook_function(
-        "02", "encode_by_hand", causal_mask=causal_mask, text_encoder=text_encoder
+        "02", "encode_by_hand", encode_vectors=encode_vectors, text_encoder=text_encoder
     )
     ids = T.tokenize(tokenizer, ["An emoji of cat face", "rocket"])
     with torch.no_grad():
@@ -122,10 +121,13 @@ def test_02_encode_by_hand_equals_the_text_encoder(text_parts):
     assert torch.allclose(ours, expected, atol=1e-5)
     # Without the mask the rows would see the future: the prompt's rows would differ.
     with torch.no_grad():
-        unmasked = notebook_function(
+        unmasked_vectors = notebook_function(
             "02",
-            "encode_by_hand",
+            "encode_vectors",
             causal_mask=lambda n, dtype: torch.zeros(1, 1, n, n, dtype=dtype),
             text_encoder=text_encoder,
+        )
+        unmasked = notebook_function(
+            "02", "encode_by_hand", encode_vectors=unmasked_vectors, text_encoder=text_encoder
         )(ids)
     assert not torch.allclose(unmasked[:, :3], expected[:, :3], atol=1e-3)
