@@ -25,6 +25,9 @@ from stableemote_utils.tiny_model import sdxl_config
 from stableemote_utils.training import train
 from stableemote_utils.training_setup import resolve_run
 
+# One worker runs the module: its trained adapter and pipeline are made once.
+pytestmark = pytest.mark.xdist_group("sdxl-path")
+
 XL = "tiny-xl-random"
 # The SDXL runs here: tiny-xl-random, 16 pictures, 2 steps.
 XL_RUN = {"preset": XL, "steps": 2, "caption_dropout": 0.5, "max_train_examples": 16}
