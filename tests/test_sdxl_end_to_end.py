@@ -12,6 +12,7 @@ UNet. Prints the time and the process's peak memory of each stage.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from safetensors import safe_open
@@ -36,6 +37,32 @@ SDXL_RANK4_LAYERS = 560
 MEMORY_BUDGET_GB = 24  # this machine's
 
 
+def diffusers_layer(key: str) -> str:
+    """The UNet layer a key of diffusers' ``lora_state_dict`` names: ``unet.X.processor.
+    to_k_lora.down.weight`` (its older attention-processor spelling) -> ``X.to_k``."""
+    key = key.removeprefix("unet.")
+    found = re.match(r"(.*)\.processor\.(to_[qkv]|to_out)_lora\.(down|up)\.weight$", key)
+    if found:
+        layer, name = found.group(1), found.group(2)
+        return f"{layer}.{name}.0" if name == "to_out" else f"{layer}.{name}"
+    return re.sub(r"\.lora(_A|_B|\.down|\.up)\.weight$", "", key)
+
+
+def test_diffusers_reads_every_sgm_name_of_a_full_size_export(tmp_path):
+    """A zero rank-2 adapter on every attention projection of SDXL's layout (meta device,
+    seconds): exported with SGM names, diffusers' SDXL reader maps each back."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+    from test_lora import sdxl_like_lora_state_dict
+
+    file = tmp_path / "sdxl.safetensors"
+    save_file(sdxl_like_lora_state_dict(), str(file), {"alpha": "1.0"})
+    kohya = LI.export_kohya(file, tmp_path / "kohya.safetensors")
+    unet = LI.layout_models("sdxl")["unet"]
+    mapped, _ = StableDiffusionXLPipeline.lora_state_dict(str(kohya), unet_config=unet.config)
+    assert {diffusers_layer(k) for k in mapped} == set(LF.target_layer_shapes(unet))
+
+
 @full_size_run
 def test_published_parameter_counts_on_the_built_parts():
     stages = _Stages("sdxl")
@@ -56,8 +83,12 @@ def test_one_lora_step_and_the_kohya_export(tmp_path):
     folder = stages.run("build sdxl-random (fp16 on disk)", ensure_random_sdxl)
     assert folder == ensure_random_sdxl(get_preset("sdxl-random").model)
     run = tmp_path / "run"
+    # A small held-out set and a 2-step grid: the full-size UNet on 2 CPU cores is slow.
+    settings = tmp_path / "run.toml"
+    settings.write_text("heldout_limit = 4\nvalidation_steps = 2\n")
     argv = [
         "train",
+        "--config", str(settings),
         "--preset", "sdxl-random",
         "--device", "cpu",
         "--precision", "bf16",
@@ -93,7 +124,7 @@ def test_one_lora_step_and_the_kohya_export(tmp_path):
 
     unet_config = LI.layout_models("sdxl")["unet"].config
     mapped, _ = StableDiffusionXLPipeline.lora_state_dict(str(kohya), unet_config=unet_config)
-    layers = {k.split(".lora")[0].removeprefix("unet.") for k in mapped}
+    layers = {diffusers_layer(k) for k in mapped}
     assert layers == set(LF.target_layer_shapes(LI.layout_models("sdxl")["unet"]))
     print("\n" + stages.table())
     peak = _peak_rss_gb()
