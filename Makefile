@@ -136,8 +136,8 @@ test-sd15: install
 # parameter counts, one LoRA training step at 128 px in bf16 through `stableemote train`
 # (held-out loss, validation grid, checkpoint), lora inspect and the kohya export with SGM
 # names, read back by diffusers' SDXL LoRA reader; prints times and peak memory. Takes
-# minutes and up to ~11 GB of memory (the fp32 UNet of the count check), so it is not part
-# of `make test`.
+# about 5 minutes (plus ~5 to build the model folder once) and ~14 GB of memory, so it is
+# not part of `make test`.
 test-sdxl: install
 	$(OFFLINE) $(THREADS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} STABLEEMOTE_TEST_SDXL=1 \
 		$(BIN)/python -m pytest -q -s tests/test_sdxl_end_to_end.py

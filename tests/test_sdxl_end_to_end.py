@@ -1,7 +1,7 @@
 """The real-size SDXL path on its full-size architecture with random weights (``make test-sdxl``).
 
-Runs only with ``STABLEEMOTE_TEST_SDXL=1`` (minutes, up to ~9 GB of memory; not part of
-``make test``). Builds SDXL base 1.0's UNet, VAE and both text encoders from their
+Runs only with ``STABLEEMOTE_TEST_SDXL=1`` (about 5 minutes, ~14 GB of memory; not part
+of ``make test``). Builds SDXL base 1.0's UNet, VAE and both text encoders from their
 published configs with random weights (no download), checks the published parameter
 counts, runs one LoRA training step at 128 px through ``stableemote train`` (the code path
 a GPU takes, in bf16: half the memory of fp32) and checks the exported kohya file's SGM
