@@ -71,17 +71,17 @@ def plot_noise_schedule(scheduler):
     axes[0].set_title(f"betas ({beta_kind})")
     axes[0].set_ylabel("beta_t (noise added at step t)")
     crossover = int((alphas_cumprod < 0.5).double().argmax())  # where SNR falls below 1
-    axes[1].plot(t, alphas_cumprod, label="alpha_bar_t (signal)", color="#3b7dd8")
-    axes[1].plot(t, 1 - alphas_cumprod, label="1 - alpha_bar_t (noise)", color="#888")
+    axes[1].plot(t, alphas_cumprod, label="alpha_bar (signal)", color="#3b7dd8")
+    axes[1].plot(t, 1 - alphas_cumprod, label="1 - alpha_bar (noise)", color="#888")
     axes[1].axvline(crossover, color="#aaa", lw=0.8, ls="--")
     axes[1].set_title("how much signal is left")
     axes[1].set_ylabel("share of the variance")
-    axes[1].legend(fontsize=8, loc="center right", bbox_to_anchor=(1.0, 0.62))
+    axes[1].legend(fontsize=9, loc="center right", bbox_to_anchor=(1.02, 0.5), frameon=False)
     axes[2].plot(t, torch.log10(snr(alphas_cumprod)), color="#2a9d5c")
     axes[2].axhline(0, color="#aaa", lw=0.8)
     axes[2].axvline(crossover, color="#aaa", lw=0.8, ls="--")
     axes[2].text(crossover + 15, 2.0, f"SNR = 1\nat t = {crossover}", fontsize=8)
-    axes[2].set_title("log10 SNR = log10(a / (1 - a))")
+    axes[2].set_title("log10 SNR = log10(alpha_bar / (1 - alpha_bar))", fontsize=10)
     axes[2].set_ylabel("log10 SNR")
     for ax in axes:
         ax.set_xlabel("training timestep t")
@@ -301,57 +301,101 @@ def figure_noise_schedule(path: str | os.PathLike) -> Path:
 def figure_sd15_pipeline(
     path: str | os.PathLike, resolution_px: int = 512, sampling_steps: int = 50, scheduler=None
 ) -> Path:
-    """A box diagram of SD 1.5 sampling with the tensor shape on every arrow, saved as PNG.
+    """:func:`figure_pipeline` for SD 1.5's published configs (the README's diagram).
 
-    The shapes come from :func:`pipeline_shapes` over the published SD 1.5 configs. The
-    loop arrow says how many times the UNet runs for ``sampling_steps`` (the pipeline's
-    default 50) with ``scheduler`` (default SD 1.5's PNDM, which makes one call more than
-    it has steps), counted from the scheduler's own timesteps, and that those timesteps
-    are spread over the 1000 *training* timesteps. ``scheduler`` is not changed.
+    ``scheduler`` defaults to SD 1.5's PNDM; ``sampling_steps`` to the pipeline's 50.
+    """
+    return figure_pipeline(
+        path,
+        sd15_config("unet"),
+        sd15_config("vae"),
+        sd15_config("text_encoder"),
+        resolution_px=resolution_px,
+        scheduler=sd15_scheduler() if scheduler is None else scheduler,
+        sampling_steps=sampling_steps,
+        model_name="Stable Diffusion 1.5",
+    )
+
+
+def figure_pipeline(
+    path: str | os.PathLike,
+    unet_config: dict,
+    vae_config: dict,
+    text_config: dict,
+    resolution_px: int,
+    scheduler,
+    sampling_steps: int,
+    model_name: str,
+    max_tokens: int = 77,
+) -> Path:
+    """A box diagram of text-to-image sampling with the tensor shape at each stage, saved as PNG.
+
+    The shapes come from :func:`pipeline_shapes` over the given configs (a model's
+    ``unet.config``, ``vae.config`` and ``text_encoder.config.to_dict()``) at
+    ``resolution_px``, one image with guidance (batch 2 in the UNet). The scheduler's own
+    numbers are drawn in: the first timestep, ``init_noise_sigma``, and how many UNet calls
+    ``sampling_steps`` take (PNDM makes one more than it has steps), counted on a copy made
+    from ``scheduler.config``, so ``scheduler`` is not changed.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
-    shapes = pipeline_shapes(
-        sd15_config("unet"), sd15_config("vae"), sd15_config("text_encoder"), resolution_px
-    )
-    counter = (
-        sd15_scheduler() if scheduler is None else type(scheduler).from_config(scheduler.config)
-    )
+    shapes = pipeline_shapes(unet_config, vae_config, text_config, resolution_px, max_tokens)
+    counter = type(scheduler).from_config(scheduler.config)
     counter.set_timesteps(sampling_steps)
-    vae_factor = sd15_config("vae")["scaling_factor"]
+    first_t = int(counter.timesteps[0])
+    init_sigma = float(counter.init_noise_sigma)
     unet_calls = len(counter.timesteps)
     train_steps = counter.config.num_train_timesteps
 
     def fmt(key: str) -> str:
         return "(" + ", ".join(str(s) for s in shapes[key]) + ")"
 
-    fig, ax = plt.subplots(figsize=(14, 4.8))
+    fig, ax = plt.subplots(figsize=(14, 5.2))
     ax.set_xlim(0, 13.6)
-    ax.set_ylim(-0.1, 4.5)
+    ax.set_ylim(-0.75, 4.5)
     ax.axis("off")
     boxes = {
         "prompt": (0.2, 3.3, 'prompt and ""\n(text)', "#eeeeee"),
         "tokenizer": (3.0, 3.3, "CLIP tokenizer", "#fde2c8"),
         "text": (5.8, 3.3, "CLIP text encoder", "#fde2c8"),
-        "noise": (0.2, 1.5, "seeded Gaussian\nnoise x_T", "#eeeeee"),
-        "timestep": (3.0, 0.0, "timestep t\n(scheduler.timesteps)", "#d6f0dd"),
+        "noise": (
+            0.2,
+            1.5,
+            f"seeded Gaussian noise\n{fmt('initial_noise')}\n× init_noise_sigma ({init_sigma:g})",
+            "#eeeeee",
+        ),
+        "scale": (
+            3.0,
+            1.5,
+            f"doubled: {fmt('unet_input')}\nscheduler.\nscale_model_input",
+            "#d6f0dd",
+        ),
+        "timestep": (
+            3.0,
+            0.0,
+            f"timestep t\n(scheduler.timesteps,\nfirst t = {first_t})",
+            "#d6f0dd",
+        ),
         "unet": (5.8, 1.5, "UNet\n(predicts noise)", "#cfe0fa"),
-        "cfg": (8.6, 1.5, "guidance\nu + s (c - u)", "#d6f0dd"),
-        "sched": (8.6, 0.0, "scheduler.step\nx_t -> x_t_prev", "#d6f0dd"),
+        "cfg": (8.6, 1.5, "chunk(2) -> u, c\nguidance\nu + s (c - u)", "#d6f0dd"),
+        "sched": (8.6, 0.0, "scheduler.step\n-> latents for the\nnext timestep", "#d6f0dd"),
         "vae": (11.4, 1.5, "VAE decoder", "#f6d0d0"),
         "image": (11.4, 3.3, "image", "#eeeeee"),
     }
     w, h = 1.9, 0.9
     for x, y, label, colour in boxes.values():
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="#555"))
-        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=8.5)
 
     # (from, to, label, start, end, label offset): start/end None join the boxes' sides.
     arrows = [
         ("prompt", "tokenizer", "", None, None, (0.0, 0.25)),
         ("tokenizer", "text", f"ids {fmt('token_ids')}", None, None, (0.0, 0.3)),
-        ("timestep", "unet", "t", (4.95, 0.45), (6.1, 1.45), (-0.2, 0.1)),
+        ("noise", "scale", "", None, None, (0.0, 0.0)),
+        ("scale", "unet", "", None, None, (0.0, 0.0)),
+        ("timestep", "scale", "t", (3.95, 0.95), (3.95, 1.45), (0.15, 0.0)),
+        ("timestep", "unet", "t", (4.95, 0.7), (6.1, 1.45), (-0.2, 0.15)),
         (
             "text",
             "unet",
@@ -360,32 +404,24 @@ def figure_sd15_pipeline(
             (6.75, 2.45),
             (-1.0, 0.0),
         ),
-        (
-            "noise",
-            "unet",
-            f"latents {fmt('initial_noise')}, doubled:\n{fmt('unet_input')}",
-            None,
-            None,
-            (0.0, 0.35),
-        ),
-        ("unet", "cfg", f"noise pred\n{fmt('noise_pred')}", None, None, (0.0, 0.75)),
-        ("cfg", "sched", "", (9.55, 1.45), (9.55, 0.95), (0.0, 0.25)),
+        ("unet", "cfg", f"noise pred\n{fmt('noise_pred')}", None, None, (0.0, 0.7)),
+        ("cfg", "sched", f"guided noise\n{fmt('latents')}", (9.55, 1.45), (9.55, 0.95), (0.6, 0.0)),
         (
             "sched",
-            "unet",
-            f"repeat: {unet_calls} UNet calls for {sampling_steps} sampling steps,\n"
-            f"t spread over the {train_steps} training timesteps",
-            (8.55, 0.45),
-            (6.75, 1.45),
-            (-0.75, -0.8),
+            "timestep",
+            f"repeat with the new latents and the next t: {unet_calls} UNet calls for "
+            f"{sampling_steps} sampling steps,\nt spread over the {train_steps} training timesteps",
+            (8.55, 0.3),
+            (4.95, 0.3),
+            (0.0, -0.6),
         ),
         (
             "sched",
             "vae",
-            f"final latents\n{fmt('latents')}\n/ scaling_factor ({vae_factor})",
+            f"final latents\n{fmt('latents')}\n/ scaling_factor ({vae_config['scaling_factor']:.5g})",
             (10.55, 0.45),
             (12.35, 1.45),
-            (0.9, -0.3),
+            (1.05, -0.35),
         ),
         ("vae", "image", f"{fmt('image')}\nin [-1, 1]", (12.35, 2.45), (12.35, 3.25), (-1.0, 0.0)),
     ]
@@ -405,7 +441,7 @@ def figure_sd15_pipeline(
                 bbox={"fc": "white", "ec": "none", "pad": 1},
             )
     ax.set_title(
-        f"Stable Diffusion 1.5 at {resolution_px} px: the tensors between the parts "
+        f"{model_name} at {resolution_px} px: the tensors between the parts "
         "(batch of 2 = unconditional + conditional)",
         fontsize=10,
     )
