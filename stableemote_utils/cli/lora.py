@@ -23,9 +23,8 @@ def format_lora_report(info: dict) -> str:
         "sdxl": "SDXL UNet (SDXL base 1.0 layout)",
         "tiny-xl": "TinyEmote-XL (tiny-xl, tiny-xl-random)",
     }
-    width = max(len(layouts.get(name, name)) for name in fits)
     fit_lines = [
-        f"  {layouts.get(name, name):<{width}} {'yes' if why is None else 'no - ' + why}"
+        f"  {layouts.get(name, name):<29} {'yes' if why is None else 'no - ' + why}"
         for name, why in fits.items()
     ]
     header = {k: v for k, v in info["metadata"].items() if k != "lora_adapter_metadata"}
