@@ -308,3 +308,46 @@ def test_an_adapter_on_layers_both_families_share_is_read_as_its_own(tmp_path, s
     keys = set(load_file(out))
     assert "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight" in keys
     assert not any("down_blocks" in k or "up_blocks" in k for k in keys)
+
+
+def test_each_part_leaves_the_cpu_before_the_next_loads(monkeypatch):
+    """On a GPU the CPU holds one part at a time (Colab has ~12 GB): every part is on the
+    target device before the UNet, the largest, is read. The meta device stands in for
+    the GPU."""
+    import diffusers
+    import transformers
+
+    from stableemote_utils import loading
+
+    loaded, seen = [], {}
+
+    def recording(cls):
+        original = cls.from_pretrained
+
+        def load(*args, **kwargs):
+            module = original(*args, **kwargs)
+            loaded.append((cls.__name__, module))
+            return module
+
+        monkeypatch.setattr(cls, "from_pretrained", load)
+
+    for cls in (
+        transformers.CLIPTextModel,
+        transformers.CLIPTextModelWithProjection,
+        diffusers.AutoencoderKL,
+    ):
+        recording(cls)
+    unet_from_pretrained = diffusers.UNet2DConditionModel.from_pretrained
+
+    def unet_load(*args, **kwargs):
+        seen.update({name: next(m.parameters()).device.type for name, m in loaded})
+        return unet_from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained", unet_load)
+    components = loading.load_components(XL, device="meta")
+    assert seen == {
+        "CLIPTextModel": "meta",
+        "CLIPTextModelWithProjection": "meta",
+        "AutoencoderKL": "meta",
+    }
+    assert next(components.unet.parameters()).device.type == "meta"
