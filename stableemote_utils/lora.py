@@ -56,8 +56,11 @@ class LoRALinear(torch.nn.Module):
             torch.zeros(base.out_features, rank, dtype=w.dtype, device=w.device)
         )
         self.scale = alpha / rank
+        self.merged = False  # True while the update sits inside base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:  # the update is already in W: adding B A x again would count it twice
+            return self.base(x)
         return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
 
     def delta_weight(self) -> torch.Tensor:
@@ -66,11 +69,18 @@ class LoRALinear(torch.nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        self.base.weight += self.delta_weight()
+        if not self.merged:
+            self.base.weight += self.delta_weight()
+            self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        self.base.weight -= self.delta_weight()
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"A: {tuple(self.A.shape)}, B: {tuple(self.B.shape)}, scale: {self.scale:g}"
 
 
 def inject_lora(

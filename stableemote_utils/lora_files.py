@@ -223,6 +223,9 @@ def _adaptable_layers(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return layers
 
 
+RANK_BREAK = "A and B disagree"
+
+
 def _layer_problem(weight_shape: tuple[int, ...], parts: dict[str, torch.Tensor]) -> str | None:
     """Why a LoRA layer's ``down``/``up`` matrices do not fit a weight, or None if they do."""
     if "down" not in parts or "up" not in parts:
@@ -234,7 +237,7 @@ def _layer_problem(weight_shape: tuple[int, ...], parts: dict[str, torch.Tensor]
         return f"matrices of {down.ndim}/{up.ndim} dims for a layer whose weight has {len(weight_shape)}"
     rank = down.shape[0]
     if up.shape[1] != rank:
-        return f"rank {rank} in lora_A/down but {up.shape[1]} in lora_B/up"
+        return f"rank {rank} in lora_A/down but {up.shape[1]} in lora_B/up: {RANK_BREAK}"
     if down.shape[1] != d_in or up.shape[0] != d_out:
         return (
             f"shapes down {tuple(down.shape)}, up {tuple(up.shape)} for a layer of "
@@ -374,11 +377,27 @@ def check_lora_fits(
         examples += [f"{k} (not a LoRA key)" for k in result["not_lora"]][
             : max(0, EXAMPLES_SHOWN - len(examples))
         ]
+        why = result["problems"].values()
+        if not result["not_lora"] and why and all(RANK_BREAK in w for w in why):
+            guess = (
+                "The file disagrees with itself: a layer's A and B have different ranks, which "
+                "no training run writes, so the file is damaged or was edited; export or "
+                "download it again."
+            )
+            effect = "Loading it would fail part way or change only some layers."
+        else:
+            guess = (
+                "It is probably an adapter for another architecture (SDXL, SD 2.x) or another "
+                "layer layout."
+            )
+            effect = "Loading it would change some layers and silently skip the rest."
         raise StableEmoteError(
             f"'{file}' does not fit this model: {len(result['matched'])} of {n_keys} keys "
-            f"matched and {len(bad)} did not. Examples: " + "; ".join(examples) + ". It is "
-            "probably an adapter for another architecture (SDXL, SD 2.x) or another layer "
-            "layout; loading it would change some layers and silently skip the rest." + hint
+            f"matched and {len(bad)} did not. Examples: "
+            + "; ".join(examples)
+            + f". {guess} "
+            + effect
+            + hint
         )
     return result
 

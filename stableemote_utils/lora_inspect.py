@@ -20,6 +20,7 @@ from stableemote_utils.files import save_state_dict_atomic
 from stableemote_utils.lora_files import (
     DIFFUSERS_METADATA_KEY,
     apply_header_alpha,
+    canonical_lora_state_dict,
     check_lora_fits,
     lora_weight_problems,
     match_lora,
@@ -266,6 +267,20 @@ def kohya_state_dict(
     return out
 
 
+def _fit_any_layout(
+    file: Path, state_dict: dict, what: str, metadata: dict[str, str] | None = None
+) -> tuple[str, dict]:
+    """:func:`fitting_layout`, or one line saying that only SD 1.x and SDXL adapters can be
+    ``what``: ``(layout name, fit)``."""
+    layout, result = fitting_layout(state_dict, file, metadata)
+    if layout is None:
+        raise StableEmoteError(
+            f"Only adapters for the SD 1.x or SDXL UNet can be {what}. "
+            + next(iter(result.values()))
+        )
+    return layout, result
+
+
 def export_kohya(
     path_in: str | os.PathLike,
     path_out: str | os.PathLike,
@@ -293,12 +308,7 @@ def export_kohya(
     if out.resolve() == file.resolve():
         raise StableEmoteError("The export target is the input file; pick another name.")
     state_dict, metadata = read_lora_file(file)
-    layout, result = fitting_layout(state_dict, file, metadata)
-    if layout is None:
-        raise StableEmoteError(
-            "Only adapters for the SD 1.x or SDXL UNet can be exported to the kohya format. "
-            + next(iter(result.values()))
-        )
+    layout, result = _fit_any_layout(file, state_dict, "exported to the kohya format", metadata)
     apply_header_alpha(result, metadata)
     unet_config = layout_models(layout)["unet"].config
     tensors = kohya_state_dict(result, dtype=dtype, unet_config=unet_config)
@@ -312,3 +322,57 @@ def export_kohya(
     }
     header.update({k: v for k, v in metadata.items() if k != DIFFUSERS_METADATA_KEY})
     return save_state_dict_atomic(tensors, out, header)
+
+
+def reduce_rank(
+    path_in: str | os.PathLike, path_out: str | os.PathLike, rank: int
+) -> tuple[Path, float]:
+    """Write the closest adapter of a lower rank: each layer's update cut to ``rank`` directions.
+
+    For each layer the update ``ΔW = (alpha / r) B A`` (``(d_out, d_in)``; a convolution's
+    ``(d_out, d_in * k * k)``) is factored by SVD, ``ΔW = U S Vᵀ``, and only its ``rank``
+    largest singular values are kept: ``A' = S^½ Vᵀ``, ``B' = U S^½``, alpha = ``rank``.
+    No other rank-``rank`` update is closer to ``ΔW`` (Eckart-Young, in the Frobenius norm),
+    so this shows how much of a trained adapter lives in its first few directions, with no
+    training.
+
+    Args:
+        path_in: an adapter file or folder that fits the SD 1.x or tiny layout.
+        path_out: the ``.safetensors`` file to write.
+        rank: the new rank, at least 1 and below the adapter's.
+
+    Returns:
+        ``(path, kept)``: the written file and the share of the update's squared norm
+        (summed over layers) that the kept directions hold.
+    """
+    file = resolve_lora_file(path_in)
+    state_dict, metadata = read_lora_file(file)
+    _, result = _fit_any_layout(file, state_dict, "reduced", metadata)
+    apply_header_alpha(result, metadata)
+    canonical = canonical_lora_state_dict(result)
+    ranks = {int(t.shape[0]) for k, t in canonical.items() if k.endswith("lora_A.weight")}
+    if not 1 <= rank < min(ranks):
+        raise StableEmoteError(
+            f"reduce_rank needs a rank from 1 to {min(ranks) - 1} for this adapter (rank "
+            f"{', '.join(map(str, sorted(ranks)))}), got {rank}."
+        )
+    out, total, kept = {}, 0.0, 0.0
+    for key, down in canonical.items():
+        if not key.endswith("lora_A.weight"):
+            continue
+        stem = key.removesuffix("lora_A.weight")
+        up = canonical[stem + "lora_B.weight"]
+        delta = up.flatten(1).double() @ down.flatten(1).double()  # (d_out, d_in * k * k)
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        total += float((s * s).sum())
+        kept += float((s[:rank] * s[:rank]).sum())
+        root = s[:rank].sqrt()
+        out[stem + "lora_A.weight"] = (
+            (root[:, None] * vh[:rank]).reshape(rank, *down.shape[1:]).float().contiguous()
+        )
+        out[stem + "lora_B.weight"] = (
+            (u[:, :rank] * root).reshape(up.shape[0], rank, *up.shape[2:]).float().contiguous()
+        )
+    header = {k: v for k, v in metadata.items() if k != DIFFUSERS_METADATA_KEY}
+    header.update(rank=str(rank), alpha=str(float(rank)), reduced_from=file.name)
+    return save_state_dict_atomic(out, Path(path_out), header), kept / max(total, 1e-30)

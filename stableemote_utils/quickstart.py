@@ -126,12 +126,14 @@ def shipped_style_line() -> str | None:
     record = json.loads(file.read_text()) if file.is_file() else {}
     if "style_and_subject" not in record:
         return None
-    r = record["style_and_subject"]
-    base, lora, change = r["base"], r["lora"], r["changes"]
+    r = record["style_and_subject"]["splits"]["train"]
+    m, change = r["models"], r["changes"]["lora - base"]
     return (
         f"measured on this recipe by `stableemote evaluate-tiny` ({r['pictures']} pictures a "
-        f"model): a style probe calls {base['openmoji']['share']:.0%} of the base model's "
-        f"pictures OpenMoji and {lora['openmoji']['share']:.0%} of the LoRA's; prompt following "
-        f"{base['prompt_following']['share']:.0%} -> {lora['prompt_following']['share']:.0%}, "
-        f"tiny CLIP score x{change['clip_score_ratio']:.2f}"
+        f"model, training names): a style probe calls {m['base']['openmoji']['share']:.0%} of "
+        f"the base model's pictures OpenMoji, {m['base_word']['openmoji']['share']:.0%} when "
+        f'the prompt says "openmoji", and {m["lora"]["openmoji"]["share"]:.0%} of the LoRA\'s; '
+        f"prompt following {m['base']['prompt_following']['share']:.0%} -> "
+        f"{m['lora']['prompt_following']['share']:.0%}, tiny CLIP score "
+        f"x{change['clip_score_ratio']['value']:.2f}"
     )

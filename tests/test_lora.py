@@ -393,6 +393,7 @@ def test_refuses_an_adapter_whose_ranks_disagree(trained, tiny_components, tmp_p
         pipe, file, inputs, base, f"{len(state) - 2} of {len(state)} keys matched", "2 did not"
     )
     assert "rank 4 in lora_A/down but 8 in lora_B/up" in message
+    assert "damaged or was edited" in message and "another architecture" not in message
 
 
 def test_refuses_an_adapter_with_another_layer_size(pipe, tmp_path):
@@ -405,7 +406,8 @@ def test_refuses_an_adapter_with_another_layer_size(pipe, tmp_path):
     }
     file = tmp_path / "wide.safetensors"
     save_file(state, str(file))
-    _expect_refused(pipe, file, inputs, base, "0 of 2 keys matched", f"{d_in} inputs")
+    message = _expect_refused(pipe, file, inputs, base, "0 of 2 keys matched", f"{d_in} inputs")
+    assert "another architecture" in message
 
 
 def test_refuses_a_text_encoder_only_adapter(pipe, tmp_path):
@@ -596,10 +598,18 @@ def test_hand_written_lora_matches_peft_and_merges(tiny_components):
     torch.testing.assert_close(run_unet(theirs, inputs), adapted, atol=1e-4, rtol=1e-3)
     layer = ours.get_submodule(names[0])
     assert torch.linalg.matrix_rank(layer.delta_weight()) == 2
+    weight = layer.base.weight.detach().clone()
     for n in names:
         ours.get_submodule(n).merge()
-        ours.get_submodule(n).B.data.zero_()
+        ours.get_submodule(n).merge()  # a second merge must not add the update again
+    assert layer.merged and not torch.equal(layer.base.weight, weight)
     torch.testing.assert_close(run_unet(ours, inputs), adapted, atol=1e-4, rtol=1e-3)
+    for n in names:
+        ours.get_submodule(n).unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer.base.weight, weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(run_unet(ours, inputs), adapted, atol=1e-4, rtol=1e-3)
+    assert "A: (2, " in repr(layer) and "B: (" in repr(layer)
 
 
 def test_peft_names_still_import_from_the_lesson_module():
@@ -671,3 +681,52 @@ def test_kohya_keys_match_diffusers_for_the_unet_and_keep_alpha_and_sd1_text_nam
     assert te_stem + ".lora_down.weight" in ours
     assert te_stem + ".lora_down.weight" not in theirs
     assert any(k.startswith("lora_te1_") for k in theirs)
+
+
+# --- a lower-rank copy of an adapter (notebook 06's ranks section) ----------------------
+
+
+def test_reduce_rank_keeps_an_update_that_already_has_the_lower_rank(
+    pipe, tiny_components, tmp_path
+):
+    """An adapter of rank 4 whose B uses only 2 of its 4 columns has updates of rank 2: cut
+    to rank 2 it keeps all of each update, so the UNet computes what it did."""
+    from stableemote_utils.lora_inspect import inspect_lora, reduce_rank
+
+    inputs = unet_inputs(pipe.unet)
+    torch.manual_seed(0)
+    L.add_lora(pipe.unet, rank=4, alpha=2)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+                p[:, 2:] = 0
+    wanted = run_unet(pipe.unet, inputs)
+    file = LF.save_lora(pipe.unet, tmp_path / "rank4", {"base_model": "tiny"})
+    out, kept = reduce_rank(file, tmp_path / "rank2.safetensors", 2)
+    assert kept == pytest.approx(1.0, abs=1e-9)
+    assert inspect_lora(out)["ranks"] == [2]
+    fresh = fresh_pipe(tiny_components)
+    L.load_lora(fresh, out)
+    torch.testing.assert_close(run_unet(fresh.unet, inputs), wanted, atol=1e-4, rtol=1e-3)
+
+
+def test_reduce_rank_keeps_the_largest_directions_of_a_full_rank_update(trained, tmp_path):
+    from stableemote_utils.lora_files import read_lora_file
+    from stableemote_utils.lora_inspect import reduce_rank
+
+    _, file, *_ = trained
+    out, kept = reduce_rank(file, tmp_path / "rank1.safetensors", 1)
+    assert 0.25 < kept < 1  # at least its share of 4 directions, and not all of it
+    before, header = read_lora_file(file)
+    after, new_header = read_lora_file(out)
+    assert (new_header["rank"], new_header["alpha"]) == ("1", "1.0")
+    key = sorted(k for k in before if k.endswith("lora_A.weight"))[0]
+    up = key.replace("lora_A", "lora_B")
+    scale = float(header["alpha"]) / before[key].shape[0]
+    full = torch.linalg.svdvals((scale * before[up] @ before[key]).double())
+    cut = torch.linalg.svdvals((after[up] @ after[key]).double())
+    assert cut[0] == pytest.approx(float(full[0]), rel=1e-5) and cut[1] < 1e-6 * cut[0]
+    with pytest.raises(StableEmoteError, match="from 1 to 3"):
+        reduce_rank(file, tmp_path / "rank4.safetensors", 4)

@@ -70,8 +70,10 @@ def test_the_demo_quotes_the_shipped_style_measurement_of_its_own_recipe():
 
     record = json.loads((SHIPPED_DIR / "metrics.json").read_text())
     assert record["style"]["lora_steps"] == recipe("tiny-quick").steps, "metrics.json is stale"
-    r = record["style_and_subject"]
+    r = record["style_and_subject"]["splits"]["train"]
+    m = r["models"]
     line = shipped_style_line()
-    assert f"{r['base']['openmoji']['share']:.0%} of the base model's" in line
-    assert f"{r['lora']['openmoji']['share']:.0%} of the LoRA's" in line
-    assert f"x{r['changes']['clip_score_ratio']:.2f}" in line
+    assert f"{m['base']['openmoji']['share']:.0%} of the base model's" in line
+    assert f"{m['base_word']['openmoji']['share']:.0%} when the prompt says" in line
+    assert f"{m['lora']['openmoji']['share']:.0%} of the LoRA's" in line
+    assert f"x{r['changes']['lora - base']['clip_score_ratio']['value']:.2f}" in line

@@ -298,67 +298,75 @@ def _shipped_lesson() -> tuple[dict, dict]:
     return m["style_probe"], m["style_and_subject"]
 
 
-def test_shipped_metrics_carry_the_lora_lessons_style_and_subject():
-    """The pictures are enough (>= 64, the same prompts and seeds for both models) and each
-    record is consistent with itself (shares inside their intervals, the ratio of the means)."""
+def test_shipped_metrics_carry_three_models_on_training_and_held_out_names():
+    """Base, base told the style word and LoRA, on 20 training names and the 19 held-out
+    names with a category, 4 seeds each; every record is consistent with itself (levels
+    inside their intervals, changes equal to the differences of the levels)."""
     probe, r = _shipped_lesson()
     assert probe["heldout_low"] <= probe["heldout_accuracy"] <= probe["heldout_high"]
-    assert r["pictures"] == len(r["prompts"]) * len(r["seeds"]) >= 64
-    base, lora = r["base"], r["lora"]
-    for model in (base, lora):
-        for key in ("openmoji", "prompt_following"):
-            x = model[key]
-            assert x["n"] == r["pictures"] and x["low"] <= x["share"] <= x["high"]
-            assert x["share"] == pytest.approx(x["count"] / x["n"])
-    ratio = lora["clip_score"]["mean"] / base["clip_score"]["mean"]
-    assert r["changes"]["clip_score_ratio"] == pytest.approx(ratio)
-    points = 100 * (lora["prompt_following"]["share"] - base["prompt_following"]["share"])
-    assert r["changes"]["prompt_following_points"] == pytest.approx(points)
+    assert r["captions"]["base_word"] == "An emoji of openmoji {name}"
+    assert set(r["splits"]) == {"train", "heldout"}
+    for name, split in r["splits"].items():
+        assert split["pictures"] == len(split["prompts"]) * len(r["seeds"]) >= 64, name
+        m = split["models"]
+        assert set(m) == {"base", "base_word", "lora"}
+        for model in m.values():
+            for key in ("openmoji", "prompt_following"):
+                x = model[key]
+                assert x["n"] == split["pictures"] and x["low"] <= x["share"] <= x["high"]
+                assert x["share"] == pytest.approx(x["count"] / x["n"])
+            c = model["clip_score"]
+            assert c["low"] <= c["mean"] <= c["high"]
+        for label, (a, b) in {
+            "lora - base": ("lora", "base"),
+            "lora - base_word": ("lora", "base_word"),
+        }.items():
+            c = split["changes"][label]
+            for key, measure in (
+                ("openmoji_points", "openmoji"),
+                ("prompt_following_points", "prompt_following"),
+            ):
+                points = 100 * (m[a][measure]["share"] - m[b][measure]["share"])
+                assert c[key]["value"] == pytest.approx(points)
+                assert c[key]["low"] <= c[key]["value"] <= c[key]["high"]
+            ratio = m[a]["clip_score"]["mean"] / m[b]["clip_score"]["mean"]
+            assert c["clip_score_ratio"]["value"] == pytest.approx(ratio)
+    train_names = set(r["splits"]["train"]["prompts"])
+    assert not train_names & set(r["splits"]["heldout"]["prompts"])
 
 
-def test_shipped_tiny_quick_lora_shifts_the_style_as_the_lesson_asks():
-    """The probe is right on >= 90% of real held-out drawings; it calls >= 80% of the
-    LoRA's pictures OpenMoji and <= 20% of the base model's."""
+def test_shipped_lora_moves_the_style_beyond_doubt_on_both_name_sets():
+    """The whole interval of the LoRA's change from the base model, in the share the probe
+    calls OpenMoji, is above zero, on training names and on held-out names."""
+    _, r = _shipped_lesson()
+    for split in r["splits"].values():
+        assert split["changes"]["lora - base"]["openmoji_points"]["low"] > 0
+
+
+def test_shipped_lora_meets_the_lessons_bars_on_the_point_estimate():
+    """What the README and notebooks 05 and 06 say: every bar met on the point estimate."""
     from stableemote_utils.tinyemote.style import bars_met
 
-    met = bars_met(*_shipped_lesson())
-    assert met["probe_heldout_accuracy"] and met["base_openmoji_share"]
-    assert met["lora_openmoji_share"]
+    probe, r = _shipped_lesson()
+    assert all(bars_met(probe, r["splits"]["train"], "point").values())
 
 
-def test_shipped_tiny_quick_lora_keeps_prompt_following_as_the_lesson_asks():
-    """Prompt following with the LoRA within 5 points of the base model's."""
-    from stableemote_utils.tinyemote.style import bars_met
-
-    assert bars_met(*_shipped_lesson())["prompt_following_points"]
-
-
-def test_shipped_tiny_quick_lora_keeps_the_tiny_clip_score_as_the_lesson_asks():
-    """Tiny CLIP score down by at most 5%."""
-    from stableemote_utils.tinyemote.style import bars_met
-
-    assert bars_met(*_shipped_lesson())["clip_score_ratio"]
+def test_shipped_word_alone_gives_the_style_and_the_lora_keeps_the_subject_better():
+    """The README's finding: prompted with "openmoji", the base model draws OpenMoji's style
+    at least as often as the LoRA does, and the LoRA follows training-name prompts better
+    than the word does over the whole interval."""
+    _, r = _shipped_lesson()
+    for split in r["splits"].values():
+        m = split["models"]
+        assert m["base_word"]["openmoji"]["share"] >= m["lora"]["openmoji"]["share"]
+    train = r["splits"]["train"]["changes"]["lora - base_word"]
+    assert train["prompt_following_points"]["low"] > 0 and train["clip_score_ratio"]["low"] > 1
 
 
 def test_the_readme_states_the_shipped_style_and_subject_measurements():
-    probe, r = _shipped_lesson()
+    """The README's table is the one the shipped metrics.json gives, cell for cell."""
+    from stableemote_utils.tinyemote.card import style_subject_markdown
+
+    record = json.loads((SHIPPED_DIR / "metrics.json").read_text())
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-
-    def pct(x: dict) -> str:
-        return f"{x['share']:.0%} [{x['low'] * 100:.0f}, {x['high'] * 100:.0f}]"
-
-    base, lora, c = r["base"], r["lora"], r["changes"]
-    rows = {
-        "style probe, right on": f"{probe['heldout_accuracy']:.0%} [{probe['heldout_low'] * 100:.0f}, {probe['heldout_high'] * 100:.0f}]",
-        "pictures the probe calls OpenMoji": f"{pct(base['openmoji'])} | {pct(lora['openmoji'])}",
-        "prompt following |": f"{pct(base['prompt_following'])} | {pct(lora['prompt_following'])} "
-        f"({c['prompt_following_points']:+.1f} points)",
-        "tiny CLIP score |": f"{base['clip_score']['mean']:.1f} [{base['clip_score']['low']:.1f}, "
-        f"{base['clip_score']['high']:.1f}] | {lora['clip_score']['mean']:.1f} "
-        f"[{lora['clip_score']['low']:.1f}, {lora['clip_score']['high']:.1f}] "
-        f"(x{c['clip_score_ratio']:.2f} [{c['clip_score_ratio_low']:.2f}, "
-        f"{c['clip_score_ratio_high']:.2f}])",
-    }
-    for start, cells in rows.items():
-        [line] = [x for x in readme.splitlines() if x.startswith("| " + start)]
-        assert cells in line, (line, cells)
+    assert style_subject_markdown(record) in readme

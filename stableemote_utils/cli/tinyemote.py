@@ -204,9 +204,12 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         description="Print TinyEmote's measurements: VAE reconstruction PSNR on held-out "
         "emoji; nearest-category accuracy of generated images with its chance level; KID to "
         "OpenMoji's and Noto's style before and after a short LoRA on OpenMoji; the tiny CLIP's "
-        "retrieval and score; and the LoRA lesson's two measurements on 80 pictures, base "
-        "and LoRA: the share a style probe (held-out accuracy on real drawings printed) "
-        "calls OpenMoji, and prompt following and the tiny CLIP score (subject kept).",
+        "retrieval and score; and the LoRA lesson's two measurements, on training names and on "
+        "held-out names (4 seeds each), for the base model, the base model prompted with the "
+        "style word 'openmoji' and the LoRA: the share a style probe (held-out accuracy on real "
+        "drawings printed) calls OpenMoji, and prompt following and the tiny CLIP score "
+        "(subject kept), with 95% intervals from a cluster bootstrap over the prompts, for each "
+        "model and for each difference (LoRA - base, LoRA - base + word).",
     )
     p.add_argument(
         "--output-dir", default="outputs/tinyemote-eval", help="where metrics.json is written"

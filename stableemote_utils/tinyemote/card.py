@@ -55,34 +55,71 @@ def _style_shift_lines(record: dict) -> list[str]:
     ]
 
 
-def _pct(x: dict) -> str:
-    """A share with its interval: ``"85% [76%, 91%]"``."""
-    return f"{x['share']:.0%} [{x['low']:.0%}, {x['high']:.0%}]"
-
-
 def style_subject_lines(record: dict) -> list[str]:
-    """The LoRA lesson's style and subject measurements (95% intervals in brackets)."""
+    """The LoRA lesson's style and subject measurements: three models on training names and
+    on held-out names, 95% intervals from a cluster bootstrap over the prompts, and the
+    lesson's bars judged on the point estimate and on the interval."""
     if "style_and_subject" not in record:
         return []
-    p, r = record["style_probe"], record["style_and_subject"]
-    b, a, c = r["base"], r["lora"], r["changes"]
-    n_prompts, n_seeds = len(r["prompts"]), len(r["seeds"])
+    from stableemote_utils.tinyemote.style import MODEL_LABELS, bar_lines, lesson_table
+
+    r, probe = record["style_and_subject"], record["style_probe"]
+    seeds = len(r["seeds"])
     return [
-        f"style probe (logistic regression on the tiny CLIP's image features, Noto vs "
-        f"OpenMoji): {p['heldout_accuracy']:.0%} [{p['heldout_low']:.0%}, "
-        f"{p['heldout_high']:.0%}] right on {p['heldout_images']} real held-out drawings",
-        f"style and subject, {r['pictures']} pictures ({n_prompts} training-name prompts x "
-        f"{n_seeds} seeds), base model -> {record['style']['lora_steps']}-step OpenMoji LoRA "
-        "(95% intervals):",
-        f"  called OpenMoji by the probe: {_pct(b['openmoji'])} -> {_pct(a['openmoji'])}",
-        f"  prompt following (nearest category, both styles): {_pct(b['prompt_following'])} "
-        f"-> {_pct(a['prompt_following'])} ({c['prompt_following_points']:+.1f} points)",
-        f"  tiny CLIP score: {b['clip_score']['mean']:.1f} [{b['clip_score']['low']:.1f}, "
-        f"{b['clip_score']['high']:.1f}] -> {a['clip_score']['mean']:.1f} "
-        f"[{a['clip_score']['low']:.1f}, {a['clip_score']['high']:.1f}] (LoRA / base "
-        f"{c['clip_score_ratio']:.2f} [{c['clip_score_ratio_low']:.2f}, "
-        f"{c['clip_score_ratio_high']:.2f}])",
+        f"style and subject: each prompt at {seeds} seeds, the same noise for the base model, "
+        f"the base model told the style word ({MODEL_LABELS['base_word']}: "
+        f'"{r["captions"]["base_word"]}") and the {record["style"]["lora_steps"]}-step OpenMoji '
+        'LoRA; every picture scored against "An emoji of {name}"; [95% interval, a '
+        "cluster bootstrap over the prompts with seeds nested]",
+        *lesson_table(r, probe).splitlines(),
+        "",
+        "the lesson's bars on training names, judged on the point estimate and on the 95% interval:",
+        *bar_lines(probe, r["splits"]["train"]),
     ]
+
+
+def style_subject_markdown(record: dict) -> str:
+    """The style and subject measurement as a Markdown table (the README's and the card's).
+
+    One row per name set and measure; columns: the three models, then LoRA - base and
+    LoRA - base told the word. Brackets are 95% intervals (cluster bootstrap over the
+    prompts); changes of shares are in percentage points, the CLIP score's as a ratio.
+    """
+    from stableemote_utils.tinyemote.style import MODEL_LABELS, SPLITS
+
+    r = record["style_and_subject"]
+    word = MODEL_LABELS["base_word"]
+
+    def level(x: dict) -> str:
+        if "share" in x:
+            return f"{x['share']:.0%} [{x['low'] * 100:.0f}, {x['high'] * 100:.0f}]"
+        return f"{x['mean']:.1f} [{x['low']:.1f}, {x['high']:.1f}]"
+
+    def change(x: dict, ratio: bool) -> str:
+        if ratio:
+            return f"x{x['value']:.2f} [{x['low']:.2f}, {x['high']:.2f}]"
+        return f"{x['value']:+.0f} [{x['low']:+.0f}, {x['high']:+.0f}]"
+
+    lines = [
+        f"| names | measurement | base | {word} | LoRA | LoRA - base | LoRA - {word} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = (
+        ("called OpenMoji by the probe", "openmoji", "openmoji_points"),
+        ("prompt following", "prompt_following", "prompt_following_points"),
+        ("tiny CLIP score", "clip_score", "clip_score_ratio"),
+    )
+    for split, title in SPLITS.items():
+        x = r["splits"][split]
+        m, c = x["models"], x["changes"]
+        for label, measure, diff in rows:
+            ratio = diff == "clip_score_ratio"
+            cells = [level(m[k][measure]) for k in ("base", "base_word", "lora")]
+            cells += [change(c[k][diff], ratio) for k in ("lora - base", "lora - base_word")]
+            lines.append(
+                f"| {title} ({x['pictures']} pictures) | {label} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
 
 
 def _guidance_lines(record: dict) -> list[str]:
@@ -260,6 +297,19 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
             "in its web data; the course's OpenMoji LoRA makes that style the default, with no\n"
             "word in the prompt.\n"
         )
+    word_finding = ""
+    lesson = m.get("style_and_subject", {}).get("splits", {}).get("train")
+    if lesson:
+        models, vs_word = lesson["models"], lesson["changes"]["lora - base_word"]
+        share, follow = vs_word["openmoji_points"], vs_word["prompt_following_points"]
+        word_finding = (
+            f'Against the base model told "{word or "openmoji"}" on training names, the LoRA '
+            f"changes the share called OpenMoji by {share['value']:+.0f} points [{share['low']:+.0f}, "
+            f"{share['high']:+.0f}] and prompt following by {follow['value']:+.0f} points "
+            f"[{follow['low']:+.0f}, {follow['high']:+.0f}] ({models['base_word']['prompt_following']['share']:.0%} "
+            f"-> {models['lora']['prompt_following']['share']:.0%}): the comparison that says what "
+            "the LoRA adds over writing the style's name.\n"
+        )
     text = f"""---
 license: cc-by-sa-4.0
 library_name: diffusers
@@ -314,7 +364,7 @@ The style probe is a logistic regression on the tiny CLIP image tower's features
 real Noto against real OpenMoji drawings of the training names; with the prompt following
 and tiny CLIP score of the same pictures it says whether the course's OpenMoji LoRA (the
 `tiny-quick` recipe) changes the look and keeps the subject.
-
+{word_finding}
 ## Limits
 
 {limits}

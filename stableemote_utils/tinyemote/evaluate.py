@@ -18,7 +18,9 @@ Three measurements, printed by ``stableemote evaluate-tiny`` and kept in the mod
 
 The LoRA lesson's two measurements, style and subject on the same pictures, come from
 :mod:`stableemote_utils.tinyemote.style` (a style probe on the tiny CLIP's image features;
-prompt following and the tiny CLIP score, base against LoRA).
+prompt following and the tiny CLIP score) for the base model, the base model prompted with
+the style word "openmoji" and the LoRA, on training and held-out names, with intervals
+from a cluster bootstrap over the prompts.
 
 The feature space of these three is fixed and needs no download: the image shrunk to
 16 x 16 pixels (768 numbers). It sees colour and layout, which is what separates these

@@ -3,17 +3,23 @@
 The LoRA lesson trains a short LoRA on OpenMoji's emoji and claims two things: the
 pictures take on OpenMoji's look, and they still show what the prompt asks for. Each
 claim gets its own number, measured on the same pictures (every prompt at every seed,
-drawn once by the base model and once with the LoRA):
+drawn from the same noise by each model compared):
 
 * **Style:** a *style probe*, a logistic regression on the tiny CLIP's image features
   (:func:`style_features`; :mod:`stableemote_utils.tinyemote.clip`), trained to tell real Noto drawings from real
   OpenMoji drawings of the training names. Its accuracy on the held-out names' drawings
-  says whether it can be trusted; the share of generated pictures it calls "OpenMoji"
-  (with a Wilson interval) is the style measurement.
+  (with a Wilson interval) says whether it can be trusted; the share of generated pictures
+  it calls "OpenMoji" is the style measurement.
 * **Subject:** prompt following (the nearest real emoji's category, as in
   :mod:`stableemote_utils.tinyemote.evaluate`, against real emoji of both styles, so
   that a change of style alone is not counted as a change of subject) and the tiny CLIP
-  score of each picture against its prompt (with a bootstrap interval).
+  score of each picture against its prompt.
+
+:func:`style_and_subject` compares three models on training names and on held-out names:
+the base model, the base model told the style word its UNet already knows ("openmoji"),
+and the LoRA. Every level and every difference between two models gets a 95% interval from
+a cluster bootstrap over the prompts (:func:`cluster_means`): the seeds of one prompt stay
+together, since they are not independent pictures.
 
 In a notebook, three lines::
 
@@ -21,7 +27,7 @@ In a notebook, three lines::
     probe, real = fit_style_probe(clip[0])          # real["heldout_accuracy"]
     result = style_and_subject(pipe, adapter_path, clip, probe)
 
-``result["base"]`` and ``result["lora"]`` hold the same keys (see :func:`style_and_subject`).
+and ``print(lesson_table(result, real))``.
 """
 
 from __future__ import annotations
@@ -208,29 +214,110 @@ def bootstrap_interval(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over rows of ``values`` ``(N, ...)``.
 
-    ``statistic`` maps a resample ``(N, ...)`` to a number (for paired data, pass rows
-    ``(N, 2)`` and a statistic of both columns, so that pairs are resampled together).
+    Every row is resampled as if independent of the others (for pictures: as if each were
+    a prompt of its own). ``statistic`` maps a resample ``(N, ...)`` to a number (for
+    paired data, pass rows ``(N, 2)`` and a statistic of both columns). For pictures that
+    share prompts, :func:`cluster_means` is the right resampling.
     """
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(values), (draws, len(values)), generator=g)
     stats = torch.tensor([float(statistic(values[i])) for i in idx])
+    return _percentiles(stats, confidence)
+
+
+def _percentiles(stats: torch.Tensor, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The central ``confidence`` range of bootstrap statistics ``(draws,)``: ``(low, high)``."""
     tail = (1 - confidence) / 2
-    low, high = torch.quantile(stats.double(), torch.tensor([tail, 1 - tail]).double()).tolist()
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    low, high = torch.quantile(stats.double(), q).tolist()
     return low, high
 
 
-def subject_prompts(per_category: int = PROMPTS_PER_CATEGORY) -> list[tuple[str, str]]:
-    """``(name, category)`` of ``per_category`` training names per category, in a fixed
-    hashed order: 20 names by default, four each of faces, hearts, flags, clocks, hands."""
+def cluster_means(values: torch.Tensor, draws: int = 2000, seed: int = 0) -> torch.Tensor:
+    """Means of a cluster bootstrap over prompts, seeds nested within them: ``(draws, K)``.
+
+    Args:
+        values: ``(K, S, P)``: one number per model, seed and prompt (K models drawn from
+            the same S x P noises, e.g. base and LoRA).
+        draws: bootstrap resamples.
+        seed: the resampling's own seed (fixed, so a record repeats).
+
+    Each resample draws P prompts with replacement and keeps all S seeds of each drawn
+    prompt, then takes every model's mean over those S x P pictures. The same prompts serve
+    all K models, so differences between models stay paired. Prompts are the units
+    resampled because the pictures of one prompt agree far more than pictures of two
+    prompts do: resampling the S x P pictures as if independent makes the interval too
+    narrow. The seeds are not resampled again inside a prompt: a prompt's mean already
+    carries their spread, and resampling both levels would count it twice.
+    """
+    if values.ndim != 3:
+        raise StableEmoteError(f"Need values (models, seeds, prompts), got {tuple(values.shape)}.")
+    g = torch.Generator().manual_seed(seed)
+    per_prompt = values.double().mean(dim=1)  # (K, P): each prompt's mean over its seeds
+    prompts = torch.randint(per_prompt.shape[1], (draws, per_prompt.shape[1]), generator=g)
+    return per_prompt[:, prompts].mean(dim=2).T
+
+
+def level(values: torch.Tensor, binary: bool, confidence: float = CONFIDENCE) -> dict:
+    """One model's mean over ``(S, P)`` values with its cluster-bootstrap interval.
+
+    Binary values (the probe's calls, right categories) give ``{"share", "count", "n",
+    "low", "high"}``; others ``{"mean", "low", "high"}``. When every picture agrees (none
+    or all), resampling has nothing to vary, so a share gets the Wilson interval over the
+    P prompts instead: the cautious choice, as if each prompt were one picture.
+    """
+    mean = float(values.double().mean())
+    if not binary:
+        low, high = _percentiles(cluster_means(values[None])[:, 0], confidence)
+        return {"mean": mean, "low": low, "high": high}
+    count, n = int(values.sum()), values.numel()
+    if count in (0, n):
+        prompts = values.shape[-1]
+        low, high = wilson_interval(round(count / n * prompts), prompts, confidence)
+    else:
+        low, high = _percentiles(cluster_means(values[None])[:, 0], confidence)
+    return {"share": count / n, "count": count, "n": n, "low": low, "high": high}
+
+
+def difference(
+    first: torch.Tensor, second: torch.Tensor, scale: float = 1.0, confidence: float = CONFIDENCE
+) -> dict:
+    """``scale * (mean(first) - mean(second))`` of two ``(S, P)`` value sets drawn from the same
+    noises, with a paired cluster-bootstrap interval: ``{"value", "low", "high"}``."""
+    means = cluster_means(torch.stack([first, second]))
+    low, high = _percentiles(scale * (means[:, 0] - means[:, 1]), confidence)
+    value = scale * float(first.double().mean() - second.double().mean())
+    return {"value": value, "low": low, "high": high}
+
+
+def ratio(first: torch.Tensor, second: torch.Tensor, confidence: float = CONFIDENCE) -> dict:
+    """``mean(first) / mean(second)`` of two ``(S, P)`` value sets drawn from the same noises,
+    with a paired cluster-bootstrap interval: ``{"value", "low", "high"}``."""
+    means = cluster_means(torch.stack([first, second]))
+    low, high = _percentiles(means[:, 0] / means[:, 1], confidence)
+    return {
+        "value": float(first.double().mean() / second.double().mean()),
+        "low": low,
+        "high": high,
+    }
+
+
+def subject_prompts(
+    per_category: int | None = PROMPTS_PER_CATEGORY, split: str = "train"
+) -> list[tuple[str, str]]:
+    """``(name, category)`` of ``per_category`` names of one split per category, in a fixed
+    hashed order: by default 20 training names, four each of faces, hearts, flags, clocks,
+    hands. ``per_category`` ``None``: every name of the split in those categories (the
+    held-out split has 19, most of them flags)."""
     rows = categorised_emoji("noto")
     out = []
     for cat in CATEGORIES:
         names = sorted(
-            (n for n, c, split in rows if c == cat and split == "train"),
+            (n for n, c, got in rows if c == cat and got == split),
             key=lambda n: hashlib.sha256(n.encode()).hexdigest(),
         )
-        if len(names) < per_category:
-            raise StableEmoteError(f"Only {len(names)} training emoji in category {cat!r}.")
+        if per_category is not None and len(names) < per_category:
+            raise StableEmoteError(f"Only {len(names)} {split} emoji in category {cat!r}.")
         out += [(n, cat) for n in names[:per_category]]
     return out
 
@@ -274,27 +361,103 @@ def measure_pictures(
     clip,
     probe: StyleProbe,
     references: tuple[torch.Tensor, list[str]],
-) -> tuple[dict, torch.Tensor]:
+) -> torch.Tensor:
     """Style and subject of N pictures, each with its prompt and its prompt's category.
 
     Returns:
-        ``(record, per_picture)``: ``record`` has ``openmoji`` (a :func:`share` of the
-        probe's calls), ``prompt_following`` (a :func:`share` of right categories) and
-        ``clip_score`` (mean, ``low``, ``high``); ``per_picture`` is ``(N, 3)``: OpenMoji
-        call, right category, tiny CLIP score.
+        ``(3, N)``: the probe's OpenMoji call (0/1), right category (0/1), and the tiny
+        CLIP score of the picture against ``texts[i]``.
     """
     model, tokenizer = clip
     calls = probe.is_openmoji(style_features(model, images))
     got = nearest_category(image_features(images), *references)
     right = torch.tensor([g == c for g, c in zip(got, categories, strict=True)])
     scores = tiny_clip_score(model, tokenizer, images, texts).float()
-    low, high = bootstrap_interval(scores)
-    record = {
-        "openmoji": share(calls),
-        "prompt_following": share(right),
-        "clip_score": {"mean": float(scores.mean()), "low": low, "high": high},
+    return torch.stack([calls.float(), right.float(), scores])
+
+
+MEASURES = ("openmoji", "prompt_following", "clip_score")  # the rows of measure_pictures
+
+
+def summarise(values: torch.Tensor) -> dict:
+    """One model's record from its ``(3, S, P)`` values: each measure's level with a
+    cluster-bootstrap interval (see :func:`level`)."""
+    return {m: level(values[i], binary=m != "clip_score") for i, m in enumerate(MEASURES)}
+
+
+def compare(first: torch.Tensor, second: torch.Tensor) -> dict:
+    """How model ``first`` differs from ``second``, both ``(3, S, P)`` from the same noises.
+
+    Returns:
+        ``{"openmoji_points", "prompt_following_points", "clip_score_points",
+        "clip_score_ratio"}``, each ``{"value", "low", "high"}`` (paired cluster bootstrap;
+        shares in percentage points).
+    """
+    return {
+        "openmoji_points": difference(first[0], second[0], scale=100),
+        "prompt_following_points": difference(first[1], second[1], scale=100),
+        "clip_score_points": difference(first[2], second[2]),
+        "clip_score_ratio": ratio(first[2], second[2]),
     }
-    return record, torch.stack([calls.float(), right.float(), scores], 1)
+
+
+def measure_models(
+    pipe,
+    models: dict[str, tuple[str | os.PathLike | None, str]],
+    clip,
+    probe: StyleProbe,
+    prompts: list[tuple[str, str]],
+    seeds: tuple[int, ...] = SEEDS,
+    changes: dict[str, tuple[str, str]] | None = None,
+    references: tuple[torch.Tensor, list[str]] | None = None,
+) -> dict:
+    """Style and subject of several models on the same prompts, seeds and noise.
+
+    Args:
+        pipe: a ``StableDiffusionPipeline`` over TinyEmote, with no LoRA loaded.
+        models: label -> ``(adapter file or None, caption template)``; ``None`` is the base
+            model. The template makes the prompt drawn (e.g. ``"An emoji of openmoji {name}"``
+            for the base model told the style word); every picture is scored against
+            ``"An emoji of {name}"`` all the same, so the models are scored alike.
+        clip: ``(CLIPModel, CLIPTokenizer)`` of the tiny CLIP.
+        probe: from :func:`fit_style_probe`.
+        prompts: ``(name, category)`` pairs.
+        seeds: each prompt is drawn at each seed.
+        changes: label -> ``(model, other model)``: the differences to report.
+        references: from :func:`category_references` (``None``: computed here).
+
+    Returns:
+        ``{"models": {label: record}, "changes": {label: ...}, "pictures": S * P,
+        "prompts": names, "seeds", "values": {label: (3, S, P)}, "images": {label: [...]}}``;
+        each record is :func:`summarise`', each change :func:`compare`'.
+    """
+    from stableemote_utils.lora import lora_loaded
+
+    names = [n for n, _ in prompts]
+    scored = [CAPTION_TEMPLATE.format(name=n) for n in names] * len(seeds)
+    cats = [c for _, c in prompts] * len(seeds)
+    refs = category_references() if references is None else references
+    images, values = {}, {}
+    for label, (adapter, template) in models.items():
+        texts = [template.format(name=n) for n in names]
+        if adapter is None:
+            images[label] = draw(pipe, texts, seeds)
+        else:
+            with lora_loaded(pipe, adapter, adapter_name="measure_models"):
+                images[label] = draw(pipe, texts, seeds)
+        per_picture = measure_pictures(images[label], scored, cats, clip, probe, refs)
+        values[label] = per_picture.view(3, len(seeds), len(names))  # seed-major
+    return {
+        "models": {label: summarise(v) for label, v in values.items()},
+        "changes": {
+            label: compare(values[a], values[b]) for label, (a, b) in (changes or {}).items()
+        },
+        "pictures": len(scored),
+        "prompts": names,
+        "seeds": list(seeds),
+        "values": values,
+        "images": images,
+    }
 
 
 def measure_adapters(
@@ -306,63 +469,20 @@ def measure_adapters(
     seeds: tuple[int, ...] = SEEDS,
     caption: str = CAPTION_TEMPLATE,
 ) -> dict:
-    """Style and subject of the base model and of each adapter, on the same prompts and seeds.
-
-    Args:
-        pipe: a ``StableDiffusionPipeline`` over TinyEmote, with no LoRA loaded.
-        adapters: label -> LoRA file, e.g. ``{"step 400": ..., "step 800": ...}`` (each
-            loaded in turn, then removed).
-        clip: ``(CLIPModel, CLIPTokenizer)`` of the tiny CLIP.
-        probe: from :func:`fit_style_probe`.
-        prompts: ``(name, category)`` pairs (default :func:`subject_prompts`).
-        seeds: each prompt is drawn at each seed (default 4 seeds: 80 pictures a model).
-
-    Returns:
-        ``{"models": {"base": ..., label: ...}, "changes": {label: ...}, "pictures": N,
-        "prompts", "seeds", "images": {"base": [...], label: [...]}}``. Each model's record
-        is :func:`measure_pictures`'. ``changes[label]`` has ``clip_score_ratio`` (the
-        adapter's mean over the base's, with a paired bootstrap ``low``, ``high``) and
-        ``prompt_following_points`` (adapter minus base, in percentage points).
-    """
-    from stableemote_utils.lora import lora_loaded
-
+    """The base model and each adapter, on the same prompts and seeds; each adapter's change
+    from the base model (:func:`measure_models` with those models; default prompts
+    :func:`subject_prompts`, 4 seeds: 80 pictures a model). Changes are labelled
+    ``"<adapter label> - base"``."""
     prompts = subject_prompts() if prompts is None else prompts
-    texts = [caption.format(name=n) for n, _ in prompts] * len(seeds)
-    cats = [c for _, c in prompts] * len(seeds)
-    refs = category_references()
-    images = {"base": draw(pipe, texts[: len(prompts)], seeds)}
-    for label, path in adapters.items():
-        with lora_loaded(pipe, path, adapter_name="measure_adapters"):
-            images[label] = draw(pipe, texts[: len(prompts)], seeds)
-    models, rows = {}, {}
-    for label, drawn in images.items():
-        models[label], rows[label] = measure_pictures(
-            drawn, texts, cats, clip, probe=probe, references=refs
-        )
+    models = {"base": (None, caption), **{k: (v, caption) for k, v in adapters.items()}}
+    changes = {f"{k} - base": (k, "base") for k in adapters}
+    return measure_models(pipe, models, clip, probe, prompts, seeds, changes)
 
-    def ratio(pairs: torch.Tensor) -> float:
-        return float(pairs[:, 1].mean() / pairs[:, 0].mean())
 
-    changes = {}
-    for label in adapters:
-        pairs = torch.stack([rows["base"][:, 2], rows[label][:, 2]], 1)
-        low, high = bootstrap_interval(pairs, ratio)
-        points = models[label]["prompt_following"]["share"]
-        points -= models["base"]["prompt_following"]["share"]
-        changes[label] = {
-            "clip_score_ratio": ratio(pairs),
-            "clip_score_ratio_low": low,
-            "clip_score_ratio_high": high,
-            "prompt_following_points": 100 * points,
-        }
-    return {
-        "models": models,
-        "changes": changes,
-        "pictures": len(texts),
-        "prompts": [n for n, _ in prompts],
-        "seeds": list(seeds),
-        "images": images,
-    }
+STYLE_WORD = "openmoji"  # the word TinyEmote's UNet saw OpenMoji's drawings under
+WORD_TEMPLATE = "An emoji of " + STYLE_WORD + " {name}"
+MODEL_LABELS = {"base": "base", "base_word": f'base + "{STYLE_WORD}"', "lora": "LoRA"}
+SPLITS = {"train": "training names", "heldout": "held-out names"}
 
 
 def style_and_subject(
@@ -370,63 +490,107 @@ def style_and_subject(
     adapter_path: str | os.PathLike,
     clip,
     probe: StyleProbe,
-    prompts: list[tuple[str, str]] | None = None,
     seeds: tuple[int, ...] = SEEDS,
-    caption: str = CAPTION_TEMPLATE,
+    prompts: dict[str, list[tuple[str, str]]] | None = None,
 ) -> dict:
-    """Style and subject of the base model and of one LoRA, on the same prompts and seeds.
+    """The LoRA lesson's measurement: three models on training and on held-out names.
 
-    :func:`measure_adapters` for one adapter, labelled ``"lora"``.
+    The models: the base model; the base model told the style word it already knows
+    (``"An emoji of openmoji {name}"``: TinyEmote's UNet saw OpenMoji's drawings under that
+    word); and the LoRA, prompted plainly. The prompts: 20 training names (four per
+    category) and the 19 held-out names that have a category, never in any training.
+    Every prompt at every seed, the same noise for all three models.
 
     Returns:
-        ``{"base": ..., "lora": ..., "changes": ..., "pictures": N, "prompts", "seeds",
-        "images": {"base": [...], "lora": [...]}}``; base and LoRA as
-        :func:`measure_pictures`' record, ``changes`` as :func:`measure_adapters`' for the
-        LoRA.
+        ``{"seeds", "captions": {model: template}, "splits": {"train": ..., "heldout": ...},
+        "images": {split: {model: [...]}}}``; each split is :func:`measure_models`' record
+        (without images and values), with the changes ``"lora - base"`` and
+        ``"lora - base_word"``.
     """
-    got = measure_adapters(
-        pipe, {"lora": adapter_path}, clip, probe, prompts=prompts, seeds=seeds, caption=caption
-    )
+    if prompts is None:
+        prompts = {"train": subject_prompts(), "heldout": subject_prompts(None, "heldout")}
+    models = {"base": (None, CAPTION_TEMPLATE), "base_word": (None, WORD_TEMPLATE)}
+    models["lora"] = (adapter_path, CAPTION_TEMPLATE)
+    changes = {"lora - base": ("lora", "base"), "lora - base_word": ("lora", "base_word")}
+    refs = category_references()
+    splits, images = {}, {}
+    for split, chosen in prompts.items():
+        got = measure_models(pipe, models, clip, probe, chosen, seeds, changes, refs)
+        images[split] = got.pop("images")
+        got.pop("values")
+        splits[split] = got
     return {
-        "base": got["models"]["base"],
-        "lora": got["models"]["lora"],
-        "changes": got["changes"]["lora"],
-        **{k: got[k] for k in ("pictures", "prompts", "seeds", "images")},
+        "seeds": list(seeds),
+        "captions": {k: t for k, (_, t) in models.items()},
+        "splits": splits,
+        "images": images,
     }
 
 
-def measurement_table(result: dict, probe_record: dict | None = None) -> str:
-    """:func:`measure_adapters`' result as a table: one row per model, 95% intervals.
+def _pct(x: dict) -> str:
+    return f"{x['share']:4.0%} [{x['low']:.0%}, {x['high']:.0%}]"
 
-    Columns: the share the probe calls OpenMoji, prompt following (and its change from the
-    base, in points), the tiny CLIP score (and the ratio to the base's). With
-    ``probe_record`` (from :func:`fit_style_probe`) a first line gives the probe's accuracy
-    on real held-out drawings.
+
+def _score(x: dict) -> str:
+    return f"{x['mean']:.1f} [{x['low']:.1f}, {x['high']:.1f}]"
+
+
+def _points(x: dict) -> str:
+    return f"{x['value']:+.0f} [{x['low']:+.0f}, {x['high']:+.0f}]"
+
+
+def probe_line(probe_record: dict) -> str:
+    """The style probe's accuracy on real held-out drawings, with its Wilson interval."""
+    p = probe_record
+    return (
+        f"style probe: {p['heldout_accuracy']:.0%} [{p['heldout_low']:.0%}, "
+        f"{p['heldout_high']:.0%}] right on {p['heldout_images']} real held-out drawings "
+        "(Noto vs OpenMoji)"
+    )
+
+
+def measurement_table(result: dict, probe_record: dict | None = None, labels=None) -> str:
+    """:func:`measure_models`' result as a table: one row per model, then one per change.
+
+    Brackets are 95% intervals from a cluster bootstrap over the prompts (seeds nested).
+    Columns: the share the probe calls OpenMoji, prompt following, the tiny CLIP score;
+    change rows give the same three as differences (points) and the CLIP score's ratio.
+    With ``probe_record`` (from :func:`fit_style_probe`) a first line gives the probe's
+    accuracy on real held-out drawings. ``labels`` renames models in the table.
     """
-
-    def pct(x: dict) -> str:
-        return f"{x['share']:4.0%} [{x['low']:.0%}, {x['high']:.0%}]"
-
-    lines = []
-    if probe_record is not None:
-        lines.append(
-            f"style probe: {probe_record['heldout_accuracy']:.0%} [{probe_record['heldout_low']:.0%}, "
-            f"{probe_record['heldout_high']:.0%}] right on {probe_record['heldout_images']} real "
-            "held-out drawings (Noto vs OpenMoji)"
-        )
+    labels = labels or {}
+    lines = [] if probe_record is None else [probe_line(probe_record)]
     n, k = len(result["prompts"]), len(result["seeds"])
-    lines.append(f"{result['pictures']} pictures per model: {n} prompts x {k} seeds, same noise")
-    head = f"{'model':<14}{'called OpenMoji':<22}{'prompt following':<30}tiny CLIP score"
-    lines += [head, "-" * len(head)]
+    lines.append(
+        f"{result['pictures']} pictures per model: {n} prompts x {k} seeds, same noise; "
+        "[95% interval, prompts resampled]"
+    )
+    head = f"{'model':<26}{'called OpenMoji':<20}{'prompt following':<20}tiny CLIP score"
+    lines += [head, "-" * (len(head) + 8)]
     for label, m in result["models"].items():
-        c = result["changes"].get(label)
-        follow = pct(m["prompt_following"])
-        score = f"{m['clip_score']['mean']:.1f} [{m['clip_score']['low']:.1f}, {m['clip_score']['high']:.1f}]"
-        if c is not None:
-            follow += f" ({c['prompt_following_points']:+.0f} pts)"
-            score += f" (x{c['clip_score_ratio']:.2f})"
-        lines.append(f"{label:<14}{pct(m['openmoji']):<22}{follow:<30}{score}")
+        lines.append(
+            f"{labels.get(label, label):<26}{_pct(m['openmoji']):<20}"
+            f"{_pct(m['prompt_following']):<20}{_score(m['clip_score'])}"
+        )
+    for label, c in result["changes"].items():
+        a, b = label.split(" - ")
+        name = f"{labels.get(a, a)} - {labels.get(b, b)}"
+        r = c["clip_score_ratio"]
+        lines.append(
+            f"{name:<26}{_points(c['openmoji_points']) + ' pts':<20}"
+            f"{_points(c['prompt_following_points']) + ' pts':<20}"
+            f"x{r['value']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+        )
     return "\n".join(lines)
+
+
+def lesson_table(result: dict, probe_record: dict | None = None) -> str:
+    """:func:`style_and_subject`'s result as two tables, training names then held-out names."""
+    parts = [] if probe_record is None else [probe_line(probe_record)]
+    for split, title in SPLITS.items():
+        table = measurement_table(result["splits"][split], None, MODEL_LABELS)
+        parts.append(f"{title}:\n{table}")
+    return "\n\n".join(parts)
 
 
 def lesson_measurements(output_dir: str | os.PathLike, device: str | None = None) -> dict:
@@ -434,8 +598,8 @@ def lesson_measurements(output_dir: str | os.PathLike, device: str | None = None
 
     Reads TinyEmote (with its tiny CLIP) and the LoRA that
     :func:`~stableemote_utils.tinyemote.evaluate.evaluate_tinyemote` left in
-    ``output_dir/openmoji-lora``; saves ``style_and_subject.png`` there (first seed: base
-    row over LoRA row).
+    ``output_dir/openmoji-lora``; saves ``style_and_subject.png`` there (training names,
+    first seed: base, base + word and LoRA rows).
 
     Returns:
         ``{"style_probe": ..., "style_and_subject": ...}`` for ``metrics.json`` (no images).
@@ -455,30 +619,87 @@ def lesson_measurements(output_dir: str | os.PathLike, device: str | None = None
     clip = load_tiny_clip(components.source, dev)
     probe, real = fit_style_probe(clip[0])
     result = style_and_subject(pipe, out / STYLE_LORA_DIR / LORA_WEIGHT_NAME, clip, probe)
-    images = result.pop("images")
-    n = len(result["prompts"])
-    grid = image_grid(images["base"][:n] + images["lora"][:n], result["prompts"] * 2, cols=n)
-    save_image(grid, out / "style_and_subject.png")
+    images = result.pop("images")["train"]
+    names = result["splits"]["train"]["prompts"]
+    n = len(names)
+    cells = [im for model in MODEL_LABELS for im in images[model][:n]]
+    rows = [MODEL_LABELS[m] for m in MODEL_LABELS]
+    save_image(image_grid(cells, names * 3, cols=n, row_labels=rows), out / "style_and_subject.png")
     return {"style_probe": real, "style_and_subject": result}
 
 
+# The lesson's bars, set before measuring. Each is judged twice: on the point estimate, and on
+# the 95% interval (met only if the whole interval clears the bar).
 BARS = {
-    "probe_heldout_accuracy": 0.9,
-    "lora_openmoji_share": 0.8,
-    "base_openmoji_share": 0.2,
-    "prompt_following_points": -5.0,
-    "clip_score_ratio": 0.95,
+    "probe_heldout_accuracy": 0.9,  # the probe, on real held-out drawings
+    "lora_openmoji_share": 0.8,  # at least 80% of the LoRA's pictures called OpenMoji
+    "base_openmoji_share": 0.2,  # at most 20% of the base model's
+    "prompt_following_points": -5.0,  # LoRA - base, at least -5 points
+    "clip_score_ratio": 0.95,  # LoRA / base, at least 0.95
 }
 
 
-def bars_met(probe_record: dict, result: dict) -> dict[str, bool]:
-    """Which of the lesson's bars (:data:`BARS`) a measurement meets, by name."""
-    c = result["changes"]
+def bars_met(probe_record: dict, split: dict, on: str = "point") -> dict[str, bool]:
+    """Which of the lesson's bars (:data:`BARS`) one split's measurement meets, by name.
+
+    Args:
+        probe_record: from :func:`fit_style_probe`.
+        split: a :func:`measure_models` record with models ``"base"`` and ``"lora"`` and the
+            change ``"lora - base"`` (one split of :func:`style_and_subject`).
+        on: ``"point"`` (the estimate) or ``"interval"`` (the whole 95% interval must clear
+            the bar: the low end of a "more than" bar, the high end of a "less than" one).
+    """
+    if on not in ("point", "interval"):
+        raise StableEmoteError(f"Bars are judged on 'point' or 'interval', not {on!r}.")
+    lo, hi, est = ("low", "high", None) if on == "interval" else (None, None, True)
+
+    def pick(x: dict, side: str | None) -> float:
+        return x.get("share", x.get("value", x.get("mean"))) if est else x[side]
+
+    base, lora = split["models"]["base"], split["models"]["lora"]
+    c = split["changes"]["lora - base"]
+    probe = probe_record["heldout_accuracy"] if est else probe_record["heldout_low"]
     return {
-        "probe_heldout_accuracy": probe_record["heldout_accuracy"]
-        >= BARS["probe_heldout_accuracy"],
-        "lora_openmoji_share": result["lora"]["openmoji"]["share"] >= BARS["lora_openmoji_share"],
-        "base_openmoji_share": result["base"]["openmoji"]["share"] <= BARS["base_openmoji_share"],
-        "prompt_following_points": c["prompt_following_points"] >= BARS["prompt_following_points"],
-        "clip_score_ratio": c["clip_score_ratio"] >= BARS["clip_score_ratio"],
+        "probe_heldout_accuracy": probe >= BARS["probe_heldout_accuracy"],
+        "lora_openmoji_share": pick(lora["openmoji"], lo) >= BARS["lora_openmoji_share"],
+        "base_openmoji_share": pick(base["openmoji"], hi) <= BARS["base_openmoji_share"],
+        "prompt_following_points": pick(c["prompt_following_points"], lo)
+        >= BARS["prompt_following_points"],
+        "clip_score_ratio": pick(c["clip_score_ratio"], lo) >= BARS["clip_score_ratio"],
     }
+
+
+def bar_lines(probe_record: dict, split: dict) -> list[str]:
+    """The lesson's bars for one name set, each with the number it is judged on both ways.
+
+    One line per bar: the bar, the point estimate and whether it meets the bar, then the
+    interval's end that faces the bar (the low end of a "more than" bar, the high end of a
+    "less than" one) and whether that meets it. Four digits, so that an end printed as the
+    bar itself (0.95 against 0.95) shows which side it is on.
+    """
+    base, lora = split["models"]["base"], split["models"]["lora"]
+    c = split["changes"]["lora - base"]
+    values = {
+        "probe_heldout_accuracy": (probe_record["heldout_accuracy"], probe_record["heldout_low"]),
+        "lora_openmoji_share": (lora["openmoji"]["share"], lora["openmoji"]["low"]),
+        "base_openmoji_share": (base["openmoji"]["share"], base["openmoji"]["high"]),
+        "prompt_following_points": (
+            c["prompt_following_points"]["value"],
+            c["prompt_following_points"]["low"],
+        ),
+        "clip_score_ratio": (c["clip_score_ratio"]["value"], c["clip_score_ratio"]["low"]),
+    }
+    point, interval = (
+        bars_met(probe_record, split, "point"),
+        bars_met(probe_record, split, "interval"),
+    )
+    lines = []
+    for bar, limit in BARS.items():
+        sign, end = ("<=", "high") if bar == "base_openmoji_share" else (">=", "low")
+        value, edge = values[bar]
+        lines.append(
+            f"  {bar:<24} {sign} {limit:<5g} point {value:<7.4g} "
+            f"{'met' if point[bar] else 'NOT met':<8} interval {end} {edge:<7.4g} "
+            f"{'met' if interval[bar] else 'NOT met'}"
+        )
+    return lines
