@@ -8,6 +8,7 @@
 #   make test-browser - drive `stableemote demo` in headless Chromium (a few minutes)
 #   make notebooks-html - the stored notebooks as HTML, in outputs/notebooks/*.html
 #   make test-sd15 - the real-size path on the full-size architecture, random weights (CPU)
+#   make test-sdxl - the same for SDXL: published counts, one LoRA step, the kohya export (CPU)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,7 +28,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 NBVAL_ARGS ?=
 
-.PHONY: install demo test lab notebooks notebooks-html test-colab test-browser test-sd15 bench bench-gpu figures lint format clean
+.PHONY: install demo test lab notebooks notebooks-html test-colab test-browser test-sd15 test-sdxl bench bench-gpu figures lint format clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,10 +51,17 @@ bench: install
 # bf16 (s/step, images/s, peak GPU memory), then the FLOP floors to read them against.
 BENCH_GPU := $(OFFLINE) $(THREADS) $(BIN)/stableemote bench --preset sd15-random --device cuda \
 	--batch-size 8 --resolution 256 --steps 10 --warmup 3
+# Then SDXL the same way at its T4 recipe's 1024 px, batch 1 (sdxl-random: the full-size
+# architecture with random weights, built on first use, ~7 GB), and its FLOP and memory count.
+BENCH_GPU_SDXL := $(OFFLINE) $(THREADS) $(BIN)/stableemote bench --preset sdxl-random --device cuda \
+	--batch-size 1 --resolution 1024 --steps 5 --warmup 2
 bench-gpu: install
 	$(BENCH_GPU) --precision fp16 --original-precision fp16
 	$(BENCH_GPU) --precision bf16 --original-precision bf16
 	$(BIN)/stableemote bench --flops --batch-size 8 --resolution 256
+	$(BENCH_GPU_SDXL) --precision fp16 --original-precision fp16
+	$(BENCH_GPU_SDXL) --precision bf16 --original-precision bf16
+	$(OFFLINE) $(BIN)/stableemote bench --flops --preset sdxl
 
 figures: install
 	$(BIN)/stableemote figures
@@ -122,6 +130,17 @@ test-browser: install
 test-sd15: install
 	$(OFFLINE) $(THREADS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} STABLEEMOTE_TEST_SD15=1 \
 		$(BIN)/python -m pytest -q -s tests/test_sd15_end_to_end.py tests/test_sd15_architecture.py
+
+# The full-size SDXL architecture with random weights (built locally from the published
+# configs, ~7 GB in ~/.cache/stableemote/sdxl-random, no download) on CPU: the published
+# parameter counts, one LoRA training step at 128 px in bf16 through `stableemote train`
+# (held-out loss, validation grid, checkpoint), lora inspect and the kohya export with SGM
+# names, read back by diffusers' SDXL LoRA reader; prints times and peak memory. Takes
+# about 5 minutes (plus ~5 to build the model folder once) and ~14 GB of memory, so it is
+# not part of `make test`.
+test-sdxl: install
+	$(OFFLINE) $(THREADS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} STABLEEMOTE_TEST_SDXL=1 \
+		$(BIN)/python -m pytest -q -s tests/test_sdxl_end_to_end.py
 
 clean:
 	rm -rf $(VENV) .venv-colab outputs notebooks/outputs .pytest_cache

@@ -57,12 +57,15 @@ class EmojiExample:
         caption: the name through the caption template, e.g. ``"An emoji of grinning face"``.
         image: an RGB PIL image, ``resolution_px`` square, on a white background.
         source: where it came from: a file, or a dataset and row.
+        original_size: ``(height, width)`` of the square the picture was resized from (its
+            own size, padded to a square), which SDXL's UNet is told; ``None`` if unknown.
     """
 
     name: str
     caption: str
     image: Image.Image
     source: str = ""
+    original_size: tuple[int, int] | None = None
 
 
 def to_rgb_on_white(image: Image.Image) -> Image.Image:
@@ -352,13 +355,19 @@ def _finish(
     out, bad = [], []
     for name, data, where in raw:
         try:
-            image = square_resize(to_rgb_on_white(_decode(data)), resolution_px)
+            image = to_rgb_on_white(_decode(data))
+            side = max(image.size)
+            image = square_resize(image, resolution_px)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             bad.append(where)
             print(f"stableemote: skipped unreadable image {where}: {err}", file=sys.stderr)
             continue
         caption = make_caption(name, caption_template, trigger_word)
-        out.append(EmojiExample(name=name, caption=caption, image=image, source=where))
+        out.append(
+            EmojiExample(
+                name=name, caption=caption, image=image, source=where, original_size=(side, side)
+            )
+        )
     if bad:
         print(f"stableemote: skipped {len(bad)} of {len(raw)} images (unreadable)", file=sys.stderr)
         if len(bad) > max_bad_fraction * len(raw):

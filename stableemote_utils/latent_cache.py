@@ -4,6 +4,11 @@ The original recipe ran the VAE encoder and the text encoder on every step, a th
 or more of the step's work, for inputs that never change. Here they run once; the
 result is stored as safetensors under a fingerprint of everything that affects it
 (model, data, resolution, caption template), so a stale cache is never used.
+
+What a caption becomes is the model family's business
+(:meth:`~stableemote_utils.model_family.ModelFamily.encode_prompts`): SD 1.5 caches one
+encoder's states, SDXL both encoders' states, the pooled embedding and each picture's
+time ids.
 """
 
 from __future__ import annotations
@@ -16,24 +21,38 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from stableemote_utils import text, vae
+from stableemote_utils import vae
 from stableemote_utils.data import EmojiExample, images_to_tensor
 from stableemote_utils.files import explain_write_errors, save_state_dict_atomic
 from stableemote_utils.loading import SDComponents
+from stableemote_utils.model_family import family_of
 
 CACHE_FORMAT_VERSION = "1"
 
 
 def encode_captions(components: SDComponents, captions: list[str], batch: int = 64) -> torch.Tensor:
-    """Captions -> CLIP last hidden states ``(N, 77, D)`` in fp32 on CPU (D = 768 for SD 1.5).
+    """Captions -> the text states the UNet cross-attends to, ``(N, 77, D)`` in fp32 on CPU.
 
-    :func:`stableemote_utils.text.encode_prompts` in batches of ``batch`` captions.
+    D = 768 for SD 1.5 (its encoder's last hidden states), 2048 for SDXL (both encoders'
+    penultimate states); :func:`encode_prompt_tensors` gives SDXL's pooled vectors too.
     """
+    return encode_prompt_tensors(components, captions, batch)["text"]
+
+
+def encode_prompt_tensors(
+    components: SDComponents, captions: list[str], batch: int = 64
+) -> dict[str, torch.Tensor]:
+    """Captions -> the family's prompt tensors in fp32 on CPU, in batches of ``batch``.
+
+    SD 1.5: ``{"text": (N, 77, 768)}``; SDXL: ``{"text": (N, 77, 2048), "pooled": (N, 1280)}``
+    (see :meth:`~stableemote_utils.model_family.ModelFamily.encode_prompts`).
+    """
+    family = family_of(components.unet)
     chunks = [
-        text.encode_prompts(components.tokenizer, components.text_encoder, captions[i : i + batch])
+        family.encode_prompts(components, captions[i : i + batch])
         for i in range(0, len(captions), batch)
     ]
-    return torch.cat([c.float().cpu() for c in chunks])
+    return {k: torch.cat([c[k].float().cpu() for c in chunks]) for k in family.prompt_keys}
 
 
 def encode_images(
@@ -93,6 +112,9 @@ def cache_fingerprint(
         "captions": [e.caption for e in examples],
         "extra_prompts": list(extra_prompts),
     }
+    if components.text_encoder_2 is not None:  # SDXL: its second encoder, the pictures' sizes
+        parts["text_encoder_2"] = weights_fingerprint(components.text_encoder_2)
+        parts["original_sizes"] = [getattr(e, "original_size", None) for e in examples]
     h.update(json.dumps(parts, sort_keys=True).encode())
     for e in examples:
         h.update(e.image.tobytes()[::97])
@@ -113,7 +135,8 @@ def build_or_load_cache(
     Returns:
         ``{"latent_mean": (N,4,h,w), "latent_std": (N,4,h,w), "text": (N,77,D),
         "extra_text": (P,77,D)}``, all fp32 on CPU; ``extra_text`` holds
-        ``extra_prompts`` (the empty prompt, validation prompts) in order.
+        ``extra_prompts`` (the empty prompt, validation prompts) in order. SDXL adds
+        ``pooled`` ``(N, 1280)``, ``extra_pooled`` ``(P, 1280)`` and ``time_ids`` ``(N, 6)``.
     """
     extra_prompts = list(extra_prompts)
     key = cache_fingerprint(
@@ -130,12 +153,14 @@ def build_or_load_cache(
         except Exception:  # a damaged cache file is rebuilt, never trusted
             path.unlink(missing_ok=True)
     mean, std = encode_images(components, examples)
-    tensors = {
-        "latent_mean": mean.contiguous(),
-        "latent_std": std.contiguous(),
-        "text": encode_captions(components, [e.caption for e in examples]).contiguous(),
-        "extra_text": encode_captions(components, extra_prompts or [""]).contiguous(),
-    }
+    captions = encode_prompt_tensors(components, [e.caption for e in examples])
+    extra = encode_prompt_tensors(components, extra_prompts or [""])
+    per_image = family_of(components.unet).image_conditioning(examples, resolution_px)
+    tensors = {"latent_mean": mean.contiguous(), "latent_std": std.contiguous()}
+    for key, value in captions.items():
+        tensors[key] = value.contiguous()
+        tensors["extra_" + key] = extra[key].contiguous()
+    tensors.update({k: v.contiguous() for k, v in per_image.items()})
     advice = "Free some space there, or set STABLEEMOTE_CACHE to a folder on a disk with room."
     with explain_write_errors("the encoded-data cache", path, advice):
         save_state_dict_atomic(tensors, path, {"fingerprint": key, "examples": str(len(examples))})

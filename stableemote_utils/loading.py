@@ -1,4 +1,9 @@
-"""Loading any SD-1.x model: a Hub id or a local folder in the diffusers layout."""
+"""Loading an SD 1.x or SDXL model: a Hub id or a local folder in the diffusers layout.
+
+An SDXL folder (its UNet takes ``text_time`` added conditioning) also has
+``text_encoder_2/`` and ``tokenizer_2/``; what the two families do differently with
+their parts is :mod:`stableemote_utils.model_family`'s.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,20 @@ import torch
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.notices import no_known_notices
 from stableemote_utils.presets import Preset, get_preset, is_hub_model_id
-from stableemote_utils.tiny_model import ensure_random_sd15, ensure_tiny_model
-from stableemote_utils.tinyemote.install import ensure_tinyemote
+from stableemote_utils.tiny_model import (
+    ensure_random_sd15,
+    ensure_random_sdxl,
+    ensure_tiny_model,
+    ensure_tiny_xl_model,
+)
+from stableemote_utils.tinyemote.install import SHIPPED_XL_DIR, ensure_tinyemote
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass
 class SDComponents:
-    """The five parts of Stable Diffusion 1.x, loaded and placed on a device.
+    """The parts of Stable Diffusion 1.x (five) or SDXL (seven), loaded and placed on a device.
 
     Attributes:
         tokenizer: text -> ids, ``(B, 77)``.
@@ -31,6 +41,8 @@ class SDComponents:
         device: where the models live.
         dtype: the dtype of their weights.
         source: the model id or folder they came from.
+        tokenizer_2, text_encoder_2: SDXL's second tokenizer and text encoder
+            (``CLIPTextModelWithProjection``); ``None`` for SD 1.x.
     """
 
     tokenizer: object
@@ -41,6 +53,19 @@ class SDComponents:
     device: torch.device
     dtype: torch.dtype
     source: str
+    tokenizer_2: object | None = None
+    text_encoder_2: torch.nn.Module | None = None
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """The text encoders that are loaded (one for SD 1.x, two for SDXL)."""
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+
+
+def is_sdxl_unet(unet_config) -> bool:
+    """Whether a UNet config is SDXL's kind: pooled text and time ids added to the timestep
+    embedding (``addition_embed_type="text_time"``)."""
+    return dict(unet_config).get("addition_embed_type") == "text_time"
 
 
 def resolve_model_location(preset: Preset | str | None = None) -> str:
@@ -49,10 +74,16 @@ def resolve_model_location(preset: Preset | str | None = None) -> str:
         preset = get_preset(preset)
     if preset.name == "tiny":
         return str(ensure_tinyemote(preset.model))
+    if preset.name == "tiny-xl":
+        return str(ensure_tinyemote(preset.model, SHIPPED_XL_DIR))
+    if preset.name == "tiny-xl-random":
+        return str(ensure_tiny_xl_model(preset.model))
     if preset.is_tiny:
         return str(ensure_tiny_model(preset.model))
     if preset.name == "sd15-random":
         return str(ensure_random_sd15(preset.model))
+    if preset.name == "sdxl-random":
+        return str(ensure_random_sdxl(preset.model))
     return preset.model
 
 
@@ -150,10 +181,16 @@ def load_components(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> SDComponents:
-    """Load tokenizer, text encoder, VAE, UNet and scheduler of an SD-1.x model.
+    """Load tokenizer(s), text encoder(s), VAE, UNet and scheduler of an SD 1.x or SDXL model.
+
+    Each part goes to ``device`` as soon as it is loaded, so on a GPU the CPU never holds
+    more than one part at a time (SDXL's UNet alone is 5 GB in fp16; Colab has ~12 GB of
+    CPU memory). A preset with an ``fp16_vae`` (``sdxl``) takes its VAE from there when
+    ``dtype`` is fp16: the stock SDXL VAE overflows to NaN in fp16.
 
     Args:
-        model: a :class:`Preset`, a preset name (``"sd15"``, ``"tiny"``), a Hub id or a folder.
+        model: a :class:`Preset`, a preset name (``"sd15"``, ``"tiny"``, ``"sdxl"``), a Hub
+            id or a folder.
         device: where to put the models.
         dtype: weight dtype (see :func:`stableemote_utils.precision.choose_dtype`).
 
@@ -173,22 +210,47 @@ def _load_components(
 ) -> SDComponents:
     """:func:`load_components`, with the libraries' known notices still on."""
     from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     location = resolve_model_location(model)
     check_model_location(location)
+    fp16_vae = getattr(model, "fp16_vae", None) if dtype == torch.float16 else None
+
+    def placed(module: torch.nn.Module) -> torch.nn.Module:
+        module.requires_grad_(False)
+        module.eval()
+        return module.to(device)
+
+    parts: dict = {}
     try:
+        sdxl = is_sdxl_unet(UNet2DConditionModel.load_config(location, subfolder="unet"))
         with no_weight_loading_bar():
-            tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(
-                location, subfolder="text_encoder", dtype=dtype
+            parts["tokenizer"] = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
+            parts["text_encoder"] = placed(
+                CLIPTextModel.from_pretrained(location, subfolder="text_encoder", dtype=dtype)
             )
-        vae = AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=dtype)
-        unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=dtype)
-        try:
-            scheduler = PNDMScheduler.from_pretrained(location, subfolder="scheduler")
-        except (ValueError, TypeError):
-            scheduler = DDPMScheduler.from_pretrained(location, subfolder="scheduler")
+            if sdxl:
+                parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(
+                    location, subfolder="tokenizer_2"
+                )
+                parts["text_encoder_2"] = placed(
+                    CLIPTextModelWithProjection.from_pretrained(
+                        location, subfolder="text_encoder_2", dtype=dtype
+                    )
+                )
+        vae_from = (
+            {"pretrained_model_name_or_path": fp16_vae}
+            if fp16_vae
+            else {
+                "pretrained_model_name_or_path": location,
+                "subfolder": "vae",
+            }
+        )
+        parts["vae"] = placed(AutoencoderKL.from_pretrained(**vae_from, torch_dtype=dtype))
+        parts["unet"] = placed(
+            UNet2DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=dtype)
+        )
+        parts["scheduler"] = _load_scheduler(location, sdxl, PNDMScheduler, DDPMScheduler)
     except StableEmoteError:
         raise
     except OSError as err:
@@ -199,41 +261,53 @@ def _load_components(
                 "or rebuild the tiny model by deleting the folder."
             ) from err
         raise _hub_error(location, err) from err
-    for module in (text_encoder, vae, unet):
-        module.requires_grad_(False)
-        module.eval()
-        module.to(device)
-    return SDComponents(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        unet=unet,
-        scheduler=scheduler,
-        device=torch.device(device),
-        dtype=dtype,
-        source=location,
-    )
+    return SDComponents(**parts, device=torch.device(device), dtype=dtype, source=location)
+
+
+def _load_scheduler(location: str, sdxl: bool, *sd1_classes):
+    """SD 1.x: PNDM (DDPM for a folder whose config PNDM refuses); SDXL: the class its
+    scheduler config names (Euler for SDXL base)."""
+    if sdxl:
+        from diffusers import EulerDiscreteScheduler, schedulers
+
+        config = EulerDiscreteScheduler.load_config(location, subfolder="scheduler")
+        cls = getattr(schedulers, config.get("_class_name", ""), EulerDiscreteScheduler)
+        return cls.from_config(config)
+    try:
+        return sd1_classes[0].from_pretrained(location, subfolder="scheduler")
+    except (ValueError, TypeError):
+        return sd1_classes[1].from_pretrained(location, subfolder="scheduler")
 
 
 def make_pipeline(components: SDComponents, scheduler: object | None = None):
-    """A ``StableDiffusionPipeline`` over already-loaded components, safety checker off.
+    """A ``StableDiffusionPipeline`` (SDXL: ``StableDiffusionXLPipeline``) over already-loaded
+    components, safety checker off (SDXL: no watermarker, zeros for an empty negative prompt).
 
     The pipeline shares the modules (no copies), so a LoRA added to ``components.unet``
     shows in the pipeline.
     """
     with no_known_notices():  # the first import of the pipeline module says them
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=scheduler or components.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    common = {
+        "vae": components.vae,
+        "text_encoder": components.text_encoder,
+        "tokenizer": components.tokenizer,
+        "unet": components.unet,
+        "scheduler": scheduler or components.scheduler,
+    }
+    if components.text_encoder_2 is not None:
+        pipe = StableDiffusionXLPipeline(
+            **common,
+            text_encoder_2=components.text_encoder_2,
+            tokenizer_2=components.tokenizer_2,
+            force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            **common, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipe.register_to_config(_name_or_path=components.source)  # pipe.name_or_path
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -244,5 +318,5 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ):
-    """Load an SD-1.x model as a ``StableDiffusionPipeline`` (safety checker off)."""
+    """Load an SD 1.x or SDXL model as a pipeline (see :func:`make_pipeline`)."""
     return make_pipeline(load_components(model, device=device, dtype=dtype))

@@ -22,6 +22,7 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import save_state_dict_atomic
+from stableemote_utils.sgm_names import kohya_unet_layer
 from stableemote_utils.training_config import LORA_TARGET_MODULES
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -283,6 +284,11 @@ def match_lora(
     """
     known = {c: _adaptable_layers(m) for c, m in models.items()}
     underscored = {c: {n.replace(".", "_"): n for n in names} for c, names in known.items()}
+    unet = models.get("unet")
+    if unet is not None:  # kohya's SDXL files name the UNet's layers as SGM does
+        underscored["unet"].update(
+            {kohya_unet_layer(n, unet.config).replace(".", "_"): n for n in known["unet"]}
+        )
     layers: dict[str, dict[str, dict]] = {}
     keys_of: dict[tuple[str, str], list[str]] = {}
     not_lora = []

@@ -2,7 +2,9 @@
 
 ``stableemote lora inspect`` and ``stableemote lora export-kohya`` are thin wrappers over
 :func:`inspect_lora` and :func:`export_kohya`. Layouts are built on the meta device from
-the architecture alone (no weights), so checking a file against SD 1.5 is fast.
+the architecture alone (no weights), so checking a file against SD 1.5 or SDXL is fast.
+An SDXL adapter is exported with the SGM layer names the web UIs read
+(:mod:`stableemote_utils.sgm_names`).
 """
 
 from __future__ import annotations
@@ -26,42 +28,116 @@ from stableemote_utils.lora_files import (
     resolve_lora_file,
     split_key,
 )
+from stableemote_utils.sgm_names import (
+    KOHYA_BASE_VERSION,
+    KOHYA_TEXT_PREFIXES,
+    kohya_family,
+    kohya_unet_layer,
+)
 from stableemote_utils.tiny_model import (
     TINY_TEXT_CONFIG,
     TINY_UNET_CONFIG,
+    TINY_XL_UNET_CONFIG,
     TINYEMOTE_UNET_CONFIG,
     sd15_config,
+    sdxl_config,
 )
 
-# "tiny" is the random tiny model's UNet (the tiny-random preset); "tinyemote" the tiny preset's.
-LAYOUT_NAMES = ("sd15", "tiny", "tinyemote")
+# "tiny" is the random tiny model's UNet (the tiny-random preset); "tinyemote" the tiny
+# preset's; "tiny-xl" TinyEmote-XL's (the tiny-xl and tiny-xl-random presets).
+LAYOUT_NAMES = ("sd15", "tiny", "tinyemote", "sdxl", "tiny-xl")
+# How messages name each family (the kohya_family names).
+FAMILY_LABELS = {"sd15": "SD 1.x", "sdxl": "SDXL"}
+# The presets that load each family's models.
+FAMILY_PRESETS = {"sd15": "sd15 or tiny", "sdxl": "sdxl or tiny-xl"}
 
 
-@functools.lru_cache(maxsize=4)
+def _text_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "architectures"}
+
+
+def _layout_configs(name: str) -> tuple[dict, dict[str, dict]]:
+    """``(UNet config, {text encoder component: its config})`` of a layout."""
+    if name == "sd15":
+        return sd15_config("unet"), {"text_encoder": _text_config(sd15_config("text_encoder"))}
+    if name == "tiny":
+        return dict(TINY_UNET_CONFIG), {"text_encoder": dict(TINY_TEXT_CONFIG)}
+    if name == "tinyemote":
+        return dict(TINYEMOTE_UNET_CONFIG), {"text_encoder": dict(TINY_TEXT_CONFIG)}
+    if name == "sdxl":
+        return sdxl_config("unet"), {
+            "text_encoder": _text_config(sdxl_config("text_encoder")),
+            "text_encoder_2": _text_config(sdxl_config("text_encoder_2")),
+        }
+    if name == "tiny-xl":
+        text = dict(TINY_TEXT_CONFIG)
+        return dict(TINY_XL_UNET_CONFIG), {"text_encoder": text, "text_encoder_2": text}
+    raise StableEmoteError(f"Unknown layout '{name}'; choose one of {', '.join(LAYOUT_NAMES)}.")
+
+
+@functools.lru_cache(maxsize=8)
 def layout_models(name: str = "sd15") -> dict[str, torch.nn.Module]:
-    """The UNet and text encoder of ``"sd15"``, ``"tiny"`` or ``"tinyemote"`` on the meta device.
+    """The UNet and text encoder(s) of a layout (:data:`LAYOUT_NAMES`) on the meta device.
 
-    Built from the configs in ``stableemote_utils/configs`` (sd15) or
+    Built from the configs in ``stableemote_utils/configs`` (sd15, sdxl) or
     :mod:`stableemote_utils.tiny_model` (tiny, tinyemote) with no weights allocated, so it
     is fast and light; use it for names, shapes and parameter counts, not for running.
+    SDXL's layout has ``text_encoder_2`` (a ``CLIPTextModelWithProjection``) as well.
     """
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    if name == "sd15":
-        unet_config = sd15_config("unet")
-        text_config = {k: v for k, v in sd15_config("text_encoder").items() if k != "architectures"}
-    elif name == "tiny":
-        unet_config, text_config = dict(TINY_UNET_CONFIG), dict(TINY_TEXT_CONFIG)
-    elif name == "tinyemote":
-        unet_config, text_config = dict(TINYEMOTE_UNET_CONFIG), dict(TINY_TEXT_CONFIG)
-    else:
-        raise StableEmoteError(f"Unknown layout '{name}'; choose one of {', '.join(LAYOUT_NAMES)}.")
+    unet_config, text_configs = _layout_configs(name)
+    classes = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(unet_config)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    return {"unet": unet, "text_encoder": text_encoder}
+        models = {"unet": UNet2DConditionModel.from_config(unet_config)}
+        for component, config in text_configs.items():
+            models[component] = classes[component](CLIPTextConfig(**config))
+    return models
+
+
+def layout_family(name: str) -> str:
+    """``"sd15"`` or ``"sdxl"``: the model family a layout belongs to."""
+    return kohya_family(layout_models(name)["unet"].config)
+
+
+def family_in_header(metadata: dict[str, str]) -> str | None:
+    """The model family a file's header names: StableEmote's ``model_family`` entry, or
+    kohya's ``ss_base_model_version`` (``sdxl_...`` or ``sd_v1``); ``None`` if neither."""
+    if metadata.get("model_family") in FAMILY_LABELS:
+        return metadata["model_family"]
+    version = metadata.get("ss_base_model_version", "")
+    return next((f for f, v in KOHYA_BASE_VERSION.items() if version.startswith(v[:4])), None)
+
+
+def layouts_to_try(metadata: dict[str, str]) -> list[str]:
+    """:data:`LAYOUT_NAMES`, those of the family the header names first: an adapter that
+    changes only layers two families share (a few ResNets) is read as its own family's."""
+    hint = family_in_header(metadata)
+    return sorted(LAYOUT_NAMES, key=lambda name: hint is not None and layout_family(name) != hint)
+
+
+def fitting_layout(
+    state_dict: dict[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None
+) -> tuple[str | None, dict]:
+    """The first layout an adapter fits (see :func:`layouts_to_try`), with the fit;
+    ``(None, {layout: reason})`` if none."""
+    errors = {}
+    for name in layouts_to_try(metadata or {}):
+        try:
+            return name, check_lora_fits(file, layout_models(name), state_dict=state_dict)
+        except StableEmoteError as err:
+            errors[name] = str(err)
+    return None, errors
+
+
+def adapter_family(path: str | os.PathLike) -> str | None:
+    """``"sd15"`` or ``"sdxl"``: the family of the first layout an adapter fits (None: none)."""
+    file = resolve_lora_file(path)
+    state_dict, metadata = read_lora_file(file)
+    name, _ = fitting_layout(state_dict, file, metadata)
+    return None if name is None else layout_family(name)
 
 
 def _key_style(state_dict: dict[str, torch.Tensor]) -> str:
@@ -105,14 +181,15 @@ def inspect_lora(path: str | os.PathLike) -> dict:
     file = resolve_lora_file(path)
     state_dict, metadata = read_lora_file(file)
     fits = {}
-    result = None
-    for name in LAYOUT_NAMES:
+    result, family = None, None
+    for name in layouts_to_try(metadata):
         try:
             r = check_lora_fits(file, layout_models(name), state_dict=state_dict)
             fits[name] = None
-            result = result or r
+            result, family = result or r, family or layout_family(name)
         except StableEmoteError as err:
             fits[name] = _short_reason(str(err), file)
+    fits = {name: fits[name] for name in LAYOUT_NAMES}  # reported in one order
     if result is None:  # parse without resolving names, just to describe the file
         result = match_lora(state_dict, {})
     apply_header_alpha(result, metadata)
@@ -135,6 +212,7 @@ def inspect_lora(path: str | os.PathLike) -> dict:
         "components": result["components"],
         "metadata": metadata,
         "fits": fits,
+        "family": FAMILY_LABELS[family] if family else None,
         "file_bytes": file.stat().st_size,
         "problems": lora_weight_problems(state_dict, metadata),
     }
@@ -144,36 +222,43 @@ def inspect_lora(path: str | os.PathLike) -> dict:
 # Export for the AUTOMATIC1111 web UI and ComfyUI (kohya-style keys)
 # ---------------------------------------------------------------------------
 
-KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
-
-def kohya_state_dict(result: dict, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def kohya_state_dict(
+    result: dict, dtype: torch.dtype | None = None, unet_config=None
+) -> dict[str, torch.Tensor]:
     """Kohya-style tensors from a :func:`match_lora` result.
 
     Each adapted layer ``down_blocks.0.….attn1.to_out.0`` becomes
     ``lora_unet_down_blocks_0_…_attn1_to_out_0`` with ``.lora_down.weight`` (``A``,
     ``(r, d_in)``), ``.lora_up.weight`` (``B``, ``(d_out, r)``) and ``.alpha`` (a 0-dim
     tensor; ``alpha = r`` when the source has none, which keeps the scale at 1).
-    Text-encoder layers get the ``lora_te_`` prefix.
+    Text-encoder layers get the ``lora_te_`` prefix. With an SDXL ``unet_config``, UNet
+    layers take their SGM names (``lora_unet_input_blocks_4_1_…``) and the text encoders
+    ``lora_te1_`` / ``lora_te2_``, as kohya, the AUTOMATIC1111 web UI and ComfyUI read them.
     """
     # Not diffusers.utils.convert_state_dict_to_kohya: it writes alpha = rank whatever the
-    # adapter's alpha, and names text-encoder layers lora_te1_ (SDXL), which SD 1.x loaders
-    # skip. UNet keys agree with it (tests/test_lora.py checks all three).
+    # adapter's alpha, keeps diffusers' block names for SDXL, and names text-encoder layers
+    # lora_te1_ (SDXL), which SD 1.x loaders skip. SD 1.x UNet keys agree with it
+    # (tests/test_lora.py checks all three).
+    family = "sd15" if unet_config is None else kohya_family(unet_config)
+    prefixes = {"unet": "lora_unet_", **KOHYA_TEXT_PREFIXES[family]}
     out = {}
     for component, by_layer in result["layers"].items():
-        if component not in KOHYA_PREFIXES:
+        if component not in prefixes:
             raise StableEmoteError(
-                f"Cannot export {component} layers to the kohya format; only the SD 1.x UNet "
-                "and text encoder have kohya names."
+                f"Cannot export {component} layers to the kohya format; only the UNet and "
+                "the text encoders have kohya names."
             )
         for layer, parts in by_layer.items():
             down, up = parts["down"], parts["up"]
             if dtype is not None:
                 down, up = down.to(dtype), up.to(dtype)
             alpha = parts.get("alpha")
-            if component == "text_encoder" and not layer.startswith("text_model."):
+            if component != "unet" and not layer.startswith("text_model."):
                 layer = "text_model." + layer  # the web UIs expect CLIP's full layer names
-            stem = KOHYA_PREFIXES[component] + layer.replace(".", "_")
+            if component == "unet" and unet_config is not None:
+                layer = kohya_unet_layer(layer, unet_config)
+            stem = prefixes[component] + layer.replace(".", "_")
             out[f"{stem}.lora_down.weight"] = down.contiguous()
             out[f"{stem}.lora_up.weight"] = up.contiguous()
             out[f"{stem}.alpha"] = torch.tensor(
@@ -182,15 +267,18 @@ def kohya_state_dict(result: dict, dtype: torch.dtype | None = None) -> dict[str
     return out
 
 
-def _fit_any_layout(file: Path, state_dict: dict, what: str) -> dict:
-    """:func:`check_lora_fits` against each layout the course knows; the first that fits."""
-    errors = []
-    for name in LAYOUT_NAMES:
-        try:
-            return check_lora_fits(file, layout_models(name), state_dict=state_dict)
-        except StableEmoteError as err:
-            errors.append(str(err))
-    raise StableEmoteError(f"Only adapters for the SD 1.x UNet can be {what}. " + errors[0])
+def _fit_any_layout(
+    file: Path, state_dict: dict, what: str, metadata: dict[str, str] | None = None
+) -> tuple[str, dict]:
+    """:func:`fitting_layout`, or one line saying that only SD 1.x and SDXL adapters can be
+    ``what``: ``(layout name, fit)``."""
+    layout, result = fitting_layout(state_dict, file, metadata)
+    if layout is None:
+        raise StableEmoteError(
+            f"Only adapters for the SD 1.x or SDXL UNet can be {what}. "
+            + next(iter(result.values()))
+        )
+    return layout, result
 
 
 def export_kohya(
@@ -200,9 +288,10 @@ def export_kohya(
 ) -> Path:
     """Write an adapter as a kohya-style file for the AUTOMATIC1111 web UI or ComfyUI.
 
-    The adapter must fit the SD 1.x layout (or the tiny one); it is checked first so a
-    broken file is not passed on. Copy the output into the web UI's ``models/Lora``
-    folder (or ComfyUI's ``models/loras``).
+    The adapter must fit a known layout (SD 1.x, SDXL or a tiny one); it is checked first
+    so a broken file is not passed on. An SDXL adapter's UNet layers take their SGM names
+    and the header says ``ss_base_model_version = sdxl_base_v1-0``. Copy the output into
+    the web UI's ``models/Lora`` folder (or ComfyUI's ``models/loras``).
 
     Args:
         path_in: a StableEmote/diffusers adapter file or folder.
@@ -219,16 +308,17 @@ def export_kohya(
     if out.resolve() == file.resolve():
         raise StableEmoteError("The export target is the input file; pick another name.")
     state_dict, metadata = read_lora_file(file)
-    result = _fit_any_layout(file, state_dict, "exported to the kohya format")
+    layout, result = _fit_any_layout(file, state_dict, "exported to the kohya format", metadata)
     apply_header_alpha(result, metadata)
-    tensors = kohya_state_dict(result, dtype=dtype)
+    unet_config = layout_models(layout)["unet"].config
+    tensors = kohya_state_dict(result, dtype=dtype, unet_config=unet_config)
     ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if k.endswith(".lora_down.weight")})
     alphas = sorted({float(t) for k, t in tensors.items() if k.endswith(".alpha")})
     header = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else "mixed",
         "ss_network_alpha": str(alphas[0]) if len(alphas) == 1 else "mixed",
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": KOHYA_BASE_VERSION[kohya_family(unet_config)],
     }
     header.update({k: v for k, v in metadata.items() if k != DIFFUSERS_METADATA_KEY})
     return save_state_dict_atomic(tensors, out, header)
@@ -257,7 +347,7 @@ def reduce_rank(
     """
     file = resolve_lora_file(path_in)
     state_dict, metadata = read_lora_file(file)
-    result = _fit_any_layout(file, state_dict, "reduced")
+    _, result = _fit_any_layout(file, state_dict, "reduced", metadata)
     apply_header_alpha(result, metadata)
     canonical = canonical_lora_state_dict(result)
     ranks = {int(t.shape[0]) for k, t in canonical.items() if k.endswith("lora_A.weight")}

@@ -157,8 +157,9 @@ def set_lora_state_dict(
 
 def _pipeline_models(pipe) -> dict[str, torch.nn.Module]:
     models = {"unet": pipe.unet}
-    if getattr(pipe, "text_encoder", None) is not None:
-        models["text_encoder"] = pipe.text_encoder
+    for component in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, component, None) is not None:
+            models[component] = getattr(pipe, component)
     return models
 
 
@@ -178,7 +179,11 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str = "default", scal
     """
     file = check_lora_file(path)
     state_dict, metadata = read_lora_file(file)
-    result = check_lora_fits(file, _pipeline_models(pipe), state_dict=state_dict)
+    try:
+        result = check_lora_fits(file, _pipeline_models(pipe), state_dict=state_dict)
+    except StableEmoteError as err:
+        _refuse_other_family(file, pipe, err)
+        raise
     apply_header_alpha(result, metadata)
     existing = set(getattr(pipe.unet, "peft_config", {}) or {})
     if adapter_name in existing:
@@ -198,6 +203,21 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str = "default", scal
         diffusers_logging.set_verbosity(verbosity)
     set_lora_scale(pipe, scale, adapter_name)
     return pipe
+
+
+def _refuse_other_family(file, pipe, err: StableEmoteError) -> None:
+    """Raise one line when an adapter that does not fit is for the other model family."""
+    from stableemote_utils.lora_inspect import FAMILY_LABELS, FAMILY_PRESETS, adapter_family
+    from stableemote_utils.sgm_names import kohya_family
+
+    theirs, ours = adapter_family(file), kohya_family(pipe.unet.config)
+    if theirs is not None and theirs != ours:
+        raise StableEmoteError(
+            f"'{file}' is an {FAMILY_LABELS[theirs]} adapter and this model is "
+            f"{FAMILY_LABELS[ours]}: their layers differ, so it cannot load. Use it with an "
+            f"{FAMILY_LABELS[theirs]} model (--preset {FAMILY_PRESETS[theirs]}), "
+            f"or train an adapter on this one."
+        ) from err
 
 
 def set_lora_scale(pipe, scale: float, adapter_name: str = "default") -> None:

@@ -37,7 +37,7 @@ from stableemote_utils.loading import SDComponents, no_weight_loading_bar
 from stableemote_utils.lora_peft import load_lora, unload_lora
 from stableemote_utils.presets import Preset, cache_dir, get_preset
 from stableemote_utils.training_config import TrainConfig
-from stableemote_utils.training_records import HELDOUT_TIMESTEPS, heldout_loss
+from stableemote_utils.training_records import HELDOUT_TIMESTEPS, cached_heldout_loss
 
 CLIP_MODEL_ID = "openai/clip-vit-large-patch14"
 KID_POLY_DEGREE = 3
@@ -266,6 +266,8 @@ def heldout_loss_base_vs_lora(pipe, lora_path: str | os.PathLike, preset=None) -
         device=pipe.unet.device,
         dtype=pipe.unet.dtype,
         source=str(p.model),
+        tokenizer_2=getattr(pipe, "tokenizer_2", None),
+        text_encoder_2=getattr(pipe, "text_encoder_2", None),
     )
     cache = build_or_load_cache(
         components,
@@ -278,12 +280,10 @@ def heldout_loss_base_vs_lora(pipe, lora_path: str | os.PathLike, preset=None) -
     )
     alphas = pipe.scheduler.alphas_cumprod
     half = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None
-    base = heldout_loss(pipe.unet, cache["latent_mean"], cache["text"], alphas, autocast_dtype=half)
+    base = cached_heldout_loss(pipe.unet, cache, alphas, autocast_dtype=half)
     load_lora(pipe, lora_path, adapter_name="heldout")
     try:
-        lora = heldout_loss(
-            pipe.unet, cache["latent_mean"], cache["text"], alphas, autocast_dtype=half
-        )
+        lora = cached_heldout_loss(pipe.unet, cache, alphas, autocast_dtype=half)
     finally:
         unload_lora(pipe)
     return {

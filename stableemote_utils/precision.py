@@ -95,3 +95,20 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(
         dtype, str(dtype).replace("torch.", "")
     )
+
+
+def check_preset_device(preset, device: str | torch.device | None) -> None:
+    """Refuse, in one line, a GPU-sized preset (``sdxl``) where there is no CUDA GPU,
+    unless ``--device cpu`` asks for the CPU on purpose.
+
+    Args:
+        preset: a :class:`~stableemote_utils.presets.Preset`.
+        device: the device asked for (``None``: none asked for).
+    """
+    if getattr(preset, "needs_gpu", False) and device is None and not torch.cuda.is_available():
+        raise StableEmoteError(
+            f"The {preset.name} preset needs a CUDA GPU (a T4 or better) and torch sees none "
+            "here. Run it on a GPU (Colab: Runtime > Change runtime type > T4 GPU), use "
+            "--preset tiny-xl to work on the CPU, or pass --device cpu to run it here anyway "
+            "(hours per step)."
+        )

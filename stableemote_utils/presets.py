@@ -6,6 +6,10 @@ repo and shipped with it, fine-tuned on OpenMoji's style (rendered from a local 
 ``tiny-random`` is the tiny architecture with random weights, built in seconds, for
 tests of the machinery; ``sd15-random`` is the full-size SD 1.5 architecture with random
 weights (built locally, no download) for checking the real-size path on a CPU.
+``sdxl`` is SDXL base 1.0 from the Hub (with the fp16-fix VAE when computing in fp16);
+``sdxl-random`` its full-size architecture with random weights, built locally.
+``tiny-xl`` is TinyEmote-XL, SDXL's architecture at small size, pretrained here and
+shipped like TinyEmote; ``tiny-xl-random`` is that architecture with random weights.
 A Hub model id (``owner/name``) or a local folder uses the ``sd15`` sizes; any other
 name is refused, with the list of presets.
 """
@@ -27,6 +31,13 @@ DEFAULT_PRESET = "sd15"
 CAPTION_TEMPLATE = "An emoji of {name}"
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINYEMOTE_GUIDANCE = 3.0  # measured: see the model card's prompt following by guidance scale
+SDXL_MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+# SDXL's own VAE overflows to NaN in fp16; this one is fine-tuned to keep its activations in range.
+SDXL_FP16_VAE_ID = "madebyollin/sdxl-vae-fp16-fix"
+# SDXL's recipe on a 16 GB T4: 1024 px fits with gradient checkpointing and 8-bit Adam
+# (see `stableemote bench --flops --preset sdxl` for the count).
+SDXL_RESOLUTION_PX = 1024
+SDXL_GUIDANCE = 5.0  # StableDiffusionXLPipeline's default
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,8 @@ class Preset:
     """Everything that differs between the real model and the tiny one.
 
     Attributes:
-        name: ``"sd15"``, ``"sd15-random"``, ``"tiny"``, ``"tiny-random"`` or ``"custom"``.
+        name: ``"sd15"``, ``"sd15-random"``, ``"tiny"``, ``"tiny-random"``, ``"tiny-xl"``,
+            ``"tiny-xl-random"`` or ``"custom"``.
         model: a Hub model id or a local folder in the diffusers layout. For the tiny
             presets this is the folder the model is installed or built into on first use.
         resolution_px: training and sampling resolution (square images).
@@ -47,6 +59,11 @@ class Preset:
         guidance_scale: default classifier-free guidance scale when sampling. 7.5 suits SD
             1.5; TinyEmote's small UNet overshoots at 7.5 (its colours burn and shapes
             break up), and draws its prompts best near 3.
+        family: ``"sd15"`` or ``"sdxl"`` (:mod:`stableemote_utils.model_family`): known
+            before the model loads, for the checks that come first.
+        fp16_vae: a VAE to use instead of the model's own when computing in fp16 (SDXL's
+            overflows there), or ``None``.
+        needs_gpu: too large to train or draw on a CPU unless ``--device cpu`` asks for it.
     """
 
     name: str
@@ -58,11 +75,14 @@ class Preset:
     heldout_fraction: float = 0.05
     sample_steps: int = 25
     guidance_scale: float = 7.5
+    family: str = "sd15"
+    fp16_vae: str | None = None
+    needs_gpu: bool = False
 
     @property
     def is_tiny(self) -> bool:
         """True for the offline presets (TinyEmote and the random tiny model)."""
-        return self.name in ("tiny", "tiny-random")
+        return self.name in ("tiny", "tiny-random", "tiny-xl", "tiny-xl-random")
 
 
 def cache_dir() -> str:
@@ -118,9 +138,24 @@ def tiny_model_dir() -> str:
     return os.path.join(cache_dir(), "tiny-sd")
 
 
+def tiny_xl_model_dir() -> str:
+    """Where the random-weight TinyEmote-XL architecture (``tiny-xl-random``) is built on first use."""
+    return os.path.join(cache_dir(), "tiny-sdxl")
+
+
+def tinyemote_xl_dir() -> str:
+    """Where TinyEmote-XL's shipped weights (``tiny-xl``) are installed on first use."""
+    return os.path.join(cache_dir(), "tinyemote-xl")
+
+
 def random_sd15_dir() -> str:
     """Where the full-size SD 1.5 architecture with random weights is built on first use."""
     return os.path.join(cache_dir(), "sd15-random")
+
+
+def random_sdxl_dir() -> str:
+    """Where the full-size SDXL architecture with random weights is built on first use."""
+    return os.path.join(cache_dir(), "sdxl-random")
 
 
 def tinyemote_dir() -> str:
@@ -149,7 +184,7 @@ def preset_table() -> dict[str, Preset]:
         batch_size=8,
         dataset="valhalla/emoji-dataset",
     )
-    return {
+    table = {
         "sd15": sd15,
         # the real architecture, random weights, offline data
         "sd15-random": replace(
@@ -174,6 +209,30 @@ def preset_table() -> dict[str, Preset]:
             guidance_scale=TINYEMOTE_GUIDANCE,  # TinyEmote's architecture, so its scale
         ),
     }
+    sdxl = Preset(
+        name="sdxl",
+        model=SDXL_MODEL_ID,
+        resolution_px=SDXL_RESOLUTION_PX,
+        batch_size=1,
+        dataset="valhalla/emoji-dataset",
+        guidance_scale=SDXL_GUIDANCE,
+        family="sdxl",
+        fp16_vae=SDXL_FP16_VAE_ID,
+        needs_gpu=True,
+    )
+    table["sdxl"] = sdxl
+    # the real architecture, random weights, offline data
+    table["sdxl-random"] = replace(
+        sdxl, name="sdxl-random", model=random_sdxl_dir(), dataset="openmoji", fp16_vae=None
+    )
+    # TinyEmote-XL: TinyEmote's sizes, data and guidance on SDXL's architecture
+    table["tiny-xl"] = replace(
+        table["tiny"], name="tiny-xl", model=tinyemote_xl_dir(), family="sdxl"
+    )
+    table["tiny-xl-random"] = replace(
+        table["tiny-random"], name="tiny-xl-random", model=tiny_xl_model_dir(), family="sdxl"
+    )
+    return table
 
 
 def is_hub_model_id(text: str) -> bool:

@@ -78,11 +78,13 @@ def generate(
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     callback_on_step_end: Callable | None = None,
+    pooled_prompt_embeds: torch.Tensor | None = None,
+    negative_pooled_prompt_embeds: torch.Tensor | None = None,
 ):
     """One picture from a seeded CPU generator (so CPU and GPU runs share their initial noise).
 
     Args:
-        pipe: a ``StableDiffusionPipeline``.
+        pipe: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``.
         prompt: the prompt text, or ``None`` with ``prompt_embeds``.
         seed: the generator's seed.
         settings: its ``steps``, ``guidance`` and ``resolution_px`` are used (its prompts,
@@ -90,10 +92,21 @@ def generate(
         prompt_embeds, negative_prompt_embeds: encoded prompts ``(1, 77, D)`` instead of
             text (training's validation grid encodes its prompts once).
         callback_on_step_end: called by the pipeline after each denoising step.
+        pooled_prompt_embeds, negative_pooled_prompt_embeds: SDXL's pooled text ``(1, 1280)``
+            with encoded prompts (see
+            :meth:`~stableemote_utils.model_family.ModelFamily.sampling_embeds`).
 
     Returns:
         A PIL image, ``settings.resolution_px`` square.
     """
+    pooled = {
+        k: v
+        for k, v in (
+            ("pooled_prompt_embeds", pooled_prompt_embeds),
+            ("negative_pooled_prompt_embeds", negative_pooled_prompt_embeds),
+        )
+        if v is not None
+    }
     return pipe(
         prompt,
         prompt_embeds=prompt_embeds,
@@ -104,4 +117,5 @@ def generate(
         width=settings.resolution_px,
         generator=torch.Generator(device="cpu").manual_seed(seed),
         callback_on_step_end=callback_on_step_end,
+        **pooled,
     ).images[0]

@@ -1,10 +1,14 @@
-"""The ``tiny`` model: Stable Diffusion 1.5's architecture at small size, built offline.
+"""The ``tiny`` models: Stable Diffusion 1.5's and SDXL's architectures at small size, built offline.
 
 It is written to disk in the same folder layout as the Hub repo
 ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (``unet/``, ``vae/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``) so that the
 same ``from_pretrained`` calls load either. Weights are random but deterministic
 (same seed, same weights). The tokenizer is the real CLIP BPE tokenizer.
+
+TinyEmote-XL's architecture (:func:`build_tiny_xl_model`) is written the same way in the
+layout of ``stabilityai/stable-diffusion-xl-base-1.0`` (``text_encoder_2/``,
+``tokenizer_2/`` besides), for ``StableDiffusionXLPipeline.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -25,13 +29,20 @@ import torch
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import read_marker, staged_folder
 from stableemote_utils.notices import no_known_notices
-from stableemote_utils.presets import cache_dir, random_sd15_dir, tiny_model_dir
+from stableemote_utils.presets import (
+    cache_dir,
+    random_sd15_dir,
+    random_sdxl_dir,
+    tiny_model_dir,
+    tiny_xl_model_dir,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_SEED = 0
 # Bump when the tiny architecture changes, so stale cached builds are rebuilt.
 TINY_BUILD_VERSION = "2"
 SD15_RANDOM_BUILD_VERSION = "1"
+SDXL_RANDOM_BUILD_VERSION = "1"
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # Wheels that ship the MIT-licensed CLIP vocabulary (their code is never imported).
 _VOCAB_WHEELS = ("open_clip_torch", "clip-anytorch")
@@ -85,6 +96,13 @@ TINY_TEXT_CONFIG = {
 def sd15_config(component: str) -> dict:
     """SD 1.5's published config for ``"unet"``, ``"vae"``, ``"text_encoder"`` or ``"scheduler"``."""
     with open(CONFIG_DIR / f"sd15_{component}.json") as f:
+        return json.load(f)
+
+
+def sdxl_config(component: str) -> dict:
+    """SDXL base 1.0's published config for ``"unet"``, ``"vae"``, ``"text_encoder"``,
+    ``"text_encoder_2"`` or ``"scheduler"``."""
+    with open(CONFIG_DIR / f"sdxl_{component}.json") as f:
         return json.load(f)
 
 
@@ -252,6 +270,95 @@ def ensure_random_sd15(folder: str | os.PathLike | None = None, seed: int = 0) -
     return folder
 
 
+def build_sdxl_components(seed: int = 0, parts=("unet", "vae", "text_encoder", "text_encoder_2")):
+    """Build SDXL's full-size parts with random weights (CPU) from the published configs.
+
+    Used to check shapes, parameter counts and LoRA layouts of the real model without a
+    download. The UNet alone is 2,567,463,684 parameters (10.3 GB in fp32), so ask only
+    for the parts you need.
+
+    Returns:
+        ``{part: module}`` for each of ``parts``, in that order, each seeded from ``seed``.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def text(component: str, cls):
+        config = {k: v for k, v in sdxl_config(component).items() if k != "architectures"}
+        return cls(CLIPTextConfig(**config))
+
+    builders = {
+        "unet": lambda: UNet2DConditionModel.from_config(sdxl_config("unet")),
+        "vae": lambda: AutoencoderKL.from_config(sdxl_config("vae")),
+        "text_encoder": lambda: text("text_encoder", CLIPTextModel),
+        "text_encoder_2": lambda: text("text_encoder_2", CLIPTextModelWithProjection),
+    }
+    built = {}
+    for i, part in enumerate(parts):
+        torch.manual_seed(seed + i)
+        built[part] = builders[part]()
+    return built
+
+
+def write_sdxl_tokenizers(folder: str | os.PathLike) -> None:
+    """SDXL's two tokenizers in ``folder/tokenizer`` and ``folder/tokenizer_2``: CLIP's BPE,
+    the second padding with ``"!"`` as SDXL's second tokenizer does."""
+    folder = Path(folder)
+    for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        target = write_clip_tokenizer(folder / sub)
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            config = json.loads((target / name).read_text())
+            config["pad_token"] = pad
+            (target / name).write_text(json.dumps(config, indent=2))
+
+
+def ensure_random_sdxl(folder: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """The full-size SDXL architecture with random weights, as a local model folder.
+
+    Built once from the published configs (a few minutes; ~7 GB on disk in fp16, loadable
+    in any dtype), one part at a time so that at most one part is in memory, in the Hub's
+    folder layout (``StableDiffusionXLPipeline.from_pretrained`` loads it), so that the
+    ``sdxl-random`` preset runs the real-size path on a CPU without a download. It draws
+    noise: it is for shapes, memory and time, not pictures.
+    """
+    import diffusers
+    from diffusers import EulerDiscreteScheduler
+
+    folder = Path(folder or random_sdxl_dir())
+    marker = {"build_version": SDXL_RANDOM_BUILD_VERSION, "seed": seed}
+    if read_marker(folder / "STABLEEMOTE_SDXL_RANDOM") == marker:
+        return folder
+    classes = {
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    }
+    with staged_folder(folder) as staging:
+        generator_state = torch.random.get_rng_state()
+        for i, part in enumerate(classes):
+            module = build_sdxl_components(seed + i, parts=(part,))[part]
+            module.half().save_pretrained(staging / part, safe_serialization=True)
+            del module
+        torch.random.set_rng_state(generator_state)
+        write_sdxl_tokenizers(staging)
+        EulerDiscreteScheduler.from_config(sdxl_config("scheduler")).save_pretrained(
+            staging / "scheduler"
+        )
+        index = {
+            "_class_name": "StableDiffusionXLPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "force_zeros_for_empty_prompt": True,
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            **classes,
+        }
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (staging / "STABLEEMOTE_SDXL_RANDOM").write_text(json.dumps(marker) + "\n")
+    return folder
+
+
 def build_tiny_model(
     folder: str | os.PathLike,
     seed: int = TINY_SEED,
@@ -320,3 +427,129 @@ TINYEMOTE_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=[16, 32, 64, 64]
 
 
 TINYEMOTE_UNET_CONFIG = dict(TINY_UNET_CONFIG, block_out_channels=[64, 128, 128])
+
+
+# TinyEmote-XL: SDXL's layout at toy size. SDXL base has no attention at the highest
+# resolution and more transformer layers deeper ((1, 2, 10) over three levels, the middle
+# block as deep as the last); here (-, 1, 2) and a middle block of 2. Cross-attention
+# reads both text encoders' penultimate states side by side (64 + 64 = 128, SDXL: 768 +
+# 1280 = 2048), and the pooled text vector of encoder 2 (64) joins the six time ids,
+# each embedded in 32 sinusoidal features: 6 * 32 + 64 = 256 (SDXL: 6 * 256 + 1280).
+TINY_XL_TIME_ID_DIM = 32
+TINY_XL_BUILD_VERSION = "1"
+TINY_XL_UNET_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64, 96],  # 3.6 M parameters, 7.2 MB in fp16
+    "layers_per_block": 1,
+    "transformer_layers_per_block": [1, 1, 2],
+    "attention_head_dim": [2, 2, 3],  # heads, as SDXL's config counts them (head size 32)
+    "cross_attention_dim": TINY_TEXT_CONFIG["hidden_size"] * 2,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": TINY_XL_TIME_ID_DIM,
+    "projection_class_embeddings_input_dim": 6 * TINY_XL_TIME_ID_DIM
+    + TINY_TEXT_CONFIG["projection_dim"],
+    "norm_num_groups": 8,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "act_fn": "silu",
+}
+# SDXL's VAE has its own scaling factor (0.13025); the trained TinyEmote-XL measures its own.
+TINY_XL_VAE_CONFIG = dict(TINY_VAE_CONFIG, scaling_factor=0.13025)
+# The scheduler settings SDXL base 1.0 publishes (scheduler/scheduler_config.json).
+SDXL_SCHEDULER_CONFIG = sdxl_config("scheduler")
+
+
+def tiny_xl_text_encoders(seed: int = TINY_SEED):
+    """TinyEmote-XL's two text encoders with random weights (seeded).
+
+    Returns:
+        ``(text_encoder, text_encoder_2)``: a ``CLIPTextModel`` and a
+        ``CLIPTextModelWithProjection``, both of TinyEmote's text size (hidden 64, 2
+        layers); ids ``(B, 77)`` -> hidden states ``(B, 77, 64)``, and for encoder 2 a
+        pooled, projected ``text_embeds`` ``(B, 64)``.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    first = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+    second = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_CONFIG))
+    torch.random.set_rng_state(generator_state)
+    return first, second
+
+
+def save_xl_pipeline(
+    folder: Path, unet, vae, text_encoder, text_encoder_2, tokenizer_dir: Path
+) -> Path:
+    """Write an SDXL pipeline of these modules in the diffusers layout, SDXL's scheduler with them.
+
+    Both tokenizers are CLIP's (``tokenizer_dir``); ``force_zeros_for_empty_prompt`` is on,
+    as in SDXL base: with no negative prompt the unconditional embeddings are zeros.
+    """
+    from transformers import CLIPTokenizer
+
+    with no_known_notices():  # the first import of the pipeline module says them
+        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_xl_model(
+    folder: str | os.PathLike,
+    seed: int = TINY_SEED,
+    unet_config: dict | None = None,
+    vae_config: dict | None = None,
+) -> Path:
+    """Build TinyEmote-XL's architecture with random weights into ``folder`` (seconds, no network).
+
+    SDXL's layout at toy size (:data:`TINY_XL_UNET_CONFIG`): a ``UNet2DConditionModel``
+    with the ``text_time`` embedding, an ``AutoencoderKL``, a ``CLIPTextModel`` and a
+    ``CLIPTextModelWithProjection``, two CLIP tokenizers and SDXL's Euler scheduler. The
+    folder is staged and renamed into place, like :func:`build_tiny_model`.
+
+    Returns:
+        The folder, loadable with ``StableDiffusionXLPipeline.from_pretrained``.
+    """
+    with no_known_notices():
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = Path(folder)
+    with staged_folder(folder) as staging:
+        text_encoder, text_encoder_2 = tiny_xl_text_encoders(seed)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed + 1)
+        unet = UNet2DConditionModel(**(unet_config or TINY_XL_UNET_CONFIG))
+        vae = AutoencoderKL(**(vae_config or TINY_XL_VAE_CONFIG))
+        torch.random.set_rng_state(generator_state)
+        tokenizer_dir = write_clip_tokenizer(staging.with_name("_tokenizer"))
+        save_xl_pipeline(staging, unet, vae, text_encoder, text_encoder_2, tokenizer_dir)
+        (staging / "STABLEEMOTE_TINY_XL").write_text(
+            json.dumps({"build_version": TINY_XL_BUILD_VERSION, "seed": seed}) + "\n"
+        )
+    return folder
+
+
+def ensure_tiny_xl_model(folder: str | os.PathLike | None = None) -> Path:
+    """Return the random TinyEmote-XL architecture's folder (``tiny-xl-random``), built if missing or stale."""
+    folder = Path(folder or tiny_xl_model_dir())
+    marker = read_marker(folder / "STABLEEMOTE_TINY_XL")
+    if marker.get("build_version") == TINY_XL_BUILD_VERSION:
+        return folder
+    return build_tiny_xl_model(folder)

@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,17 +36,8 @@ from tqdm import tqdm  # a text bar: in a notebook its stored output is its last
 from stableemote_utils.config_file import write_config_file
 from stableemote_utils.denoising import add_noise
 from stableemote_utils.errors import StableEmoteError
-from stableemote_utils.hub import check_push_target
-from stableemote_utils.loading import check_hub_model
-from stableemote_utils.options import check_train_options
-from stableemote_utils.precision import (
-    check_training_precision,
-    choose_dtype,
-    dtype_name,
-    pick_device,
-)
-from stableemote_utils.presets import Preset, get_preset, precision_setting
-from stableemote_utils.run_folder import run_lock
+from stableemote_utils.presets import Preset
+from stableemote_utils.run_folder import resolve_resume, run_lock
 from stableemote_utils.training_config import ORIGINAL_PROMPTS, TrainConfig, TrainResult, recipe
 from stableemote_utils.training_records import (
     measure_heldout,
@@ -59,12 +49,13 @@ from stableemote_utils.training_records import (
     write_results,
 )
 from stableemote_utils.training_setup import (
+    RunPlan,
     TrainingRun,
     any_process_interrupted,
-    check_output_dir,
     finish_the_step_on_interrupt,
     is_first_launched_process,
     open_trackers,
+    resolve_run,
     set_up_run,
 )
 
@@ -183,6 +174,7 @@ def noise_prediction_loss(
     *,
     noise_scheduler: SchedulerMixin,
     min_snr_gamma: float | None = None,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Noise the clean latents, let the UNet predict the noise, and score it.
 
@@ -193,13 +185,17 @@ def noise_prediction_loss(
         text: CLIP hidden states ``(B, 77, D)``.
         noise_scheduler: its ``alphas_cumprod`` ``(1000,)`` is the noise schedule.
         min_snr_gamma: weight each example by ``min(SNR, gamma) / SNR`` (``None``: off).
+        added_cond_kwargs: SDXL's pooled text ``text_embeds`` ``(B, 1280)`` and
+            ``time_ids`` ``(B, 6)`` (see :meth:`~stableemote_utils.model_family.ModelFamily.unet_inputs`);
+            ``None`` for SD 1.5.
 
     Returns:
         The scalar loss: MSE between the true noise and the UNet's prediction.
     """
     # forward noising: x_t = sqrt(a_bar_t) x_0 + sqrt(1 - a_bar_t) eps (notebook 03)
     noisy = add_noise(latents, noise, noise_scheduler.alphas_cumprod, timesteps)
-    pred = unet(noisy, timesteps, encoder_hidden_states=text).sample
+    extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": added_cond_kwargs}
+    pred = unet(noisy, timesteps, encoder_hidden_states=text, **extra).sample
     per_example = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
         per_example = per_example * min_snr_weights(timesteps, noise_scheduler, min_snr_gamma)
@@ -215,6 +211,7 @@ def training_loss(
     generator: torch.Generator,
     min_snr_gamma: float | None = None,
     noise_offset: float = 0.0,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One training step's loss, written out: draw, noise, predict, compare.
 
@@ -225,6 +222,7 @@ def training_loss(
         noise_scheduler: the model's scheduler; its ``alphas_cumprod`` ``(1000,)`` is the
             noise schedule.
         generator: the step's generator (on the latents' device).
+        added_cond_kwargs: SDXL's pooled text and time ids (``None`` for SD 1.5).
 
     Returns:
         The scalar loss: MSE between the true noise and the UNet's prediction.
@@ -245,6 +243,7 @@ def training_loss(
         text=text,
         noise_scheduler=noise_scheduler,
         min_snr_gamma=min_snr_gamma,
+        added_cond_kwargs=added_cond_kwargs,
     )
 
 
@@ -289,48 +288,20 @@ def train(
         WriteFailedError: a checkpoint or the results could not be written (a full disk);
             the earlier checkpoints are intact.
     """
-    check_train_options(config)
-    if config.push_to_hub:  # hours of training must not end on a bad id or a missing token
-        check_push_target(config.push_to_hub)
-    device = pick_device(config.device)
-    dtype = choose_dtype(device, precision_setting(config.precision))[0]
-    check_training_precision(device, dtype)
-    if overwrite and resume is not None:
-        raise StableEmoteError(
-            "--overwrite starts the run over and --resume continues it; pass one of them."
-        )
-    if preset is None:
-        preset = get_preset(config.preset)
-    elif config.preset not in (preset.name, preset.model):
-        raise StableEmoteError(
-            f"train() was given the preset {preset.name!r} ({preset.model}) for a config whose "
-            f"preset is {config.preset!r}; pass the config's own preset, or none."
-        )
-    config = dataclasses.replace(
-        config,
-        model=config.model or preset.model,
-        dataset=config.dataset or preset.dataset,
-        batch_size=config.batch_size or preset.batch_size,
-        resolution_px=config.resolution_px or preset.resolution_px,
-        alpha=config.alpha if config.alpha is not None else float(config.rank),
-        precision=dtype_name(dtype),
-        validation_steps=config.validation_steps or preset.sample_steps,
-        validation_guidance=(
-            preset.guidance_scale
-            if config.validation_guidance is None
-            else config.validation_guidance
-        ),
-    )
-    check_hub_model(config.model)  # a Hub model that cannot be had, before any data is read
-    out = check_output_dir(config.output_dir)
+    plan = resolve_run(config, resume=resume, overwrite=overwrite, preset=preset)
     # One lock per run: only the launching process of a distributed run takes it.
-    with run_lock(out) if is_first_launched_process() else contextlib.nullcontext():
-        return _train(config, preset, out, resume=resume, overwrite=overwrite)
+    first = is_first_launched_process()
+    with run_lock(plan.out) if first else contextlib.nullcontext():
+        if first:
+            print(f"precision: {plan.precision_reason}")
+        resume_from = resolve_resume(resume, plan.ckpt_dir)
+        return _train(dataclasses.replace(plan, resume_from=resume_from))
 
 
-def _train(config: TrainConfig, preset: Preset, out: Path, resume: str | None, overwrite: bool):
-    """:func:`train` once the options are checked and the run folder is locked."""
-    run = set_up_run(config, preset, out, resume=resume, overwrite=overwrite)
+def _train(plan: RunPlan) -> TrainResult:
+    """:func:`train` once the run is resolved and its folder locked."""
+    config, out = plan.config, plan.out
+    run = set_up_run(plan)
     if run.main:
         write_config_file(config, out)
     open_trackers(run.accelerator, config, out)
@@ -392,10 +363,15 @@ def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
         world=world,
     ).to(dev)
     g = step_generator(config.seed, step, process_index, dev)
-    text = cache["text"][idx]
+    family = run.family
+    # What the UNet is told about each example: its caption's tensors (SD 1.5: text; SDXL:
+    # text and pooled) and, for SDXL, its picture's time ids.
+    cond = {k: cache[k][idx] for k in (*family.prompt_keys, *family.image_keys)}
     if config.caption_dropout > 0:
         drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
-        text = torch.where(drop.view(-1, 1, 1), cache["extra_text"][0:1].expand_as(text), text)
+        for k in family.prompt_keys:  # the empty prompt's tensors instead
+            empty = cache["extra_" + k][0:1].expand_as(cond[k])
+            cond[k] = torch.where(drop.view(-1, *[1] * (cond[k].ndim - 1)), empty, cond[k])
     draws = draw_step_noise(
         g,
         cache["latent_mean"][idx].shape,
@@ -406,15 +382,17 @@ def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
     latents = cache["latent_mean"][idx] + cache["latent_std"][idx] * draws["sample"]
     losses = []
     for part in torch.arange(len(idx), device=dev).chunk(slices):
+        inputs = family.unet_inputs({k: v[part] for k, v in cond.items()})
         with accelerator.accumulate(run.unet), accelerator.autocast():
             loss = noise_prediction_loss(
                 run.unet,
                 latents[part],
                 draws["noise"][part],
                 timesteps=draws["timesteps"][part],
-                text=text[part],
+                text=inputs["encoder_hidden_states"],
                 noise_scheduler=run.components.scheduler,
                 min_snr_gamma=config.min_snr_gamma,
+                added_cond_kwargs=inputs.get("added_cond_kwargs"),
             )
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.max_grad_norm:

@@ -24,6 +24,7 @@ from stableemote_utils.hub import WIDGET_PICTURE, push_adapter, write_model_card
 from stableemote_utils.images import image_grid, save_image
 from stableemote_utils.loading import make_pipeline
 from stableemote_utils.lora_files import lora_state_dict, save_lora
+from stableemote_utils.model_family import family_of
 from stableemote_utils.plots import save_loss_plot
 from stableemote_utils.sampling import SamplingSettings, generate
 from stableemote_utils.training_setup import TrainingRun, mixed_precision_for
@@ -45,12 +46,14 @@ def heldout_loss(
     timesteps: tuple[int, ...] = HELDOUT_TIMESTEPS,
     batch_size: int = 16,
     autocast_dtype: torch.dtype | None = None,
+    added_cond: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """Mean noise-prediction MSE on held-out emoji at fixed timesteps and fixed noise.
 
     Every example is noised at every timestep in ``timesteps`` with noise from a fixed
     seed, and the latent mean is used (no sampling), so the number is comparable across
-    steps and runs; training loss is too noisy to read.
+    steps and runs; training loss is too noisy to read. ``added_cond`` holds SDXL's
+    per-example ``text_embeds`` ``(N, 1280)`` and ``time_ids`` ``(N, 6)`` (``None`` for SD 1.5).
     """
     dev = next(unet.parameters()).device
     g = torch.Generator().manual_seed(HELDOUT_NOISE_SEED)
@@ -64,9 +67,14 @@ def heldout_loss(
             eps = noise_all[ti, i : i + batch_size].to(dev)
             noisy = add_noise(x0, eps, alphas_cumprod, t)
             tt = torch.full((x0.shape[0],), t, device=dev, dtype=torch.long)
+            extra = {}
+            if added_cond is not None:
+                extra["added_cond_kwargs"] = {
+                    k: v[i : i + batch_size].to(dev) for k, v in added_cond.items()
+                }
             with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 pred = unet(
-                    noisy, tt, encoder_hidden_states=text[i : i + batch_size].to(dev)
+                    noisy, tt, encoder_hidden_states=text[i : i + batch_size].to(dev), **extra
                 ).sample
             total += F.mse_loss(pred.float(), eps, reduction="sum").item() / eps[0].numel()
             count += x0.shape[0]
@@ -74,14 +82,34 @@ def heldout_loss(
     return total / max(count, 1)
 
 
+def cached_heldout_loss(
+    unet: torch.nn.Module,
+    cache: dict[str, torch.Tensor],
+    alphas_cumprod: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """:func:`heldout_loss` on an encode-once cache (see
+    :func:`~stableemote_utils.latent_cache.build_or_load_cache`), with what the UNet's
+    family reads from it (SDXL: pooled text and time ids as well)."""
+    family = family_of(unet)
+    inputs = family.unet_inputs({k: cache[k] for k in (*family.prompt_keys, *family.image_keys)})
+    return heldout_loss(
+        unet,
+        cache["latent_mean"],
+        inputs["encoder_hidden_states"],
+        alphas_cumprod,
+        autocast_dtype=autocast_dtype,
+        added_cond=inputs.get("added_cond_kwargs"),
+    )
+
+
 def measure_heldout(run: TrainingRun, at_step: int) -> None:
     """Record the held-out loss at ``at_step`` (main process; none without held-out images)."""
     if not run.main or run.held_cache is None:
         return
-    run.heldout[at_step] = heldout_loss(
+    run.heldout[at_step] = cached_heldout_loss(
         run.raw_unet,
-        run.held_cache["latent_mean"],
-        run.held_cache["text"],
+        run.held_cache,
         run.components.scheduler.alphas_cumprod,
         autocast_dtype=run.dtype if run.dtype != torch.float32 else None,
     )
@@ -103,8 +131,9 @@ def save_validation_grid(run: TrainingRun, at_step: int) -> None:
                 components,
                 run.raw_unet,
                 validation_settings(run.config),
-                prompts_embeds=run.train_cache["extra_text"][1:],
-                negative_embeds=run.train_cache["extra_text"][0:1],
+                prompts_embeds=_prompt_rows(run, slice(1, None)),
+                negative_embeds=_prompt_rows(run, slice(0, 1)),
+                family=run.family,
             )
     finally:
         components.vae.to("cpu")
@@ -129,33 +158,42 @@ def validation_settings(config) -> SamplingSettings:
     )
 
 
+def _prompt_rows(run: TrainingRun, rows: slice) -> dict[str, torch.Tensor]:
+    """The cached tensors of the extra prompts ``rows`` (0: the empty prompt, then the
+    validation prompts), one entry per prompt key of the run's family."""
+    return {k: run.train_cache["extra_" + k][rows] for k in run.family.prompt_keys}
+
+
 def _sample_grid(
     components,
     unet,
     settings: SamplingSettings,
     *,
-    prompts_embeds: torch.Tensor,
-    negative_embeds: torch.Tensor,
+    prompts_embeds: dict[str, torch.Tensor],
+    negative_embeds: dict[str, torch.Tensor],
+    family,
 ):
-    """Validation images: prompt ``i`` (encoded, ``prompts_embeds[i]``, ``(1, 77, D)``) at
-    ``settings.seeds[i]``, safety checker off.
+    """Validation images: prompt ``i`` (encoded: row ``i`` of each of ``prompts_embeds``,
+    e.g. ``text`` ``(P, 77, D)``) at ``settings.seeds[i]``, safety checker off.
+    ``negative_embeds`` is the encoded empty prompt (one row); ``family`` says how the
+    pipeline takes them.
 
     Returns:
         ``(grid, pictures)``: the labelled grid and the pictures, one per prompt.
     """
     pipe = make_pipeline(components)
     pipe.unet = unet
+
+    def placed(embeds: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+        return {k: v[rows].to(components.device, unet.dtype) for k, v in embeds.items()}
+
     images = []
-    for i, seed in enumerate(settings.seeds[: prompts_embeds.shape[0]]):
-        picture = generate(
-            pipe,
-            None,
-            seed,
-            settings,
-            prompt_embeds=prompts_embeds[i : i + 1].to(components.device, unet.dtype),
-            negative_prompt_embeds=negative_embeds.to(components.device, unet.dtype),
+    count = prompts_embeds["text"].shape[0]
+    for i, seed in enumerate(settings.seeds[:count]):
+        embeds = family.sampling_embeds(
+            placed(prompts_embeds, slice(i, i + 1)), placed(negative_embeds, slice(0, 1))
         )
-        images.append(picture)
+        images.append(generate(pipe, None, seed, settings, **embeds))
     return image_grid(images, list(settings.prompts), cols=len(images)), images
 
 
@@ -235,6 +273,7 @@ def _write_result_files(run: TrainingRun, step_times: list[float]) -> Path:
         "steps": str(run.step),
         "resolution_px": str(config.resolution_px),
         "dataset": str(config.dataset),
+        "model_family": run.family.name,
     }
     if run.full:
         run.raw_unet.save_pretrained(out / "unet", safe_serialization=True)

@@ -1,8 +1,11 @@
-"""Setting a training run up: accelerator, run folder, data, encode-once caches, trainable UNet.
+"""Setting a training run up: the run resolved once, accelerator, data, caches, trainable UNet.
 
 Infrastructure of :func:`stableemote_utils.training.train` (notebook ``05_lora_training``):
-:func:`set_up_run` builds a :class:`TrainingRun`, the working set the loop reads and
-updates; the Ctrl-C and SIGTERM handling that lets a run finish its step is here too.
+:func:`resolve_run` turns the settings into a :class:`RunPlan` before anything loads
+(every preset-filled value, device, dtype, model family, paths, resume point), and
+:func:`set_up_run` builds from it a :class:`TrainingRun`, the working set the loop reads
+and updates; no later stage derives any of these again. The Ctrl-C and SIGTERM handling
+that lets a run finish its step is here too.
 """
 
 from __future__ import annotations
@@ -25,13 +28,21 @@ from stableemote_utils.captions import make_caption
 from stableemote_utils.checkpoints import load_checkpoint, restore_rng
 from stableemote_utils.data import CAPTIONS_RECORD, load_emoji_dataset, write_captions_record
 from stableemote_utils.errors import StableEmoteError, Terminated
-from stableemote_utils.hub import read_secret
+from stableemote_utils.hub import check_push_target, read_secret
 from stableemote_utils.latent_cache import build_or_load_cache
-from stableemote_utils.loading import SDComponents, load_components
+from stableemote_utils.loading import SDComponents, check_hub_model, load_components
 from stableemote_utils.lora_peft import add_lora, set_lora_state_dict
-from stableemote_utils.precision import check_training_precision, choose_dtype, pick_device
-from stableemote_utils.presets import Preset, cache_dir, precision_setting
-from stableemote_utils.run_folder import check_resume_config, claim_run_folder, resolve_resume
+from stableemote_utils.model_family import ModelFamily, family_of, get_family
+from stableemote_utils.options import check_train_options
+from stableemote_utils.precision import (
+    check_preset_device,
+    check_training_precision,
+    choose_dtype,
+    dtype_name,
+    pick_device,
+)
+from stableemote_utils.presets import Preset, cache_dir, get_preset, precision_setting
+from stableemote_utils.run_folder import check_resume_config, claim_run_folder
 from stableemote_utils.training_config import TrainConfig
 
 
@@ -62,6 +73,109 @@ def is_first_launched_process() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A run resolved once, before any model loads: what every later stage reads.
+
+    Attributes:
+        config: the settings with every preset-filled value filled in (model, dataset,
+            batch size, resolution, alpha, precision, validation steps and guidance).
+        preset: the preset the run belongs to.
+        family: the model family (:mod:`~stableemote_utils.model_family`) the preset names;
+            the loaded UNet must agree.
+        device, dtype: where and in what the run computes; ``precision_reason`` says why.
+        out: the run folder (checked writable).
+        resume: what was asked for: ``None`` (a fresh run), ``"latest"`` or a folder.
+        overwrite: start over in a folder that holds another run's checkpoints.
+        resume_from: the checkpoint to continue, or ``None``; found under the run's lock
+            (:func:`stableemote_utils.run_folder.resolve_resume`).
+    """
+
+    config: TrainConfig
+    preset: Preset
+    family: ModelFamily
+    device: torch.device
+    dtype: torch.dtype
+    precision_reason: str
+    out: Path
+    resume: str | None = None
+    overwrite: bool = False
+    resume_from: Path | None = None
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def mixed_precision(self) -> str:
+        """accelerate's name for the compute dtype (``"fp16"``, ``"bf16"``, ``"no"``)."""
+        return mixed_precision_for(self.dtype)
+
+
+def resolve_run(
+    config: TrainConfig,
+    resume: str | None = None,
+    overwrite: bool = False,
+    preset: Preset | None = None,
+) -> RunPlan:
+    """Check the options and resolve a run into a :class:`RunPlan` (no model is loaded).
+
+    Raises:
+        StableEmoteError: a bad option, ``--overwrite`` with ``--resume``, a preset given
+            for another config's, a GPU-sized preset on a machine without a GPU (unless
+            ``--device cpu``), a precision or size the device or model cannot take, an
+            output folder that cannot be written.
+    """
+    check_train_options(config)
+    if config.push_to_hub:  # hours of training must not end on a bad id or a missing token
+        check_push_target(config.push_to_hub)
+    if overwrite and resume is not None:
+        raise StableEmoteError(
+            "--overwrite starts the run over and --resume continues it; pass one of them."
+        )
+    if preset is None:
+        preset = get_preset(config.preset)
+    elif config.preset not in (preset.name, preset.model):
+        raise StableEmoteError(
+            f"train() was given the preset {preset.name!r} ({preset.model}) for a config whose "
+            f"preset is {config.preset!r}; pass the config's own preset, or none."
+        )
+    check_preset_device(preset, config.device)
+    device = pick_device(config.device)
+    dtype, reason = choose_dtype(device, precision_setting(config.precision))
+    check_training_precision(device, dtype)
+    family = get_family(preset.family)
+    config = dataclasses.replace(
+        config,
+        model=config.model or preset.model,
+        dataset=config.dataset or preset.dataset,
+        batch_size=config.batch_size or preset.batch_size,
+        resolution_px=config.resolution_px or preset.resolution_px,
+        alpha=config.alpha if config.alpha is not None else float(config.rank),
+        precision=dtype_name(dtype),
+        validation_steps=config.validation_steps or preset.sample_steps,
+        validation_guidance=(
+            preset.guidance_scale
+            if config.validation_guidance is None
+            else config.validation_guidance
+        ),
+    )
+    family.check_resolution(config.resolution_px)
+    check_hub_model(config.model)  # a Hub model that cannot be had, before any data is read
+    out = check_output_dir(config.output_dir)
+    return RunPlan(
+        config=config,
+        preset=preset,
+        family=family,
+        device=device,
+        dtype=dtype,
+        precision_reason=reason,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
 @dataclass
 class TrainingRun:
     """One training session's working set, built by :func:`set_up_run`.
@@ -77,9 +191,11 @@ class TrainingRun:
     dtype: torch.dtype
     precision_reason: str
     run_id: str
-    components: SDComponents  # VAE and text encoder parked on the CPU
+    components: SDComponents  # VAE and text encoder(s) parked on the CPU
+    family: ModelFamily  # what the cache holds per prompt and picture, what the UNet takes
     # latent_mean/latent_std (N, 4, h, w), text (N, 77, D), extra_text (P, 77, D): the empty
-    # prompt and the validation prompts; on the training device.
+    # prompt and the validation prompts; SDXL adds pooled (N, 1280), extra_pooled (P, 1280)
+    # and time_ids (N, 6). On the training device.
     train_cache: dict[str, torch.Tensor]
     held_cache: dict[str, torch.Tensor] | None  # None: no held-out images
     unet: torch.nn.Module  # as accelerate prepared it: what the training step calls
@@ -113,28 +229,26 @@ class TrainingRun:
             print(*args, **kwargs)
 
 
-def set_up_run(
-    config: TrainConfig, preset: Preset, out: Path, resume: str | None, overwrite: bool
-) -> TrainingRun:
+def set_up_run(plan: RunPlan) -> TrainingRun:
     """Accelerator, the checkpoint to continue, data, encode-once caches, the trainable UNet."""
-    accelerator, dtype, reason = _make_accelerator(config, out)
+    config, preset, out = plan.config, plan.preset, plan.out
+    accelerator = _make_accelerator(plan)
     main = accelerator.is_main_process
-    if main:
-        print(f"precision: {reason}")
-    # The run folder: which checkpoint to continue (if any), with the same settings, and
+    # The run folder: the checkpoint to continue (if any), with the same settings, and
     # checkpoints that do not belong to this timeline moved out of the way.
-    ckpt_dir = out / "checkpoints"
-    resume_from = resolve_resume(resume, ckpt_dir)
+    resume_from = plan.resume_from
     saved = None if resume_from is None else load_checkpoint(resume_from)
     if saved is not None:
-        check_resume_config(saved[0], config.to_dict(), mixed_precision_for(dtype))
+        check_resume_config(saved[0], config.to_dict(), plan.mixed_precision)
     if main:
-        claim_run_folder(out, ckpt_dir, resume, resume_from=resume_from, overwrite=overwrite)
+        claim_run_folder(
+            out, plan.ckpt_dir, plan.resume, resume_from=resume_from, overwrite=plan.overwrite
+        )
     train_set, heldout_set = _load_splits(config, preset, accelerator)
     if main:  # the exact captions this run trains and measures on
         write_captions_record(out / CAPTIONS_RECORD, {"train": train_set, "heldout": heldout_set})
     components, train_cache, held_cache = _encode_once(
-        config, preset, accelerator, dtype=dtype, train_set=train_set, heldout_set=heldout_set
+        plan, accelerator, train_set=train_set, heldout_set=heldout_set
     )
     unet, params, optimizer, lr_schedule = _trainable_unet(
         config, components, accelerator, None if saved is None else saved[1]
@@ -144,10 +258,11 @@ def set_up_run(
         preset=preset,
         out=out,
         accelerator=accelerator,
-        dtype=dtype,
-        precision_reason=reason,
+        dtype=plan.dtype,
+        precision_reason=plan.precision_reason,
         run_id=(saved[0].get("run_id") if saved else None) or uuid.uuid4().hex,
         components=components,
+        family=plan.family,
         train_cache={k: v.to(accelerator.device) for k, v in train_cache.items()},
         held_cache=held_cache,
         unet=unet,
@@ -164,19 +279,16 @@ def set_up_run(
     return run
 
 
-def _make_accelerator(config: TrainConfig, out: Path):
-    """``(accelerator, compute dtype, the precision policy's reason)``."""
-    device = pick_device(config.device)
-    dtype, reason = choose_dtype(device, precision_setting(config.precision))
-    check_training_precision(device, dtype)
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision_for(dtype),
+def _make_accelerator(plan: RunPlan) -> Accelerator:
+    """The run's accelerator, in the plan's precision and on its device."""
+    config = plan.config
+    return Accelerator(
+        mixed_precision=plan.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        cpu=device.type == "cpu",
+        cpu=plan.device.type == "cpu",
         log_with=None if config.report_to == "none" else config.report_to,
-        project_dir=str(out),
+        project_dir=str(plan.out),
     )
-    return accelerator, dtype, reason
 
 
 def _load_splits(config: TrainConfig, preset: Preset, accelerator) -> tuple[list, list]:
@@ -215,16 +327,24 @@ def _load_splits(config: TrainConfig, preset: Preset, accelerator) -> tuple[list
     return train_set, heldout_set
 
 
-def _encode_once(config: TrainConfig, preset: Preset, accelerator, dtype, train_set, heldout_set):
-    """Load the model, encode every image and caption once, park the VAE and text encoder.
+def _encode_once(plan: RunPlan, accelerator, train_set, heldout_set):
+    """Load the model, encode every image and caption once, park the VAE and text encoders.
 
     Returns:
         ``(components, train_cache, held_cache)``.
     """
+    config, preset = plan.config, plan.preset
     use_preset = config.model == preset.model  # a preset's own model may be built on first use
     components = load_components(
-        preset if use_preset else config.model, device=accelerator.device, dtype=dtype
+        preset if use_preset else config.model, device=accelerator.device, dtype=plan.dtype
     )
+    loaded = family_of(components.unet)
+    if loaded is not plan.family:
+        raise StableEmoteError(
+            f"The model '{components.source}' is {loaded.label}, but the preset "
+            f"'{preset.name}' is for {plan.family.label}. Pass a {plan.family.label} model, "
+            f"or a preset for {loaded.label} (--preset {loaded.name})."
+        )
     # Validation prompts become captions as the training names do (template, trigger word).
     extra_prompts = [
         "",
@@ -258,7 +378,8 @@ def _encode_once(config: TrainConfig, preset: Preset, accelerator, dtype, train_
             )
         )
     components.vae.to("cpu")
-    components.text_encoder.to("cpu")
+    for encoder in components.text_encoders:
+        encoder.to("cpu")
     return components, train_cache, held_cache
 
 

@@ -46,6 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "lora_files",
         "lora_inspect",
         "lora_peft",
+        "sgm_names",
     ),
     "lessons": (
         "vae",
@@ -54,6 +55,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "sampling",
         "attention",
         "lora",
+        "model_family",
         "latent_cache",
         "training",
         "training_setup",
@@ -67,6 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "figures",
         "tinyemote.clip",
         "tinyemote.pretrain",
+        "tinyemote.pretrain_xl",
         "tinyemote.evaluate",
         "tinyemote.card",
         "tinyemote.style",

@@ -56,3 +56,19 @@ def test_memory_column_only_where_it_tells_the_recipes_apart():
     assert [line.split()[-2] for line in gpu[2:]] == ["900", "500"]  # each recipe's own peak
     cpu = format_table(rows, "cpu", 8, 256).splitlines()
     assert "peak" not in cpu[1] and all("900" not in line for line in cpu)  # process RSS: no column
+
+
+def test_sdxl_step_counts_both_encoders_and_its_memory_on_paper():
+    """SDXL on the meta device at 256 px (the sdxl preset's report counts 1024 px)."""
+    from stableemote_utils.bench import count_step_flops, training_memory_gb
+
+    checkpointed = training_memory_gb(256)
+    plain = training_memory_gb(256, gradient_checkpointing=False)
+    assert checkpointed["weights"] == plain["weights"] == 2 * 2_567_463_684 / 1e9  # fp16 UNet
+    assert checkpointed["lora"] == 16 * 5_806_080 / 1e9  # fp32 weights, gradients, 2 moments
+    assert 0 < checkpointed["activations"] < plain["activations"] / 4
+    original, ours = count_step_flops(1, 256, family="sdxl", gradient_checkpointing=True)
+    sd15_text = count_step_flops(1, 256)[0].text_encoder
+    assert original.text_encoder > 5 * sd15_text  # two encoders, the second a bigG
+    assert original.vae_encoder > 0 and ours.vae_encoder == ours.text_encoder == 0
+    assert original.unet_forward_backward == ours.unet_forward_backward

@@ -46,10 +46,13 @@ def test_train_help_shows_the_recipes_and_presets_real_defaults(capsys, monkeypa
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    assert "total optimizer steps (default: 4500; --recipe tiny-quick: 1500)" in text
     assert (
-        "(default: the preset's: 8 for sd15, 4 for tiny and tiny-random; --recipe tiny-quick: 8)"
+        "total optimizer steps (default: 4500; --recipe tiny-quick: 1500; --recipe sdxl-t4: 500)"
         in text
+    )
+    assert (
+        "(default: the preset's: 8 for sd15, 4 for tiny and tiny-random, 1 for sdxl; --recipe "
+        "tiny-quick: 8; --recipe sdxl-t4: 1)" in text
     )
     assert "(default: to_q, to_k, to_v, to_out.0; --recipe tiny-quick: down_blocks.0.*, " in text
     assert "(default: 0.0001; --recipe tiny-quick: 0.003)" in text

@@ -39,7 +39,8 @@ def _peak_rss_gb() -> float:
 class _Stages:
     """Times each stage and prints it with the peak memory so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "sd15") -> None:
+        self.label = label
         self.rows: list[tuple[str, float, float]] = []
 
     def run(self, name: str, fn):
@@ -49,7 +50,8 @@ class _Stages:
         seconds = time.perf_counter() - start
         self.rows.append((name, seconds, _peak_rss_gb()))
         print(
-            f"\n[sd15] {name}: {seconds:.1f} s, peak RSS so far {_peak_rss_gb():.2f} GB", flush=True
+            f"\n[{self.label}] {name}: {seconds:.1f} s, peak RSS so far {_peak_rss_gb():.2f} GB",
+            flush=True,
         )
         return result
 

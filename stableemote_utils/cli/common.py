@@ -14,7 +14,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="sd15 (real model, GPU + network), tiny (offline, CPU), a Hub id or a folder. "
+        help="sd15 (real model, GPU + network), tiny (offline, CPU), sdxl (SDXL base 1.0, GPU + "
+        "network), tiny-xl (SDXL's architecture, offline, CPU), a Hub id or a folder. "
         "Default: $STABLEEMOTE_PRESET, else sd15.",
     )
     p.add_argument(

@@ -31,7 +31,7 @@ from stableemote_utils.cli.demo_generation import demo_generate, demo_settings, 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import load_components, make_pipeline
 from stableemote_utils.notebook import in_colab
-from stableemote_utils.precision import choose_dtype, pick_device
+from stableemote_utils.precision import check_preset_device, choose_dtype, pick_device
 from stableemote_utils.presets import get_preset
 from stableemote_utils.sampling import SamplingSettings
 
@@ -120,6 +120,7 @@ def launch_demo(
     """
     check_port_free(server_name, server_port)  # before the model loads
     p = get_preset(preset)
+    check_preset_device(p, device)
     dev = pick_device(device)
     dtype, _ = choose_dtype(dev)
     pipe = make_pipeline(load_components(p, device=dev, dtype=dtype))

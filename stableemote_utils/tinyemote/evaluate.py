@@ -49,7 +49,7 @@ from stableemote_utils.data import images_to_tensor, is_heldout, load_emoji_data
 from stableemote_utils.emoji_fonts import build_font_folder, font_rows
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.images import image_grid, save_image
-from stableemote_utils.loading import load_components, make_pipeline
+from stableemote_utils.loading import load_components, load_pipeline, make_pipeline
 from stableemote_utils.lora_peft import load_lora, unload_lora
 from stableemote_utils.metrics import clip_score, kid
 from stableemote_utils.precision import pick_device
@@ -61,7 +61,7 @@ from stableemote_utils.tinyemote.clip import (
     retrieval,
     shuffled,
 )
-from stableemote_utils.tinyemote.install import shipped_digest
+from stableemote_utils.tinyemote.install import SHIPPED_MODELS, shipped_digest
 from stableemote_utils.tinyemote.pretrain import is_flag, reconstruction_psnr
 from stableemote_utils.training import recipe, train
 
@@ -320,7 +320,12 @@ def evaluate_vae(vae) -> dict[str, float]:
     return out
 
 
-def style_lora(output_dir: str | os.PathLike, steps: int | None = None, device: str | None = None):
+def style_lora(
+    output_dir: str | os.PathLike,
+    steps: int | None = None,
+    device: str | None = None,
+    preset: str = "tiny",
+):
     """Train the tiny preset's short LoRA on OpenMoji (``tiny-quick`` recipe); its result.
 
     ``steps`` ``None``: the recipe's.
@@ -329,6 +334,7 @@ def style_lora(output_dir: str | os.PathLike, steps: int | None = None, device: 
     steps = recipe("tiny-quick").steps if steps is None else steps
     config = recipe(
         "tiny-quick",
+        preset=preset,
         dataset="openmoji",
         steps=steps,
         output_dir=str(output_dir),
@@ -345,8 +351,12 @@ def evaluate_tinyemote(
     lora_steps: int | None = None,
     per_category: int = 10,
     device: str | None = None,
+    preset: str = "tiny",
 ) -> dict:
     """Measure TinyEmote (the ``tiny`` preset's model) three ways; see the module docstring.
+
+    ``preset`` ``"tiny-xl"`` measures TinyEmote-XL the same way. ``lora_steps`` 0 leaves
+    the style shift (and its LoRA) out.
 
     Writes ``metrics.json``, ``samples_by_category.png`` and ``style_before_after.png``
     (held-out prompts; top row the base model, bottom row with the LoRA) under
@@ -361,14 +371,14 @@ def evaluate_tinyemote(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
-    components = load_components("tiny", device=dev)
-    pipe = make_pipeline(components)
+    pipe = load_pipeline(preset, device=dev)
+    name, shipped = SHIPPED_MODELS[preset]
     record: dict = {
-        "model": f"TinyEmote (tiny preset, shipped weights {shipped_digest()})",
+        "model": f"{name} ({preset} preset, shipped weights {shipped_digest(shipped)})",
         "feature_space": f"{FEATURE_PX}x{FEATURE_PX} RGB",
     }
-    record["vae_psnr"] = evaluate_vae(components.vae)
-    guidance = get_preset("tiny").guidance_scale
+    record["vae_psnr"] = evaluate_vae(pipe.vae)
+    guidance = get_preset(preset).guidance_scale
     record["sampling"] = {"steps": EVAL_STEPS, "guidance": guidance}
     record["prompt_following"] = prompt_following(
         pipe, per_category, grid_path=out / "samples_by_category.png"
@@ -382,15 +392,18 @@ def evaluate_tinyemote(
         )
         sweep[str(g)] = {k: r[k] for k in ("accuracy", "heldout_accuracy")}
     record["prompt_following_by_guidance"] = sweep
-    if (Path(components.source) / "clip" / "config.json").exists():
-        clip_model, tokenizer = load_tiny_clip(components.source)
+    if (Path(pipe.name_or_path) / "clip" / "config.json").exists():
+        clip_model, tokenizer = load_tiny_clip(pipe.name_or_path)
         record["clip_retrieval"] = clip_retrieval(clip_model, tokenizer)
         record["tiny_clip_score"] = clip_scores(pipe, (clip_model, TinyClipProcessor(tokenizer)))
 
+    if lora_steps == 0:
+        (out / "metrics.json").write_text(json.dumps(record, indent=1))
+        return record
     names, reference = style_reference()
     prompts = [CAPTION_TEMPLATE.format(name=n) for n in names]
     before = generate_batch(pipe, prompts, seed=EVAL_SEED + 1000)
-    lora = style_lora(out / STYLE_LORA_DIR, lora_steps, device)
+    lora = style_lora(out / STYLE_LORA_DIR, lora_steps, device, preset)
     load_lora(pipe, lora.adapter_path)
     after = generate_batch(pipe, prompts, seed=EVAL_SEED + 1000)
     unload_lora(pipe)

@@ -4,6 +4,9 @@ The weights ship inside the package (``stableemote_utils/weights/tinyemote``, fp
 safetensors, made by ``stableemote pretrain-tiny``). :func:`ensure_tinyemote` installs
 them into the cache with the CLIP tokenizer next to them, so that
 ``StableDiffusionPipeline.from_pretrained`` loads them like any SD 1.5 folder.
+TinyEmote-XL (``stableemote_utils/weights/tinyemote-xl``, the ``tiny-xl`` preset) is
+installed the same way, with both of its tokenizers, for
+``StableDiffusionXLPipeline.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from stableemote_utils.presets import tinyemote_dir
 from stableemote_utils.tiny_model import write_clip_tokenizer
 
 SHIPPED_DIR = Path(__file__).parent.parent / "weights" / "tinyemote"
+SHIPPED_XL_DIR = Path(__file__).parent.parent / "weights" / "tinyemote-xl"
+# The shipped models by preset: (name, folder of their weights in the package).
+SHIPPED_MODELS = {"tiny": ("TinyEmote", SHIPPED_DIR), "tiny-xl": ("TinyEmote-XL", SHIPPED_XL_DIR)}
 
 
 MARKER = "STABLEEMOTE_TINYEMOTE"
@@ -81,21 +87,35 @@ def _refresh_records(folder: Path, source: Path) -> None:
             partial.replace(installed)
 
 
+def tokenizer_folders(source: Path) -> list[str]:
+    """The tokenizer subfolders a shipped model's ``model_index.json`` names, e.g. ``["tokenizer"]``.
+
+    SDXL's layout has two (``tokenizer``, ``tokenizer_2``).
+    """
+    index = json.loads((source / "model_index.json").read_text())
+    return sorted(k for k in index if k.startswith("tokenizer") and index[k][0] is not None)
+
+
 def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHIPPED_DIR) -> Path:
     """Install TinyEmote into ``folder`` (default ``<cache>/tinyemote``) if missing or stale.
 
-    Copies the shipped weights and writes the CLIP tokenizer beside them, in a temporary
-    folder renamed into place, so an interrupted install never leaves half a model.
+    Copies the shipped weights and writes the CLIP tokenizer beside them (into every
+    tokenizer folder the model index names), in a temporary folder renamed into place,
+    so an interrupted install never leaves half a model. With ``source`` =
+    :data:`SHIPPED_XL_DIR` it installs TinyEmote-XL.
 
     Returns:
-        The model folder, loadable with ``StableDiffusionPipeline.from_pretrained``.
+        The model folder, loadable with ``StableDiffusionPipeline.from_pretrained`` (or
+        ``StableDiffusionXLPipeline.from_pretrained`` for TinyEmote-XL).
     """
 
     folder = Path(folder or tinyemote_dir())
     if not (source / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        name = "TinyEmote-XL" if source.name == SHIPPED_XL_DIR.name else "TinyEmote"
         raise StableEmoteError(
-            f"TinyEmote's weights are missing from {source}. Reinstall the package (pip install "
+            f"{name}'s weights are missing from {source}. Reinstall the package (pip install "
             "-e .) or rebuild them with: stableemote pretrain-tiny --install"
+            + (" --family sdxl" if name == "TinyEmote-XL" else "")
         )
     digest = shipped_digest(source)
     if read_marker(folder / MARKER).get("digest") == digest:
@@ -103,6 +123,7 @@ def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHI
         return folder
     with staged_folder(folder) as staging:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.md"))
-        write_clip_tokenizer(staging / "tokenizer")
+        for sub in tokenizer_folders(source):
+            write_clip_tokenizer(staging / sub)
         (staging / MARKER).write_text(json.dumps({"digest": digest}) + "\n")
     return folder

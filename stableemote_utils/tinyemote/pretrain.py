@@ -98,6 +98,9 @@ class PretrainConfig:
             tiny CLIP stage; its held-out retrieval is measured again.
         openmoji_word: if set, the OpenMoji drawings of the training names join the
             UNet's data once each, captioned with this word before the name (see stage 3).
+        family: ``"sd15"`` builds TinyEmote; ``"sdxl"`` builds TinyEmote-XL
+            (:mod:`stableemote_utils.tinyemote.pretrain_xl`) on the same stages 1-3.
+        checkpoint_every: the UNet stage's checkpoint interval, in steps.
     """
 
     output_dir: str = "outputs/tinyemote"
@@ -119,6 +122,8 @@ class PretrainConfig:
     unet_from: str | None = None
     clip_from: str | None = None
     openmoji_word: str | None = None
+    family: str = "sd15"
+    checkpoint_every: int = 500
 
 
 def vae_training_pixels(
@@ -218,24 +223,26 @@ def reconstruction_psnr(vae: torch.nn.Module, pixels: torch.Tensor, batch: int =
 
 
 def export_fp16(model_dir: Path, target: Path) -> Path:
-    """Copy a diffusers model folder, storing UNet, VAE, text encoder (and tiny CLIP) in fp16.
+    """Copy a diffusers model folder, storing UNet, VAE, text encoder(s) (and tiny CLIP) in fp16.
 
     fp16 halves the size; the loaders upcast to the dtype asked for. The tokenizer is
     left out (it is written from CLIP's vocabulary when the model is installed). A
     ``clip/`` folder (the tiny ``CLIPModel``), if present, is exported too.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPModel, CLIPTextModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
     with staged_folder(target) as staging:
         shutil.copytree(model_dir / "scheduler", staging / "scheduler")
         shutil.copy(model_dir / "model_index.json", staging / "model_index.json")
         parts = [("unet", UNet2DConditionModel), ("vae", AutoencoderKL)]
         parts += [("text_encoder", CLIPTextModel)]
+        if (model_dir / "text_encoder_2" / "config.json").exists():  # SDXL's layout
+            parts.append(("text_encoder_2", CLIPTextModelWithProjection))
         if (model_dir / "clip" / "config.json").exists():
             parts.append(("clip", CLIPModel))
         for sub, cls in parts:
-            kind = "dtype" if sub in ("text_encoder", "clip") else "torch_dtype"
+            kind = "dtype" if sub.startswith(("text_encoder", "clip")) else "torch_dtype"
             module = cls.from_pretrained(model_dir, subfolder=sub, **{kind: torch.float16})
             module.save_pretrained(staging / sub, safe_serialization=True)
             forget_build_path(staging / sub / "config.json")
@@ -359,12 +366,31 @@ def reuse_clip(
     return folder
 
 
-def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
-    """Run the five stages; return the record written to ``output_dir/pretrain.json``.
+@dataclass
+class SharedStages:
+    """What stages 1-3 hand to the UNet stage (the same for TinyEmote and TinyEmote-XL).
 
-    A finished stage is kept and skipped when the command is run again (its folder is
-    complete); the UNet stage resumes from its newest intact checkpoint.
+    Attributes:
+        out: the build's output folder.
+        device: where the stages run.
+        vae: the trained (or reused) ``AutoencoderKL``, fp32.
+        clip_model: the tiny ``CLIPModel``; its text tower is the text encoder.
+        tokenizer_dir: CLIP's tokenizer, written into the output folder.
+        data_dir: the UNet's ``imagefolder`` (stage 3).
+        record: the build's record so far (config, device, stage seconds, CLIP retrieval).
     """
+
+    out: Path
+    device: torch.device
+    vae: torch.nn.Module
+    clip_model: torch.nn.Module
+    tokenizer_dir: Path
+    data_dir: Path
+    record: dict
+
+
+def shared_stages(config: PretrainConfig) -> SharedStages:
+    """Stages 1-3 (VAE, tiny CLIP, the UNet's data), each kept and skipped once finished."""
     from diffusers import AutoencoderKL
 
     check_openmoji_word(config.openmoji_word)  # before the VAE and CLIP stages, not after
@@ -373,7 +399,6 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
     device = pick_device(config.device)
     preset = get_preset("tiny")
     record: dict = {"config": dataclasses.asdict(config), "device": str(device)}
-    started = time.perf_counter()
 
     # 1. VAE (trained, or reused from an earlier build)
     vae_dir = out / "vae"
@@ -433,6 +458,19 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
     data_dir = balanced_noto_folder(
         out / data_name, config.balance_repeats, config.openmoji_word, preset.heldout_fraction
     )
+    return SharedStages(out, device, vae, clip_model, tokenizer_dir, data_dir, record)
+
+
+def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
+    """Run the five stages; return the record written to ``output_dir/pretrain.json``.
+
+    A finished stage is kept and skipped when the command is run again (its folder is
+    complete); the UNet stage resumes from its newest intact checkpoint.
+    """
+    started = time.perf_counter()
+    stages = shared_stages(config)
+    out, vae, clip_model, record = stages.out, stages.vae, stages.clip_model, stages.record
+    preset = get_preset("tiny")
 
     # 4. UNet from scratch, on latents of the VAE and states of the tiny CLIP's text tower
     print("stage 4/5: UNet")
@@ -458,7 +496,7 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             preset="tiny",
             mode="full",
             model=str(start_dir),
-            dataset=str(data_dir),
+            dataset=str(stages.data_dir),
             output_dir=str(out / "unet-run"),
             steps=config.unet_steps,
             batch_size=config.unet_batch_size,
@@ -469,7 +507,7 @@ def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:
             seed=config.seed,
             device=config.device,
             precision="fp32",
-            checkpoint_every=500,
+            checkpoint_every=config.checkpoint_every,
             keep_checkpoints=2,
             validate_every=1000,
             validation_prompts=("grinning face", "red heart", "cat face", "rocket"),
