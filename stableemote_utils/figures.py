@@ -340,7 +340,9 @@ def figure_pipeline(
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
-    shapes = pipeline_shapes(unet_config, vae_config, text_config, resolution_px, max_tokens)
+    shapes = pipeline_shapes(
+        unet_config, vae_config, text_config, resolution_px=resolution_px, max_tokens=max_tokens
+    )
     counter = type(scheduler).from_config(scheduler.config)
     counter.set_timesteps(sampling_steps)
     first_t = int(counter.timesteps[0])

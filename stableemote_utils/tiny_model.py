@@ -539,7 +539,14 @@ def build_tiny_xl_model(
         vae = AutoencoderKL(**(vae_config or TINY_XL_VAE_CONFIG))
         torch.random.set_rng_state(generator_state)
         tokenizer_dir = write_clip_tokenizer(staging.with_name("_tokenizer"))
-        save_xl_pipeline(staging, unet, vae, text_encoder, text_encoder_2, tokenizer_dir)
+        save_xl_pipeline(
+            staging,
+            unet,
+            vae,
+            text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer_dir=tokenizer_dir,
+        )
         (staging / "STABLEEMOTE_TINY_XL").write_text(
             json.dumps({"build_version": TINY_XL_BUILD_VERSION, "seed": seed}) + "\n"
         )
