@@ -54,8 +54,10 @@ DATASET_FIGURE_NAMES = (
 # ---------------------------------------------------------------------------
 
 
-def plot_noise_schedule(scheduler):
+def plot_noise_schedule(scheduler, model_name: str = "SD 1.5"):
     """A three-panel matplotlib figure: betas, alphas_cumprod, and log10 SNR against t.
+
+    ``model_name`` names whose schedule it is in the title (``scheduler.betas`` is ``(T,)``).
 
     Returns:
         The figure (call ``plt.show()`` in a notebook, or save it).
@@ -86,7 +88,7 @@ def plot_noise_schedule(scheduler):
     for ax in axes:
         ax.set_xlabel("training timestep t")
     fig.suptitle(
-        f"SD 1.5 training noise schedule: {len(betas)} steps, beta "
+        f"{model_name} training noise schedule: {len(betas)} steps, beta "
         f"{float(betas[0]):.5f} -> {float(betas[-1]):.4f}",
         fontsize=10,
     )
@@ -410,15 +412,6 @@ def figure_pipeline(
         ("cfg", "sched", f"guided noise\n{fmt('latents')}", (9.55, 1.45), (9.55, 0.95), (0.6, 0.0)),
         (
             "sched",
-            "timestep",
-            f"repeat with the new latents and the next t: {unet_calls} UNet calls for "
-            f"{sampling_steps} sampling steps,\nt spread over the {train_steps} training timesteps",
-            (8.55, 0.3),
-            (4.95, 0.3),
-            (0.0, -0.6),
-        ),
-        (
-            "sched",
             "vae",
             f"final latents\n{fmt('latents')}\n/ scaling_factor ({vae_config['scaling_factor']:.5g})",
             (10.55, 0.45),
@@ -442,6 +435,22 @@ def figure_pipeline(
                 color="#1a4d99",
                 bbox={"fc": "white", "ec": "none", "pad": 1},
             )
+    # The loop: the new latents go back into the UNet's input (below the boxes, to the left
+    # side of scale_model_input), and the timestep box hands out the next t.
+    loop_y, loop_x = -0.35, 2.6
+    ax.plot([9.55, 9.55, loop_x, loop_x], [-0.05, loop_y, loop_y, 1.7], color="#333", lw=1)
+    ax.annotate("", (2.95, 1.7), (loop_x, 1.7), arrowprops={"arrowstyle": "->", "color": "#333"})
+    ax.text(
+        6.2,
+        loop_y,
+        f"repeat with the new latents and the next t: {unet_calls} UNet calls for "
+        f"{sampling_steps} sampling steps,\nt spread over the {train_steps} training timesteps",
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="#1a4d99",
+        bbox={"fc": "white", "ec": "none", "pad": 1},
+    )
     ax.set_title(
         f"{model_name} at {resolution_px} px: the tensors between the parts "
         "(batch of 2 = unconditional + conditional)",
