@@ -57,7 +57,12 @@ def test_training_embeddings_are_the_sdxl_pipelines(tiny_clip, tmp_path):
     tokenizer_dir = write_clip_tokenizer(tmp_path / "tokenizer")
     unet = UNet2DConditionModel(**TINY_XL_UNET_CONFIG)
     save_xl_pipeline(
-        tmp_path / "m", unet, AutoencoderKL(**TINY_XL_VAE_CONFIG), *encoders, tokenizer_dir
+        tmp_path / "m",
+        unet,
+        AutoencoderKL(**TINY_XL_VAE_CONFIG),
+        encoders[0],
+        text_encoder_2=encoders[1],
+        tokenizer_dir=tokenizer_dir,
     )
     pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "m")
     prompts = ["An emoji of cat face", "An emoji of openmoji red heart"]

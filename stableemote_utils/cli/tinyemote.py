@@ -175,7 +175,11 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
     record = evaluate_tinyemote(
-        args.output_dir, args.lora_steps, args.per_category, args.device, args.preset
+        args.output_dir,
+        lora_steps=args.lora_steps,
+        per_category=args.per_category,
+        device=args.device,
+        preset=args.preset,
     )
     written = ["metrics.json", "samples_by_category.png"]
     if "style" in record:

@@ -458,7 +458,15 @@ def shared_stages(config: PretrainConfig) -> SharedStages:
     data_dir = balanced_noto_folder(
         out / data_name, config.balance_repeats, config.openmoji_word, preset.heldout_fraction
     )
-    return SharedStages(out, device, vae, clip_model, tokenizer_dir, data_dir, record)
+    return SharedStages(
+        out=out,
+        device=device,
+        vae=vae,
+        clip_model=clip_model,
+        tokenizer_dir=tokenizer_dir,
+        data_dir=data_dir,
+        record=record,
+    )
 
 
 def pretrain_tiny(config: PretrainConfig, resume: bool = True) -> dict:

@@ -431,7 +431,15 @@ def pretrain_tiny_xl(config: PretrainConfig, resume: bool = True) -> dict:
     print("stage 5/5: export")
     model_dir = out / "model-fp32"
     shutil.rmtree(model_dir, ignore_errors=True)
-    save_xl_pipeline(model_dir, unet, vae, *encoders, stages.tokenizer_dir)
+    text_encoder, text_encoder_2 = encoders
+    save_xl_pipeline(
+        model_dir,
+        unet,
+        vae,
+        text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer_dir=stages.tokenizer_dir,
+    )
     export_fp16(model_dir, out / "tinyemote-xl")
     record["seconds"] = time.perf_counter() - started
     (out / "pretrain.json").write_text(json.dumps(record, indent=1))

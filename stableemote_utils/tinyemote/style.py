@@ -445,7 +445,9 @@ def measure_models(
         else:
             with lora_loaded(pipe, adapter, adapter_name="measure_models"):
                 images[label] = draw(pipe, texts, seeds)
-        per_picture = measure_pictures(images[label], scored, cats, clip, probe, refs)
+        per_picture = measure_pictures(
+            images[label], scored, cats, clip, probe=probe, references=refs
+        )
         values[label] = per_picture.view(3, len(seeds), len(names))  # seed-major
     return {
         "models": {label: summarise(v) for label, v in values.items()},
@@ -476,7 +478,7 @@ def measure_adapters(
     prompts = subject_prompts() if prompts is None else prompts
     models = {"base": (None, caption), **{k: (v, caption) for k, v in adapters.items()}}
     changes = {f"{k} - base": (k, "base") for k in adapters}
-    return measure_models(pipe, models, clip, probe, prompts, seeds, changes)
+    return measure_models(pipe, models, clip, probe, prompts=prompts, seeds=seeds, changes=changes)
 
 
 STYLE_WORD = "openmoji"  # the word TinyEmote's UNet saw OpenMoji's drawings under
@@ -515,7 +517,9 @@ def style_and_subject(
     refs = category_references()
     splits, images = {}, {}
     for split, chosen in prompts.items():
-        got = measure_models(pipe, models, clip, probe, chosen, seeds, changes, refs)
+        got = measure_models(
+            pipe, models, clip, probe, prompts=chosen, seeds=seeds, changes=changes, references=refs
+        )
         images[split] = got.pop("images")
         got.pop("values")
         splits[split] = got
