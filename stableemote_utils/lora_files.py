@@ -384,19 +384,25 @@ def check_lora_fits(
                 "no training run writes, so the file is damaged or was edited; export or "
                 "download it again."
             )
-            effect = "Loading it would fail part way or change only some layers."
+        elif (
+            result["matched"]
+            and not result["not_lora"]
+            and all(w.startswith("no layer") for w in why)
+        ):
+            guess = (
+                "The other layers fit, so it was probably made for a UNet with more layers than "
+                "this one (or edited); loading only the keys that match would apply part of it."
+            )
         else:
             guess = (
                 "It is probably an adapter for another architecture (SDXL, SD 2.x) or another "
                 "layer layout."
             )
-            effect = "Loading it would change some layers and silently skip the rest."
         raise StableEmoteError(
             f"'{file}' does not fit this model: {len(result['matched'])} of {n_keys} keys "
             f"matched and {len(bad)} did not. Examples: "
             + "; ".join(examples)
-            + f". {guess} "
-            + effect
+            + f". {guess}"
             + hint
         )
     return result

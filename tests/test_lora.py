@@ -396,6 +396,24 @@ def test_refuses_an_adapter_whose_ranks_disagree(trained, tiny_components, tmp_p
     assert "damaged or was edited" in message and "another architecture" not in message
 
 
+def test_refuses_an_adapter_with_extra_layers_and_says_so(trained, tiny_components, tmp_path):
+    src, *_ = trained
+    pipe = fresh_pipe(tiny_components)
+    inputs = unet_inputs(pipe.unet)
+    base = run_unet(pipe.unet, inputs)
+    state = LF.lora_state_dict(src.unet)
+    extra_layer = "unet.mid_block.attentions.5.transformer_blocks.0.attn1.to_q"
+    state[f"{extra_layer}.lora_A.weight"] = torch.zeros(4, 64)
+    state[f"{extra_layer}.lora_B.weight"] = torch.zeros(64, 4)
+    file = tmp_path / "extra.safetensors"
+    save_file(state, str(file))
+    message = _expect_refused(
+        pipe, file, inputs, base, f"{len(state) - 2} of {len(state)} keys matched", "2 did not"
+    )
+    assert "no layer 'mid_block.attentions.5" in message
+    assert "more layers than this one" in message and "another architecture" not in message
+
+
 def test_refuses_an_adapter_with_another_layer_size(pipe, tmp_path):
     inputs = unet_inputs(pipe.unet)
     base = run_unet(pipe.unet, inputs)
