@@ -161,7 +161,7 @@ def limits_text(pre: dict, metrics: dict) -> str:
     if len(held) > 2:
         best = min(held, key=held.get)
         last = max(held)
-        if best < last:
+        if best < last and held[last] > 1.01 * held[best]:  # a rise, not a rounding
             limits += (
                 f" The UNet's loss on held-out emoji was lowest at step {best:,} "
                 f"({held[best]:.3f}) and rose to {held[last]:.3f} by step {last:,}: with ~1,600 names "
