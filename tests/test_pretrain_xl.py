@@ -171,3 +171,13 @@ def test_build_exports_an_sdxl_folder_and_a_resumed_build_repeats_bit_for_bit(tm
     resumed = load_file(run / "checkpoint-000004" / UNET_WEIGHTS_FILE)
     assert final.keys() == resumed.keys()
     assert all(torch.equal(final[k], resumed[k]) for k in final)
+
+
+def test_a_checkpoint_interval_below_one_is_refused_before_any_stage(tmp_path):
+    from stableemote_utils.errors import StableEmoteError
+
+    config = small_build(tmp_path / "out")
+    config.checkpoint_every = 0
+    with pytest.raises(StableEmoteError, match="--checkpoint-every"):
+        pretrain_tiny_xl(config)
+    assert not (tmp_path / "out").exists()

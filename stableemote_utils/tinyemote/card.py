@@ -198,7 +198,7 @@ def limits_text(pre: dict, metrics: dict) -> str:
     if len(held) > 2:
         best = min(held, key=held.get)
         last = max(held)
-        if best < last:
+        if best < last and held[last] > 1.01 * held[best]:  # a rise, not a rounding
             limits += (
                 f" The UNet's loss on held-out emoji was lowest at step {best:,} "
                 f"({held[best]:.3f}) and rose to {held[last]:.3f} by step {last:,}: with ~1,600 names "
@@ -433,10 +433,13 @@ def write_tinyemote_xl_card(folder: str | os.PathLike) -> Path:
     resumed_line = ""
     if resumed:
         resumed_line = (
-            "The UNet stage was stopped and resumed ("
-            + ", ".join(f"at step {r['step']:,}, to {r['unet_steps']:,} steps" for r in resumed)
-            + "); a checkpoint holds everything a step needs, so a run resumed with the same step "
-            "count repeats one that ran through.\n"
+            "The UNet stage was resumed ("
+            + ", ".join(
+                f"at step {r['step']:,}, with `--unet-steps {r['unet_steps']}`" for r in resumed
+            )
+            + "). Its learning rate follows a cosine over the step count in force, so a resume "
+            "with the same count repeats a run that went straight through, and a resume with a "
+            "new count (a longer build) is repeated by the same runs in turn.\n"
         )
     text = f"""---
 license: cc-by-sa-4.0

@@ -43,6 +43,7 @@ from stableemote_utils.checkpoints import latest_checkpoint, load_checkpoint, sa
 from stableemote_utils.data import load_emoji_dataset
 from stableemote_utils.denoising import add_noise
 from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.options import check_int
 from stableemote_utils.presets import get_preset
 from stableemote_utils.tiny_model import (
     CLIP_MAX_LENGTH,
@@ -397,6 +398,12 @@ def pretrain_tiny_xl(config: PretrainConfig, resume: bool = True) -> dict:
     """
     from diffusers import UNet2DConditionModel
 
+    for option, value in (
+        ("--unet-steps", config.unet_steps),
+        ("--checkpoint-every", config.checkpoint_every),
+        ("--unet-batch-size", config.unet_batch_size),
+    ):
+        check_int(option, value, 1)  # before any stage runs
     started = time.perf_counter()
     stages = shared_stages(config)
     out, vae, record = stages.out, stages.vae, stages.record

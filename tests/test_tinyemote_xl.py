@@ -1,0 +1,88 @@
+"""TinyEmote-XL, the ``tiny-xl`` preset's shipped model: small, loadable by SDXL's pipeline, measured."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from stableemote_utils.tinyemote.install import SHIPPED_DIR, SHIPPED_XL_DIR, shipped_digest
+
+BOTH_MODELS_MAX_BYTES = 50e6
+
+
+def _weights(folder):
+    return [f for f in folder.rglob("*") if f.suffix == ".safetensors"]
+
+
+def test_shipped_xl_weights_are_fp16_safetensors_and_both_tiny_models_fit_50_mb():
+    files = list(SHIPPED_XL_DIR.rglob("*"))
+    assert not [f for f in files if f.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+    weights = _weights(SHIPPED_XL_DIR)
+    assert {f.parent.name for f in weights} == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    for f in weights:
+        with safe_open(str(f), "pt") as st:
+            assert {st.get_slice(k).get_dtype() for k in st.keys()} == {"F16"}, f  # noqa: SIM118
+    both = sum(f.stat().st_size for f in _weights(SHIPPED_DIR) + weights)
+    assert both <= BOTH_MODELS_MAX_BYTES, f"{both / 1e6:.1f} MB"
+
+
+def test_tiny_xl_preset_loads_tinyemote_xl_in_sdxls_pipeline():
+    from stableemote_utils.loading import load_pipeline
+
+    pipe = load_pipeline("tiny-xl")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert (
+        pipe.tokenizer("a photo of a cat").input_ids
+        == pipe.tokenizer_2("a photo of a cat").input_ids
+    )
+    image = pipe(
+        "An emoji of red heart",
+        num_inference_steps=25,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images[0]
+    assert image.shape == (64, 64, 3)
+    red, green = image[..., 0].mean(), image[..., 1].mean()
+    assert red > green  # a red heart on white is redder than it is green
+
+
+def test_shipped_xl_card_is_the_one_its_records_give(tmp_path):
+    from stableemote_utils.tinyemote.card import write_tinyemote_xl_card
+
+    folder = tmp_path / "tinyemote-xl"
+    shutil.copytree(SHIPPED_XL_DIR, folder)
+    card = write_tinyemote_xl_card(folder).read_text(encoding="utf-8")
+    assert card == (SHIPPED_XL_DIR / "README.md").read_text(encoding="utf-8")
+    pre = json.loads((folder / "pretrain.json").read_text())
+    assert pre["command"] in card and "--family sdxl" in pre["command"]
+    assert f"{pre['vae_scaling_factor']:.4f}" in card
+    # and it follows its records: other measurements give another card
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["prompt_following"]["accuracy"] = 0.123
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert "12% of" in write_tinyemote_xl_card(folder).read_text(encoding="utf-8")
+    (folder / "metrics.json").unlink()
+    assert "not measured yet" in write_tinyemote_xl_card(folder).read_text(encoding="utf-8")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="shipped TinyEmote-XL (6,000 steps) draws 48 of 50 training-name prompts in their "
+    "category at guidance 3, TinyEmote 50 of 50: it needs more training (a longer build is "
+    "the fix; remove this mark when its metrics pass)",
+)
+def test_tinyemote_xl_follows_prompts_at_least_as_well_as_tinyemote():
+    """Measured by ``evaluate-tiny`` on these very weights, at the tiny presets' guidance."""
+    from stableemote_utils.presets import get_preset
+
+    xl = json.loads((SHIPPED_XL_DIR / "metrics.json").read_text())
+    sd = json.loads((SHIPPED_DIR / "metrics.json").read_text())
+    assert shipped_digest(SHIPPED_XL_DIR) in xl["model"] and "TinyEmote-XL" in xl["model"]
+    assert xl["sampling"]["guidance"] == get_preset("tiny-xl").guidance_scale
+    p, q = xl["prompt_following"], sd["prompt_following"]
+    assert (p["images"], p["chance"]) == (q["images"], q["chance"])
+    assert p["accuracy"] >= q["accuracy"]
