@@ -269,7 +269,9 @@ def heldout_loss(unet, data: XLData, alphas_cumprod, scheduler, min_snr_gamma) -
     for i in range(0, len(rows), 64):
         chunk = rows[i : i + 64]
         inputs = xl_batch(data, chunk, generator, caption_dropout=0.0)
-        total += float(xl_loss(unet, inputs, alphas_cumprod, min_snr_gamma, scheduler)) * len(chunk)
+        total += float(
+            xl_loss(unet, inputs, alphas_cumprod, min_snr_gamma, scheduler=scheduler)
+        ) * len(chunk)
     unet.train()
     return total / len(rows)
 
@@ -293,8 +295,8 @@ def train_xl_unet(config: PretrainConfig, stages, encoders, unet_dir: Path, resu
     held = load_emoji_dataset(str(stages.data_dir), size, split="heldout", **load)
     held = held[: HELDOUT_LIMIT if config.max_examples is None else config.max_examples]
     t0 = time.perf_counter()
-    data = cache_xl_data(train_set, stages.vae, encoders, tokenizer, size)
-    held_data = cache_xl_data(held, stages.vae, encoders, tokenizer, size)
+    data = cache_xl_data(train_set, stages.vae, encoders, tokenizer, size_px=size)
+    held_data = cache_xl_data(held, stages.vae, encoders, tokenizer, size_px=size)
     cache_seconds = time.perf_counter() - t0
     print(
         f"cached {len(data.small)} images x 4 views and {len(data.states)} captions in {cache_seconds:.0f} s"
@@ -327,7 +329,7 @@ def train_xl_unet(config: PretrainConfig, stages, encoders, unet_dir: Path, resu
         print(f"resuming the UNet stage at step {start} from {found}")
     if "0" not in state["heldout"]:
         state["heldout"]["0"] = heldout_loss(
-            unet, held_data, alphas, scheduler, config.min_snr_gamma
+            unet, held_data, alphas, scheduler, min_snr_gamma=config.min_snr_gamma
         )
 
     t0, before = time.perf_counter(), state["seconds"]
@@ -342,7 +344,7 @@ def train_xl_unet(config: PretrainConfig, stages, encoders, unet_dir: Path, resu
         generator = step_generator(config.seed, step)
         rows = batch_indices(step, config.unet_batch_size, len(data.image_of), config.seed)
         inputs = xl_batch(data, rows, generator, config.caption_dropout)
-        loss = xl_loss(unet, inputs, alphas, config.min_snr_gamma, scheduler)
+        loss = xl_loss(unet, inputs, alphas, config.min_snr_gamma, scheduler=scheduler)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
@@ -359,7 +361,7 @@ def train_xl_unet(config: PretrainConfig, stages, encoders, unet_dir: Path, resu
             bar.set_postfix(loss=f"{sum(state['losses'][-50:]) / 50:.4f}")
         if done % 1000 == 0 or done == config.unet_steps:
             state["heldout"][str(done)] = heldout_loss(
-                unet, held_data, alphas, scheduler, config.min_snr_gamma
+                unet, held_data, alphas, scheduler, min_snr_gamma=config.min_snr_gamma
             )
             print(f"step {done}: held-out loss {state['heldout'][str(done)]:.4f}")
         state["seconds"] = before + time.perf_counter() - t0
@@ -370,7 +372,7 @@ def train_xl_unet(config: PretrainConfig, stages, encoders, unet_dir: Path, resu
                 done,
                 weights,
                 optimizer.state_dict(),
-                dict(state, run_id=RUN_ID, lr_schedule=schedule.state_dict()),
+                state=dict(state, run_id=RUN_ID, lr_schedule=schedule.state_dict()),
                 keep_last=2,
                 weights_file=UNET_WEIGHTS_FILE,
             )
@@ -428,7 +430,7 @@ def pretrain_tiny_xl(config: PretrainConfig, resume: bool = True) -> dict:
         unet.save_pretrained(start_dir, safe_serialization=True)
     if config.unet_from:
         record["unet_from_build"] = earlier_build(config.unet_from)
-    stage = train_xl_unet(config, stages, encoders, start_dir, resume)
+    stage = train_xl_unet(config, stages, encoders, start_dir, resume=resume)
     unet = stage.pop("unet")
     record["unet_seconds"] = stage.pop("seconds")
     record["unet_heldout_loss"] = stage.pop("heldout")
