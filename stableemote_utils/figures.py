@@ -24,7 +24,7 @@ from stableemote_utils.lora import lora_size_table
 from stableemote_utils.lora_inspect import layout_models
 from stableemote_utils.text import clip_tokenizer, token_table
 from stableemote_utils.tiny_model import sd15_config
-from stableemote_utils.vae import unet_cost_estimate
+from stableemote_utils.vae import latent_shape, unet_cost_estimate
 
 # Opacity of an attention heatmap drawn over its image.
 HEATMAP_ALPHA = 0.55
@@ -93,6 +93,59 @@ def plot_noise_schedule(scheduler, model_name: str = "SD 1.5"):
         fontsize=10,
     )
     fig.tight_layout()
+    return fig
+
+
+def plot_vae_diagram(vae_config: dict, resolution_px: int, model_name: str = "SD 1.5"):
+    """A box diagram of a VAE's round trip with the tensor shape at each stage.
+
+    image ``(3, H, W)`` -> encoder -> mean and log-variance ``(C, H/f, W/f)`` -> the draw
+    ``z = mean + std * eps`` -> decoder -> reconstruction, with the scaling factor on the
+    branch that leads to the UNet. Shapes come from ``vae_config`` at ``resolution_px``.
+
+    Returns:
+        The matplotlib ``Figure`` (not shown, not saved).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    shape = latent_shape(vae_config, resolution_px)
+    latent = "(" + ", ".join(str(s) for s in shape) + ")"
+    image = f"(3, {resolution_px}, {resolution_px})"
+    factor = vae_config["scaling_factor"]
+    fig, ax = plt.subplots(figsize=(12, 2.9))
+    ax.set_xlim(0, 12.4)
+    ax.set_ylim(-0.2, 2.6)
+    ax.axis("off")
+    w, h = 1.8, 0.95
+    boxes = {  # name: (x, y, label, colour)
+        "image": (0.1, 1.4, f"image x\n{image}\nin [-1, 1]", "#eeeeee"),
+        "encoder": (2.5, 1.4, "encoder", "#f6d0d0"),
+        "gauss": (4.9, 1.4, f"mean μ, log σ²\n{latent} each", "#fde2c8"),
+        "draw": (7.3, 1.4, "z = μ + σ·ε\nε ~ N(0, 1)", "#d6f0dd"),
+        "decoder": (9.7, 1.4, "decoder", "#f6d0d0"),
+        "unet": (7.3, 0.0, f"z × scaling factor\n({factor:.5g}):\nthe UNet's latent", "#cfe0fa"),
+        "out": (9.7, 0.0, f"reconstruction x̂\n{image}", "#eeeeee"),
+    }
+    for x, y, label, colour in boxes.values():
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="#555"))
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
+    arrow = {"arrowstyle": "->", "color": "#333"}
+    for a, b in [
+        ("image", "encoder"),
+        ("encoder", "gauss"),
+        ("gauss", "draw"),
+        ("draw", "decoder"),
+    ]:
+        (xa, ya), (xb, yb) = boxes[a][:2], boxes[b][:2]
+        ax.annotate("", (xb, yb + h / 2), (xa + w, ya + h / 2), arrowprops=arrow)
+    ax.annotate("", (8.2, h + 0.05), (8.2, 1.35), arrowprops=arrow)  # draw -> UNet branch
+    ax.annotate("", (10.6, h + 0.05), (10.6, 1.35), arrowprops=arrow)  # decoder -> output
+    ax.set_title(
+        f"{model_name} VAE at {resolution_px} px: training compares x̂ with x, and pulls "
+        "each Gaussian N(μ, σ²) towards N(0, 1) (the KL term)",
+        fontsize=10,
+    )
     return fig
 
 

@@ -203,3 +203,31 @@ def select_examples(examples: list, names: list[str], count: int) -> list:
         if example not in chosen:
             chosen.append(example)
     return chosen
+
+
+def fit_latent_preview(latents: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Least-squares linear map from latent cells to the mean colour of their pixel patches.
+
+    Each latent cell ``(C,)`` plus a constant 1 is mapped to the mean RGB of the
+    ``factor x factor`` patch of pixels it stands for: a decoder-free preview.
+
+    Args:
+        latents: ``(N, C, h, w)`` scaled latents.
+        pixels: ``(N, 3, H, W)`` in [-1, 1], ``H = factor * h``.
+
+    Returns:
+        weights ``(C + 1, 3)``: one row per channel, then the constant term.
+    """
+    factor = pixels.shape[-1] // latents.shape[-1]
+    patch_colours = torch.nn.functional.avg_pool2d(pixels.float(), factor)  # (N, 3, h, w)
+    cells = latents.float().permute(0, 2, 3, 1).flatten(0, 2)  # (N * h * w, C)
+    cells = torch.cat([cells, cells.new_ones(len(cells), 1)], dim=1)  # (N * h * w, C + 1)
+    colours = patch_colours.permute(0, 2, 3, 1).flatten(0, 2)  # (N * h * w, 3)
+    return torch.linalg.lstsq(cells, colours).solution
+
+
+def latent_preview(latents: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Apply :func:`fit_latent_preview`'s weights: ``(N, C, h, w)`` -> ``(N, 3, h, w)``."""
+    cells = latents.float().permute(0, 2, 3, 1)  # (N, h, w, C)
+    colours = cells @ weights[:-1] + weights[-1]  # (N, h, w, 3)
+    return colours.permute(0, 3, 1, 2).clamp(-1, 1)

@@ -134,3 +134,31 @@ def test_cost_figure_is_reproducible(tmp_path):
     committed = IMAGES_DIR / "vae_latent_vs_pixel_cost.png"
     if committed.exists():
         assert _pixels_close(path, committed)
+
+
+def test_latent_preview_recovers_a_linear_map_of_the_patch_colours():
+    torch.manual_seed(0)
+    latents = torch.randn(5, 4, 8, 8)
+    true_weights = torch.randn(5, 3) * 0.2
+    colours = latents.permute(0, 2, 3, 1) @ true_weights[:-1] + true_weights[-1]  # (N, h, w, 3)
+    # Every pixel of a cell's 8x8 patch has the cell's colour: the patch mean is that colour.
+    pixels = colours.permute(0, 3, 1, 2).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    weights = V.fit_latent_preview(latents, pixels)
+    assert weights.shape == (5, 3)
+    assert torch.allclose(weights, true_weights, atol=1e-4)
+    preview = V.latent_preview(latents, weights)
+    assert preview.shape == (5, 3, 8, 8)
+    assert torch.allclose(preview, colours.permute(0, 3, 1, 2).clamp(-1, 1), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["fit_latent_preview", "latent_preview"])
+def test_notebook_01_writes_the_same_preview_code_as_the_lesson_module(name):
+    from lesson_code import module_definition, notebook_definition
+
+    assert notebook_definition("01", name) == module_definition(getattr(V, name))
+
+
+def test_vae_diagram_shows_the_latent_shape_and_the_factor():
+    fig = figures.plot_vae_diagram(sd15_config("vae"), 512)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "(4, 64, 64)" in texts and "(3, 512, 512)" in texts and "0.18215" in texts
