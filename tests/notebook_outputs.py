@@ -136,7 +136,11 @@ def _last_digit_unit(token: str) -> float:
 
 def numbers_agree(stored: str, rerun: str) -> bool:
     """True when two printed numbers differ by at most one unit in the last printed digit
-    (of the coarser of the two; see :data:`NUMBER`)."""
+    (of the coarser of the two; see :data:`NUMBER`). A zero printed in e-notation
+    (``0.0e+00``, a difference that came out exactly zero) matches only zero: its last
+    digit says nothing about the size of the numbers around it."""
+    if "e" in (stored + rerun).lower() and 0.0 in (float(stored), float(rerun)):
+        return float(stored) == float(rerun)
     unit = max(_last_digit_unit(stored), _last_digit_unit(rerun))
     return abs(float(stored) - float(rerun)) <= unit * (1 + 1e-9)
 

@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models and data": (
         "tiny_model",
         "tinyemote.install",
+        "tinyemote.lesson_run",
         "loading",
         "data",
         "emoji_fonts",

@@ -34,14 +34,31 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize(
     "stored, rerun",
-    [("10.0", " 9.9"), ("0.2431", "0.2430"), ("84", "85"), ("1.5e-05", "1.6e-05"), ("-0.0", "0.0")],
+    [
+        ("10.0", " 9.9"),
+        ("0.2431", "0.2430"),
+        ("84", "85"),
+        ("1.5e-05", "1.6e-05"),
+        ("-0.0", "0.0"),
+        ("9.9e-07", "1.0e-06"),
+        ("0.0e+00", "0.0e+00"),
+    ],
 )
 def test_a_last_digit_change_is_the_same_number(stored, rerun):
     assert numbers_agree(stored.strip(), rerun.strip())
 
 
 @pytest.mark.parametrize(
-    "stored, rerun", [("10.0", "9.8"), ("0.2431", "0.2433"), ("84", "86"), ("1.5e-05", "1.7e-05")]
+    "stored, rerun",
+    [
+        ("10.0", "9.8"),
+        ("0.2431", "0.2433"),
+        ("84", "86"),
+        ("1.5e-05", "1.7e-05"),
+        # A zero printed in e-notation is exactly zero: its "last digit" (0.1) is no scale.
+        ("0.0e+00", "7.2e-07"),
+        ("7.2e-07", "0.0e+00"),
+    ],
 )
 def test_two_units_in_the_last_digit_is_another_number(stored, rerun):
     assert not numbers_agree(stored, rerun)
