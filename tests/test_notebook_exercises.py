@@ -71,6 +71,17 @@ def test_01_exercise_3_check_wants_the_psnr_of_an_error_of_a_tenth():
             check(wrong)
 
 
+def test_01_exercise_4_check_wants_one_over_the_raw_latents_std():
+    factor = 0.5
+    scaled = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3 * factor
+    check = notebook_function("01", "check_exercise_4")
+    right = 1 / (scaled / factor).std().item()  # about 1 / 3
+    check(right, scaled, factor)
+    for wrong in (factor, 1 / scaled.std().item(), (scaled / factor).std().item()):
+        with pytest.raises(AssertionError, match="Not quite"):
+            check(wrong, scaled, factor)
+
+
 def test_02_truncation_check_wants_exactly_one_token_cut(text_parts):
     tokenizer, _ = text_parts
     check = notebook_function(
