@@ -748,3 +748,10 @@ def test_reduce_rank_keeps_the_largest_directions_of_a_full_rank_update(trained,
     assert cut[0] == pytest.approx(float(full[0]), rel=1e-5) and cut[1] < 1e-6 * cut[0]
     with pytest.raises(StableEmoteError, match="from 1 to 3"):
         reduce_rank(file, tmp_path / "rank4.safetensors", 4)
+
+
+def test_lora_diagram_shows_the_shapes_of_w_a_and_b():
+    fig = figures.plot_lora_diagram(320, 320, rank=4, alpha=4)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "320 × 320" in texts and "4 × 320" in texts and "320 × 4" in texts
+    assert "2,560 numbers instead of W's 102,400" in fig.axes[0].get_title()
