@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 NBVAL_ARGS ?=
 
-.PHONY: install demo test lab notebooks notebooks-html test-colab test-browser test-sd15 test-sdxl bench bench-gpu figures lint format clean
+.PHONY: install demo test test-slow lab notebooks notebooks-html test-colab test-browser test-sd15 test-sdxl bench bench-gpu figures lint format clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,7 +80,9 @@ format: install
 # tests/. The stored outputs come from a native run (make notebooks); here the kernels run
 # on AVX2 code paths (NBVAL_ISA=avx2), so every run checks them on a second instruction set.
 # tests/test_notebooks_run.py runs some notebooks again in bf16, the half-precision path a
-# GPU takes, where only their asserts count. Each part prints how long it took.
+# GPU takes, where only their asserts count. Each part prints how long it took. Tests marked
+# slow (whole training runs, the half-precision notebook runs, two processes, full-size SD 1.5
+# parts) run in `make test-slow`, which CI runs after this.
 NBVAL_ISA ?= avx2
 test: install
 	@start=$$(date +%s); $(MAKE) --no-print-directory lint || exit $$?; \
@@ -88,9 +90,20 @@ test: install
 	@start=$$(date +%s); \
 	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny STABLEEMOTE_NBVAL_ISA=$(NBVAL_ISA) \
 		$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup \
-		--nbval notebooks tests $(NBVAL_ARGS) $(PYTEST_ARGS); status=$$?; \
+		-m "not slow" --nbval notebooks tests $(NBVAL_ARGS) $(PYTEST_ARGS); status=$$?; \
 	echo "make test: notebooks (nbval, $(NBVAL_ISA) code paths) and unit tests took" \
 		"$$(( $$(date +%s) - start )) s on $(TEST_WORKERS) workers"; exit $$status
+
+# The tests marked slow: whole training runs (bf16 included), the notebooks re-run in bf16,
+# two-process training, the TinyEmote builds repeated bit for bit, full-size SD 1.5 parts.
+# About as long again as make test; CI runs both.
+test-slow: install
+	@start=$$(date +%s); \
+	$(OFFLINE) $(THREADS) STABLEEMOTE_PRESET=tiny \
+		$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup \
+		-m slow tests $(PYTEST_ARGS); status=$$?; \
+	echo "make test-slow: took $$(( $$(date +%s) - start )) s on $(TEST_WORKERS) workers"; \
+	exit $$status
 
 # After changing a notebook (or code it shows), store its outputs again: every notebook, or
 # those named (make notebooks NOTEBOOKS="03 04"). Cells whose re-run passes nbval's comparison

@@ -80,6 +80,7 @@ def test_the_readme_example_file_is_accepted(tmp_path):
     assert settings and tomllib.loads(example)
 
 
+@pytest.mark.slow
 def test_config_toml_repeats_the_run_bit_for_bit(tmp_path, capsys, short_run):
     first = tmp_path / "first"
     argv = short_run.argv(first, "--trigger-word", "zq", "--noise-offset", "0.05", steps=2)

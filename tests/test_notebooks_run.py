@@ -164,6 +164,7 @@ def cpu_has_fast_bf16(size: int = 256, repeats: int = 3) -> bool:
     return seconds(torch.bfloat16) <= 2 * seconds(torch.float32)
 
 
+@pytest.mark.slow
 # Each notebook is an xdist group of its own: they run in scratch folders of their own.
 @pytest.mark.parametrize(
     "path",

@@ -40,6 +40,7 @@ def _quick(out) -> PretrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_pretrain_is_deterministic_and_exports_a_loadable_model(tmp_path):
     from stableemote_utils.loading import load_components
 

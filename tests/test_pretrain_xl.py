@@ -148,6 +148,7 @@ def small_build(folder: Path) -> PretrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_build_exports_an_sdxl_folder_and_a_resumed_build_repeats_bit_for_bit(tmp_path):
     from diffusers import StableDiffusionXLPipeline
 

@@ -177,6 +177,7 @@ def two_step_lora(tinyemote_dir, tmp_path_factory):
     return clip, probe, adapter, [("grinning face", "face"), ("red heart", "heart")]
 
 
+@pytest.mark.slow
 def test_style_and_subject_draws_three_models_from_the_same_noise(tinyemote_pipe, two_step_lora):
     import numpy as np
 
@@ -287,6 +288,7 @@ def test_evaluate_tiny_prints_three_models_on_both_name_sets_and_the_bars_both_w
     assert style_subject_lines({}) == []
 
 
+@pytest.mark.slow
 def test_measure_adapters_draws_every_adapter_from_the_same_noise_and_tabulates_them(
     tinyemote_pipe, two_step_lora
 ):

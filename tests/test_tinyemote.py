@@ -172,6 +172,7 @@ def test_nearest_category_and_features():
     assert nearest_category(image_features([blue, red]), feats, ["r", "b"]) == ["b", "r"]
 
 
+@pytest.mark.slow
 def test_a_short_lora_moves_pictures_toward_openmoji(tinyemote_pipe, tmp_path):
     """A short LoRA on OpenMoji lowers the KID to OpenMoji's held-out emoji.
 
@@ -206,6 +207,7 @@ def test_readme_grid_is_drawn_with_fixed_prompts_and_seeds(tinyemote_pipe, tmp_p
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
 
+@pytest.mark.slow
 def test_clip_scores_have_ceiling_and_floor(tinyemote_pipe, tmp_path):
     from transformers import CLIPTokenizer
 

@@ -146,6 +146,7 @@ def test_resume_refuses_other_settings(tmp_path, config):
         train(config(rank=8), resume="latest")
 
 
+@pytest.mark.slow
 def test_damaged_and_half_written_checkpoints_are_not_resumed(tmp_path, capsys, config):
     train(config(stop_after_steps=8, checkpoint_every=2, keep_checkpoints=5))
     ckpts = tmp_path / "run" / "checkpoints"
@@ -179,6 +180,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert not (tmp_path / "run" / "pytorch_lora_weights.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_heldout_loss_goes_down_with_training(tmp_path, config):
     result = train(config(steps=40, checkpoint_every=40, max_train_examples=64))
     assert result.heldout[40] < result.heldout[0]
@@ -189,6 +191,7 @@ def test_heldout_loss_goes_down_with_training(tmp_path, config):
     assert "Held-out loss" in card and f"Data: `{dataset}`" in card
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_its_run(tmp_path, monkeypatch, config):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -21,6 +21,7 @@ def config(short_run):
     return lambda out, **kw: short_run.config(out, **{**settings, **kw})
 
 
+@pytest.mark.slow
 def test_full_training_saves_a_whole_unet_and_resumes_exactly(tmp_path, config):
     from diffusers import UNet2DConditionModel
 

@@ -39,6 +39,7 @@ def config(tmp_path, short_run):
     return lambda **kw: short_run.config(tmp_path / "run", **{**settings, **kw})
 
 
+@pytest.mark.slow
 def test_bf16_training_writes_its_checkpoint_and_validation_grid(tmp_path, capsys, config):
     result = train(config(precision="bf16"))
     run = tmp_path / "run"
@@ -87,6 +88,7 @@ def test_training_reads_the_precision_knob(tmp_path, capsys, monkeypatch, short_
     assert "fp16 training needs a GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_bf16_run_resumes_to_the_uninterrupted_result(tmp_path, config):
     """The resume a T4 or Ampere learner makes after a disconnect, in half precision: the
     LoRA weights are fp32 under bf16 autocast, so the tolerance is bf16's rounding of the

@@ -128,6 +128,7 @@ def _pixels_close(a, b) -> bool:
     return np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() < 2.0
 
 
+@pytest.mark.slow
 def test_cost_figure_is_reproducible(tmp_path):
     path = figures.figure_latent_vs_pixel_cost(tmp_path / "cost.png")
     assert path.stat().st_size > 10_000
