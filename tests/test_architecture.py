@@ -55,6 +55,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "sampling",
         "attention",
         "lora",
+        "sdxl_conditioning",
         "model_family",
         "latent_cache",
         "training",
