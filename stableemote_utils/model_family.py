@@ -27,7 +27,8 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import is_sdxl_unet
-from stableemote_utils.text import encode_prompts, tokenize
+from stableemote_utils.sdxl_conditioning import sdxl_prompt_embeds
+from stableemote_utils.text import encode_prompts
 
 # Pictures are padded to a square, never cropped: every crop corner is the top left.
 CROP_TOP_LEFT = (0, 0)
@@ -96,21 +97,14 @@ class SDXLFamily(ModelFamily):
         ``text`` is the penultimate hidden state (``hidden_states[-2]``, before the last
         layer and the final LayerNorm) of each encoder, concatenated (768 + 1280 = 2048 for
         SDXL); ``pooled`` is encoder 2's projected end-of-text vector (1280), as
-        ``StableDiffusionXLPipeline.encode_prompt`` computes them.
+        ``StableDiffusionXLPipeline.encode_prompt`` computes them
+        (:func:`~stableemote_utils.sdxl_conditioning.sdxl_prompt_embeds`, notebook 07).
         """
-        states, pooled = [], None
-        pairs = (
-            (components.tokenizer, components.text_encoder),
-            (components.tokenizer_2, components.text_encoder_2),
-        )
-        for tokenizer, encoder in pairs:
-            ids = tokenize(tokenizer, prompts)
-            device = next(encoder.parameters()).device
-            with torch.no_grad():
-                out = encoder(ids.to(device), output_hidden_states=True)
-            states.append(out.hidden_states[-2])
-            pooled = getattr(out, "text_embeds", pooled)
-        return {"text": torch.cat(states, dim=-1), "pooled": pooled}
+        tokenizers = (components.tokenizer, components.tokenizer_2)
+        encoders = (components.text_encoder, components.text_encoder_2)
+        with torch.no_grad():
+            text, pooled = sdxl_prompt_embeds(tokenizers, encoders, prompts)
+        return {"text": text, "pooled": pooled}
 
     def image_conditioning(self, examples, resolution_px: int) -> dict[str, torch.Tensor]:
         """``{"time_ids": (N, 6)}``: each picture's original size (height, width), crop

@@ -16,6 +16,7 @@ from stableemote_utils.presets import (
     check_cache_dir,
     get_preset,
     precision_setting,
+    sdxl_twin,
 )
 
 
@@ -57,27 +58,33 @@ def notebook_setup(
     device: str | None = None,
     precision: str | None = None,
     seed: int = 0,
+    family: str = "sd15",
 ) -> NotebookConfig:
     """Read the preset (argument, else ``$STABLEEMOTE_PRESET``, else ``sd15``), pick device
     and precision (argument, else ``$STABLEEMOTE_PRECISION``, else the policy: fp16 on a
     GPU below compute capability 8.0, bf16 from 8.0, fp32 on CPU), seed torch, print the
-    choices and return them.
+    choices and return them. With ``family="sdxl"`` (notebook 07) the preset read is turned
+    into its SDXL twin (:func:`~stableemote_utils.presets.sdxl_twin`: ``tiny`` ->
+    ``tiny-xl``, ``sd15`` -> ``sdxl``), so one ``$STABLEEMOTE_PRESET`` serves the course.
 
     Raises:
-        StableEmoteError: the ``sd15`` preset on a machine without a GPU (a Colab runtime
+        StableEmoteError: the ``sd15`` or ``sdxl`` preset on a machine without a GPU (a Colab runtime
             without one), unless ``device`` asks for the CPU on purpose; a preset name that
             is no preset, folder or Hub id; a ``$STABLEEMOTE_CACHE`` that is a file or
             cannot be written in.
     """
     chosen = get_preset(preset)
+    if family == "sdxl":
+        chosen = get_preset(sdxl_twin(chosen.name if chosen.name != "custom" else chosen.model))
     check_cache_dir()
     dev = pick_device(device)
-    if chosen.name == "sd15" and dev.type == "cpu" and device is None:
+    if chosen.name in ("sd15", "sdxl") and dev.type == "cpu" and device is None:
         # On a CPU the real model takes hours where a T4 takes minutes: stop and say why.
+        tiny = "TinyEmote-XL" if chosen.name == "sdxl" else "TinyEmote"
         raise StableEmoteError(
-            "The sd15 preset needs a GPU and this runtime has none. On Colab: Runtime > "
-            "Change runtime type > T4 GPU, then run the notebook again. Without a GPU: set "
-            "STABLEEMOTE_PRESET=tiny to follow the course with TinyEmote on the CPU."
+            f"The {chosen.name} preset needs a GPU and this runtime has none. On Colab: "
+            "Runtime > Change runtime type > T4 GPU, then run the notebook again. Without a "
+            f"GPU: set STABLEEMOTE_PRESET=tiny to follow the course with {tiny} on the CPU."
         )
     asked = precision_setting(precision)
     dtype, reason = choose_dtype(dev, asked)

@@ -235,6 +235,23 @@ def preset_table() -> dict[str, Preset]:
     return table
 
 
+# Each SD 1.5 preset's SDXL twin: the same world (real, tiny or random) in the other family.
+# Notebook 07 runs under the learner's STABLEEMOTE_PRESET (``tiny`` offline, ``sd15`` on
+# Colab) and turns to SDXL through this table.
+SDXL_TWINS = {
+    "sd15": "sdxl",
+    "sd15-random": "sdxl-random",
+    "tiny": "tiny-xl",
+    "tiny-random": "tiny-xl-random",
+}
+
+
+def sdxl_twin(name: str) -> str:
+    """The SDXL preset that matches the preset ``name`` (``"tiny"`` -> ``"tiny-xl"``,
+    ``"sd15"`` -> ``"sdxl"``); an SDXL preset, a Hub id or a folder is returned as it is."""
+    return SDXL_TWINS.get(name.strip().lower(), name)
+
+
 def is_hub_model_id(text: str) -> bool:
     """True for ``owner/name`` as the Hub's own rules allow it (``validate_repo_id``)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id

@@ -56,6 +56,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "sampling",
         "attention",
         "lora",
+        "sdxl_conditioning",
         "model_family",
         "latent_cache",
         "training",

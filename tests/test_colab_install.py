@@ -49,7 +49,7 @@ def test_the_package_names_the_same_repository_and_version():
 
 def test_every_install_cell_installs_main_and_checks_the_version():
     url, _ = _repository()
-    assert len(NOTEBOOKS) == 6
+    assert len(NOTEBOOKS) == 7
     for path in NOTEBOOKS:
         cell = install_cell(path)
         installs = re.findall(r"%pip install -q \"stableemote(\[[\w,]+\])? @ git\+(\S+?)\"", cell)
