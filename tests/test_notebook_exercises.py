@@ -1,4 +1,4 @@
-"""The checks notebooks 01 and 02 give their exercises, and 02's hand-built text encoder.
+"""The checks notebooks 01, 02 and 07 give their exercises, and 02's hand-built text encoder.
 
 Each exercise cell defines a check that the learner's answer goes through. Here, out of the
 learner's view, each check is shown to reject a wrong answer and accept the right one, and
@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from lesson_code import notebook_definition
+from lesson_code import NOTEBOOK_DIR, notebook_definition
 
 from stableemote_utils import text as T
 from stableemote_utils import vae as V
@@ -143,3 +143,54 @@ def test_02_encode_by_hand_equals_the_text_encoder(text_parts):
             "02", "encode_by_hand", encode_vectors=unmasked_vectors, text_encoder=text_encoder
         )(ids)
     assert not torch.allclose(unmasked[:, :3], expected[:, :3], atol=1e-3)
+
+
+def notebook_07_exercise_check(number: int) -> str:
+    """The Python expression in backticks after exercise ``number``'s "*Check:*" in 07."""
+    import re
+
+    import nbformat
+
+    path = next(NOTEBOOK_DIR.glob("07_*.ipynb"))
+    cell = next(
+        c
+        for c in nbformat.read(path, as_version=4).cells
+        if c.cell_type == "markdown" and c.source.startswith("## 6. Exercises")
+    )
+    exercise = re.search(rf"^{number}\. (.*?)(?=^\d\. |\Z)", cell.source, re.M | re.S)
+    assert exercise is not None, f"07 has no exercise {number}"
+    found = re.search(r"\*Check:\* `([^`]+)`", exercise.group(1))
+    assert found is not None, f"07's exercise {number} gives no check in backticks"
+    return found.group(1)
+
+
+def test_07_exercise_1_check_runs_on_encoder_1_and_holds(text_parts):
+    """Exercise 1's check, as written, runs on a ``CLIPTextModel`` (the class of SDXL's
+    encoder 1) and holds for its last layer, not for its penultimate one."""
+    from types import SimpleNamespace
+
+    tokenizer, text_encoder = text_parts
+    check = notebook_07_exercise_check(1)
+    ids = T.tokenize(tokenizer, ["An emoji of smiling cat"])
+    with torch.no_grad():
+        out = text_encoder(ids, output_hidden_states=True)
+        pipe = SimpleNamespace(text_encoder=text_encoder)
+        assert eval(check, {"torch": torch, "pipe": pipe, "out": out}) is True
+        # the same check on the penultimate layer (what SDXL reads) must fail
+        penultimate = SimpleNamespace(
+            hidden_states=out.hidden_states[:-1], last_hidden_state=out.last_hidden_state
+        )
+        assert eval(check, {"torch": torch, "pipe": pipe, "out": penultimate}) is False
+
+
+def test_07_exercise_2_rank_8_is_twice_rank_4():
+    """Exercise 2's answer with the notebook's own ``lora_parameters`` on SDXL's UNet."""
+    from diffusers import UNet2DConditionModel
+
+    from stableemote_utils.tiny_model import sdxl_config
+
+    lora_parameters = notebook_function("07", "lora_parameters")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(sdxl_config("unet"))
+    assert lora_parameters(unet) == 5_806_080
+    assert lora_parameters(unet, rank=8) == 2 * 5_806_080
