@@ -169,21 +169,22 @@ def plot_lora_diagram(d_in: int, d_out: int, rank: int, alpha: float):
     ax.axis("off")
     arrow = {"arrowstyle": "->", "color": "#333"}
 
-    def box(x, y, w, h, label, colour):
+    def box(corner, size, label, colour):
+        (x, y), (w, h) = corner, size
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=colour, ec="#555"))
         ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=9)
 
     top, low = 2.0, 0.55  # centre lines of the frozen path and the side path
-    box(0.1, top - 0.45, 1.4, 0.9, f"x\n({d_in},)", "#eeeeee")
-    box(3.4, top - 0.4, 2.2, 0.8, f"W  (frozen)\n{d_out} × {d_in}", "#dddddd")
+    box((0.1, top - 0.45), (1.4, 0.9), f"x\n({d_in},)", "#eeeeee")
+    box((3.4, top - 0.4), (2.2, 0.8), f"W  (frozen)\n{d_out} × {d_in}", "#dddddd")
     squeeze = 0.22 + 0.2 * rank / max(d_in, d_out, rank)  # the bottleneck's half-height
-    box(2.4, low - 0.45, 1.5, 0.9, f"A  (trained)\n{rank} × {d_in}", "#d6f0dd")
-    box(4.3, low - squeeze, 0.6, 2 * squeeze, f"A x\n({rank},)", "#ffffff")
-    box(5.3, low - 0.45, 1.5, 0.9, f"B  (trained)\n{d_out} × {rank}\nstarts at 0", "#d6f0dd")
-    box(7.0, low - 0.3, 0.9, 0.6, f"× {alpha:g}/{rank}", "#fde2c8")
+    box((2.4, low - 0.45), (1.5, 0.9), f"A  (trained)\n{rank} × {d_in}", "#d6f0dd")
+    box((4.3, low - squeeze), (0.6, 2 * squeeze), f"A x\n({rank},)", "#ffffff")
+    box((5.3, low - 0.45), (1.5, 0.9), f"B  (trained)\n{d_out} × {rank}\nstarts at 0", "#d6f0dd")
+    box((7.0, low - 0.3), (0.9, 0.6), f"× {alpha:g}/{rank}", "#fde2c8")
     ax.add_patch(plt.Circle((8.45, top), 0.22, fc="#ffffff", ec="#555"))
     ax.text(8.45, top, "+", ha="center", va="center", fontsize=14)
-    box(9.0, top - 0.45, 1.1, 0.9, f"y\n({d_out},)", "#eeeeee")
+    box((9.0, top - 0.45), (1.1, 0.9), f"y\n({d_out},)", "#eeeeee")
     ax.annotate("", (3.4, top), (1.5, top), arrowprops=arrow)
     ax.annotate("", (8.23, top), (5.6, top), arrowprops=arrow)
     ax.annotate("", (9.0, top), (8.67, top), arrowprops=arrow)
