@@ -27,7 +27,7 @@ import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.loading import is_sdxl_unet
-from stableemote_utils.sdxl_conditioning import sdxl_prompt_embeds
+from stableemote_utils.sdxl_conditioning import sdxl_prompt_embeds, time_ids
 from stableemote_utils.text import encode_prompts
 
 # Pictures are padded to a square, never cropped: every crop corner is the top left.
@@ -115,11 +115,12 @@ class SDXLFamily(ModelFamily):
         Pictures are padded, never cropped, and never flipped (an emoji's direction is part
         of what it means), so the crop corner is (0, 0) for every picture.
         """
-        rows = []
-        for e in examples:
-            original = getattr(e, "original_size", None) or (resolution_px, resolution_px)
-            rows.append([*original, *CROP_TOP_LEFT, resolution_px, resolution_px])
-        return {"time_ids": torch.tensor(rows, dtype=torch.float32).reshape(-1, 6)}
+        target = (resolution_px, resolution_px)
+        rows = [
+            time_ids(getattr(e, "original_size", None) or target, CROP_TOP_LEFT, target)
+            for e in examples
+        ]
+        return {"time_ids": torch.cat(rows) if rows else torch.zeros(0, 6)}
 
     def unet_inputs(self, cond: dict[str, torch.Tensor]) -> dict:
         """``encoder_hidden_states`` ``(B, 77, 2048)`` and ``added_cond_kwargs``:
