@@ -20,11 +20,10 @@ import os
 import shutil
 from pathlib import Path
 
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stableemote_utils.files import staged_folder
-from stableemote_utils.lora_files import LORA_WEIGHT_NAME
+from stableemote_utils.lora_files import LORA_WEIGHT_NAME, read_lora_file
 from stableemote_utils.tinyemote.install import portable_record
 
 LESSON_RUN_DIR = Path(__file__).parent.parent / "weights" / "tinyemote-openmoji-lora"
@@ -48,10 +47,8 @@ def lesson_run(preset_name: str) -> Path | None:
 def _portable_adapter(source: Path, target: Path) -> None:
     """Copy an adapter file, its tensors unchanged, with absolute paths in its header cut
     to their last part (``/root/.cache/stableemote/tinyemote`` becomes ``tinyemote``)."""
-    with safe_open(str(source), framework="pt") as f:
-        metadata = portable_record(dict(f.metadata() or {}))
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
-    save_file(tensors, str(target), metadata=metadata)
+    tensors, header = read_lora_file(source)  # it drops the header's "format"; kept here
+    save_file(tensors, str(target), metadata={"format": "pt", **portable_record(header)})
 
 
 def store_lesson_run(
