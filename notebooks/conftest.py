@@ -188,8 +188,7 @@ def _compare_with_pictures(original):
 # Under pytest-xdist (make test runs the notebooks beside the unit tests), each notebook's
 # cells run in order on one worker, in one kernel. The notebooks are independent (06 reads
 # notebook 05's run as stored with the course under tiny) and may run side by side, one
-# thread each; a notebook named here would share its group's worker.
-SHARED_WORKER: dict[str, str] = {}
+# thread each.
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -214,4 +213,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if isinstance(item, IPyNbCell | StatedTimeItem):
             stem = Path(str(item.parent.fspath)).stem
-            item.add_marker(pytest.mark.xdist_group(f"notebook-{SHARED_WORKER.get(stem, stem)}"))
+            item.add_marker(pytest.mark.xdist_group(f"notebook-{stem}"))
