@@ -437,6 +437,8 @@ def figure_pipeline(
 ) -> Path:
     """A box diagram of text-to-image sampling with the tensor shape at each stage, saved as PNG.
 
+    The timestep ``t`` feeds ``scale_model_input``, the UNet and ``scheduler.step``, as in the loop.
+
     The shapes come from :func:`pipeline_shapes` over the given configs (a model's
     ``unet.config``, ``vae.config`` and ``text_encoder.config.to_dict()``) at
     ``resolution_px``, one image with guidance (batch 2 in the UNet). The scheduler's own
@@ -505,6 +507,7 @@ def figure_pipeline(
         ("scale", "unet", "", None, None, (0.0, 0.0)),
         ("timestep", "scale", "t", (3.95, 0.95), (3.95, 1.45), (0.15, 0.0)),
         ("timestep", "unet", "t", (4.95, 0.7), (6.1, 1.45), (-0.2, 0.15)),
+        ("timestep", "sched", "t", (4.95, 0.3), (8.55, 0.3), (0.0, 0.15)),
         (
             "text",
             "unet",
