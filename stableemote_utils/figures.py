@@ -437,7 +437,9 @@ def figure_pipeline(
 ) -> Path:
     """A box diagram of text-to-image sampling with the tensor shape at each stage, saved as PNG.
 
-    The timestep ``t`` feeds ``scale_model_input``, the UNet and ``scheduler.step``, as in the loop.
+    The timestep ``t`` feeds ``scale_model_input``, the UNet and ``scheduler.step``, and the
+    current latents feed ``scheduler.step`` beside the guided noise, as in the loop. The text
+    batch is ``["", prompt]``: unconditional first.
 
     The shapes come from :func:`pipeline_shapes` over the given configs (a model's
     ``unet.config``, ``vae.config`` and ``text_encoder.config.to_dict()``) at
@@ -467,7 +469,7 @@ def figure_pipeline(
     ax.set_ylim(-0.75, 4.5)
     ax.axis("off")
     boxes = {
-        "prompt": (0.2, 3.3, 'prompt and ""\n(text)', "#eeeeee"),
+        "prompt": (0.2, 3.3, '"" and prompt\n(unconditional first)', "#eeeeee"),
         "tokenizer": (3.0, 3.3, "CLIP tokenizer", "#fde2c8"),
         "text": (5.8, 3.3, "CLIP text encoder", "#fde2c8"),
         "noise": (
@@ -543,6 +545,22 @@ def figure_pipeline(
                 color="#1a4d99",
                 bbox={"fc": "white", "ec": "none", "pad": 1},
             )
+    # The current latents (before doubling) also go to scheduler.step: from the junction left of
+    # scale_model_input, under the UNet row, into the step's left side.
+    join_x, lat_y = 2.75, 1.03
+    ax.plot([join_x, join_x, 8.3, 8.3], [1.95, lat_y, lat_y, 0.7], color="#333", lw=1)
+    ax.plot([join_x, join_x], [1.95, 1.7], "o", color="#333", ms=3)
+    ax.annotate("", (8.55, 0.7), (8.3, 0.7), arrowprops={"arrowstyle": "->", "color": "#333"})
+    ax.text(
+        7.35,
+        lat_y,
+        f"current latents {fmt('latents')}",
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="#1a4d99",
+        bbox={"fc": "white", "ec": "none", "pad": 1},
+    )
     # The loop: the new latents go back into the UNet's input (below the boxes, to the left
     # side of scale_model_input), and the timestep box hands out the next t.
     loop_y, loop_x = -0.35, 2.6
