@@ -251,6 +251,18 @@ def keep_unchanged(stored, rerun) -> int:
     return changed
 
 
+def number_cells(notebook) -> None:
+    """Number the code cells 1, 2, 3, ... in order, as one top-to-bottom run does.
+
+    Kept outputs keep their old counts in :func:`keep_unchanged`; a cell added since the last
+    run that prints nothing would keep none. Numbering afresh gives every cell its count and
+    is the same on every run, so storing twice still changes no byte.
+    """
+    code = (cell for cell in notebook.cells if cell.cell_type == "code")
+    for count, cell in enumerate(code, start=1):
+        cell.execution_count = count
+
+
 def execute(path: Path, env: dict | None = None, cwd: Path | None = None):
     """Run one notebook top to bottom; returns ``(notebook, error text or None)``.
 
@@ -349,6 +361,7 @@ def regenerate(paths: list[Path]) -> int:
             changed = keep_unchanged(stored, notebook)
         else:
             changed = sum(cell.cell_type == "code" for cell in notebook.cells)
+        number_cells(notebook)
         nbformat.write(notebook, path)
         print(f"{path.name}: {changed} cell(s) with new outputs")
     return status

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from notebook_outputs import (
     NUMBER,
+    keep_unchanged,
+    number_cells,
     numbers_agree,
     reconcile_numbers,
     reconcile_outputs,
@@ -187,3 +189,21 @@ def test_stored_pictures_are_compacted_without_changing_a_pixel():
     assert len(compact) < len(stored)
     assert np.array_equal(decode_picture(compact), decode_picture(stored))
     assert compact_png(compact) == compact  # make notebooks twice changes no byte
+
+
+def test_a_new_cell_that_prints_nothing_is_numbered_when_stored():
+    import nbformat
+
+    def notebook(counts):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"x = {i}") for i in range(3)]
+        for cell, count in zip(nb.cells, counts, strict=True):
+            cell.execution_count = count
+        return nb
+
+    stored = notebook([1, None, 2])  # the middle cell was added by hand, never run
+    rerun = notebook([1, 2, 3])
+    keep_unchanged(stored, rerun)
+    assert rerun.cells[1].execution_count is None  # kept from the stored file
+    number_cells(rerun)
+    assert [c.execution_count for c in rerun.cells] == [1, 2, 3]
