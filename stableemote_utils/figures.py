@@ -99,8 +99,8 @@ def plot_noise_schedule(scheduler, model_name: str = "SD 1.5"):
 def plot_vae_diagram(vae_config: dict, resolution_px: int, model_name: str = "SD 1.5"):
     """A box diagram of a VAE's round trip with the tensor shape at each stage.
 
-    image ``(3, H, W)`` -> encoder -> mean and log-variance ``(C, H/f, W/f)`` -> the draw
-    ``z = mean + std * eps`` -> decoder -> reconstruction, with the scaling factor on the
+    image ``(3, H, W)`` -> encoder -> mean and log-variance ``(C, H/f, W/f)`` -> the raw draw
+    ``mean + std * eps`` -> decoder -> reconstruction, with ``z = raw * scaling factor`` on the
     branch that leads to the UNet. Shapes come from ``vae_config`` at ``resolution_px``.
 
     Returns:
@@ -122,9 +122,9 @@ def plot_vae_diagram(vae_config: dict, resolution_px: int, model_name: str = "SD
         "image": (0.1, 1.4, f"image x\n{image}\nin [-1, 1]", "#eeeeee"),
         "encoder": (2.5, 1.4, "encoder", "#f6d0d0"),
         "gauss": (4.9, 1.4, f"mean μ, log σ²\n{latent} each", "#fde2c8"),
-        "draw": (7.3, 1.4, "z = μ + σ·ε\nε ~ N(0, 1)", "#d6f0dd"),
+        "draw": (7.3, 1.4, "raw = μ + σ·ε\nε ~ N(0, 1)", "#d6f0dd"),
         "decoder": (9.7, 1.4, "decoder", "#f6d0d0"),
-        "unet": (7.3, 0.0, f"z × scaling factor\n({factor:.5g}):\nthe UNet's latent", "#cfe0fa"),
+        "unet": (7.3, 0.0, f"z = raw × f\n(f = {factor:.5g}):\nthe UNet's latent", "#cfe0fa"),
         "out": (9.7, 0.0, f"reconstruction x̂\n{image}", "#eeeeee"),
     }
     for x, y, label, colour in boxes.values():
@@ -142,8 +142,8 @@ def plot_vae_diagram(vae_config: dict, resolution_px: int, model_name: str = "SD
     ax.annotate("", (8.2, h + 0.05), (8.2, 1.35), arrowprops=arrow)  # draw -> UNet branch
     ax.annotate("", (10.6, h + 0.05), (10.6, 1.35), arrowprops=arrow)  # decoder -> output
     ax.set_title(
-        f"{model_name} VAE at {resolution_px} px: training compares x̂ with x, and pulls "
-        "each Gaussian N(μ, σ²) towards N(0, 1) (the KL term)",
+        f"{model_name} VAE at {resolution_px} px: training compares x̂ with x; a KL term of "
+        "weight only 1e-6 pulls each Gaussian weakly towards N(0, 1)",
         fontsize=10,
     )
     return fig
