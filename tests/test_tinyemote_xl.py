@@ -86,3 +86,31 @@ def test_tinyemote_xl_follows_prompts_at_least_as_well_as_tinyemote():
     p, q = xl["prompt_following"], sd["prompt_following"]
     assert (p["images"], p["chance"]) == (q["images"], q["chance"])
     assert p["accuracy"] >= q["accuracy"]
+
+
+def test_one_tiny_clip_measures_both_tiny_models(tmp_path):
+    from stableemote_utils.tinyemote.evaluate import measuring_clip_folder
+    from stableemote_utils.tinyemote.install import ensure_tinyemote
+
+    tinyemote = ensure_tinyemote(tmp_path / "tinyemote")
+    xl = ensure_tinyemote(tmp_path / "tinyemote-xl", SHIPPED_XL_DIR)
+    assert not (xl / "clip").exists()  # TinyEmote-XL has no CLIP of its own
+    assert measuring_clip_folder(tinyemote) == tinyemote
+    # the instrument is TinyEmote's CLIP, whose text tower both XL encoders are
+    measuring = measuring_clip_folder(xl)
+    assert measuring == ensure_tinyemote() and (measuring / "clip" / "config.json").exists()
+
+
+def test_shipped_xl_metrics_give_the_lora_lessons_probe_and_prompt_following():
+    """``evaluate-tiny --preset tiny-xl --card`` measured the LoRA the way notebook 06 does
+    for TinyEmote: the style probe and prompt following, training and held-out names."""
+    xl = json.loads((SHIPPED_XL_DIR / "metrics.json").read_text())
+    assert xl["style_probe"]["heldout_accuracy"] > 0.5
+    r = xl["style_and_subject"]
+    for split in ("train", "heldout"):
+        models = r["splits"][split]["models"]
+        assert set(models) == {"base", "base_word", "lora"}
+        for m in models.values():
+            assert 0 <= m["openmoji"]["share"] <= 1 and 0 <= m["prompt_following"]["share"] <= 1
+    card = (SHIPPED_XL_DIR / "README.md").read_text(encoding="utf-8")
+    assert "style and subject" in card and "called OpenMoji" in card
