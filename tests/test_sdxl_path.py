@@ -127,7 +127,9 @@ def test_a_dropped_caption_is_what_each_familys_sampler_guides_against(
     )
     dropped = SDXL.dropped_caption(empty)
     assert empty["text"].abs().sum() > 0  # the encoded "" is not zeros: SDXL trains zeros
-    assert torch.equal(dropped["text"], negative) and torch.equal(dropped["pooled"], negative_pooled)
+    assert torch.equal(dropped["text"], negative) and torch.equal(
+        dropped["pooled"], negative_pooled
+    )
     assert SD15.dropped_caption({"text": empty["text"]}) == {"text": empty["text"]}
     # in a training step with every caption dropped, the UNet is given SDXL's zeros
     seen, unet_inputs = [], SDXL.unet_inputs
