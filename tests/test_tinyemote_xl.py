@@ -92,13 +92,13 @@ def test_one_tiny_clip_measures_both_tiny_models(tmp_path):
     from stableemote_utils.tinyemote.evaluate import measuring_clip_folder
     from stableemote_utils.tinyemote.install import ensure_tinyemote
 
-    tinyemote = ensure_tinyemote(tmp_path / "tinyemote")
+    tinyemote = ensure_tinyemote()  # the test session's installed copy
     xl = ensure_tinyemote(tmp_path / "tinyemote-xl", SHIPPED_XL_DIR)
     assert not (xl / "clip").exists()  # TinyEmote-XL has no CLIP of its own
     assert measuring_clip_folder(tinyemote) == tinyemote
     # the instrument is TinyEmote's CLIP, whose text tower both XL encoders are
     measuring = measuring_clip_folder(xl)
-    assert measuring == ensure_tinyemote() and (measuring / "clip" / "config.json").exists()
+    assert measuring == tinyemote and (measuring / "clip" / "config.json").exists()
 
 
 def test_shipped_xl_metrics_give_the_lora_lessons_probe_and_prompt_following():
