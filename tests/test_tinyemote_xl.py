@@ -114,3 +114,15 @@ def test_shipped_xl_metrics_give_the_lora_lessons_probe_and_prompt_following():
             assert 0 <= m["openmoji"]["share"] <= 1 and 0 <= m["prompt_following"]["share"] <= 1
     card = (SHIPPED_XL_DIR / "README.md").read_text(encoding="utf-8")
     assert "style and subject" in card and "called OpenMoji" in card
+
+
+def test_the_readme_states_tinyemote_xls_style_and_subject_measurements():
+    from pathlib import Path
+
+    from stableemote_utils.tinyemote.card import style_subject_markdown
+
+    record = json.loads((SHIPPED_XL_DIR / "metrics.json").read_text())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert style_subject_markdown(record) in readme
+    lora = record["style_and_subject"]["splits"]["train"]["models"]["lora"]
+    assert f"calls {lora['openmoji']['share']:.0%} of its pictures OpenMoji" in readme
