@@ -76,6 +76,12 @@ class ModelFamily:
         the encoded empty prompt, the unconditional side of classifier-free guidance."""
         return {"prompt_embeds": prompt["text"], "negative_prompt_embeds": empty["text"]}
 
+    def dropped_caption(self, empty: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What a caption dropped in training (``--caption-dropout``) is replaced by, given
+        the encoded empty prompt ``empty`` (each tensor ``(1, ...)``): for SD 1.5, the
+        encoded ``""`` itself, the unconditional side its sampler guides against."""
+        return empty
+
     def check_resolution(self, resolution_px: int) -> None:
         """Refuse a size this family's UNet cannot take (SD 1.5 takes any multiple of 8)."""
 
@@ -145,6 +151,12 @@ class SDXLFamily(ModelFamily):
             "negative_prompt_embeds": torch.zeros_like(prompt["text"]),
             "negative_pooled_prompt_embeds": torch.zeros_like(prompt["pooled"]),
         }
+
+    def dropped_caption(self, empty: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Zeros of the encoded empty prompt's shapes (``text`` ``(1, 77, 2048)``, ``pooled``
+        ``(1, 1280)``): SDXL's pipeline guides against zeros when there is no negative
+        prompt (``force_zeros_for_empty_prompt``), so a dropped caption trains that."""
+        return {k: torch.zeros_like(v) for k, v in empty.items()}
 
     def check_resolution(self, resolution_px: int) -> None:
         """Refuse a size that is not a multiple of :data:`SDXL_SIZE_STEP_PX`.

@@ -369,9 +369,11 @@ def optimizer_step(run: TrainingRun, step: int) -> torch.Tensor:
     cond = {k: cache[k][idx] for k in (*family.prompt_keys, *family.image_keys)}
     if config.caption_dropout > 0:
         drop = torch.rand(len(idx), generator=g, device=dev) < config.caption_dropout
-        for k in family.prompt_keys:  # the empty prompt's tensors instead
-            empty = cache["extra_" + k][0:1].expand_as(cond[k])
-            cond[k] = torch.where(drop.view(-1, *[1] * (cond[k].ndim - 1)), empty, cond[k])
+        # what the family's sampler guides against: SD 1.5 the encoded "", SDXL zeros
+        empty = family.dropped_caption({k: cache["extra_" + k][0:1] for k in family.prompt_keys})
+        for k in family.prompt_keys:
+            blank = empty[k].expand_as(cond[k])
+            cond[k] = torch.where(drop.view(-1, *[1] * (cond[k].ndim - 1)), blank, cond[k])
     draws = draw_step_noise(
         g,
         cache["latent_mean"][idx].shape,

@@ -7,6 +7,8 @@ kohya export) against diffusers' own SDXL pipeline, and the one-line refusals.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -114,6 +116,33 @@ def test_unet_inputs_carry_pooled_text_and_time_ids(xl_components):
         cond["time_ids"][1, 0] = 40  # another original size changes the prediction
         other = unet(latents, torch.tensor([10, 10]), **SDXL.unet_inputs(cond)).sample
     assert torch.equal(pred[0], other[0]) and not torch.equal(pred[1], other[1])
+
+
+def test_a_dropped_caption_is_what_each_familys_sampler_guides_against(
+    xl_components, xl_pipe, tmp_path, short_run, monkeypatch
+):
+    empty = SDXL.encode_prompts(xl_components, [""])
+    _, negative, _, negative_pooled = xl_pipe.encode_prompt(
+        ["An emoji of cat face"], device="cpu", do_classifier_free_guidance=True
+    )
+    dropped = SDXL.dropped_caption(empty)
+    assert empty["text"].abs().sum() > 0  # the encoded "" is not zeros: SDXL trains zeros
+    assert torch.equal(dropped["text"], negative) and torch.equal(
+        dropped["pooled"], negative_pooled
+    )
+    assert SD15.dropped_caption({"text": empty["text"]}) == {"text": empty["text"]}
+    # in a training step with every caption dropped, the UNet is given SDXL's zeros
+    seen, unet_inputs = [], SDXL.unet_inputs
+
+    def record(cond):  # the training step's calls (the held-out loss keeps its captions)
+        if sys._getframe(1).f_code.co_name == "optimizer_step":
+            seen.append(cond)
+        return unet_inputs(cond)
+
+    monkeypatch.setattr(SDXL, "unet_inputs", record)
+    run = {**XL_RUN, "steps": 1, "caption_dropout": 1.0, "max_train_examples": 4}
+    train(short_run.config(tmp_path / "dropped", **run))
+    assert seen and all(not c["text"].any() and not c["pooled"].any() for c in seen)
 
 
 def test_train_resume_and_cache_on_tiny_xl(xl_run, tmp_path, short_run):

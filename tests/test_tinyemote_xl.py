@@ -86,3 +86,43 @@ def test_tinyemote_xl_follows_prompts_at_least_as_well_as_tinyemote():
     p, q = xl["prompt_following"], sd["prompt_following"]
     assert (p["images"], p["chance"]) == (q["images"], q["chance"])
     assert p["accuracy"] >= q["accuracy"]
+
+
+def test_one_tiny_clip_measures_both_tiny_models(tmp_path):
+    from stableemote_utils.tinyemote.evaluate import measuring_clip_folder
+    from stableemote_utils.tinyemote.install import ensure_tinyemote
+
+    tinyemote = ensure_tinyemote()  # the test session's installed copy
+    xl = ensure_tinyemote(tmp_path / "tinyemote-xl", SHIPPED_XL_DIR)
+    assert not (xl / "clip").exists()  # TinyEmote-XL has no CLIP of its own
+    assert measuring_clip_folder(tinyemote) == tinyemote
+    # the instrument is TinyEmote's CLIP, whose text tower both XL encoders are
+    measuring = measuring_clip_folder(xl)
+    assert measuring == tinyemote and (measuring / "clip" / "config.json").exists()
+
+
+def test_shipped_xl_metrics_give_the_lora_lessons_probe_and_prompt_following():
+    """``evaluate-tiny --preset tiny-xl --card`` measured the LoRA the way notebook 06 does
+    for TinyEmote: the style probe and prompt following, training and held-out names."""
+    xl = json.loads((SHIPPED_XL_DIR / "metrics.json").read_text())
+    assert xl["style_probe"]["heldout_accuracy"] > 0.5
+    r = xl["style_and_subject"]
+    for split in ("train", "heldout"):
+        models = r["splits"][split]["models"]
+        assert set(models) == {"base", "base_word", "lora"}
+        for m in models.values():
+            assert 0 <= m["openmoji"]["share"] <= 1 and 0 <= m["prompt_following"]["share"] <= 1
+    card = (SHIPPED_XL_DIR / "README.md").read_text(encoding="utf-8")
+    assert "style and subject" in card and "called OpenMoji" in card
+
+
+def test_the_readme_states_tinyemote_xls_style_and_subject_measurements():
+    from pathlib import Path
+
+    from stableemote_utils.tinyemote.card import style_subject_markdown
+
+    record = json.loads((SHIPPED_XL_DIR / "metrics.json").read_text())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert style_subject_markdown(record) in readme
+    lora = record["style_and_subject"]["splits"]["train"]["models"]["lora"]
+    assert f"calls {lora['openmoji']['share']:.0%} of its pictures OpenMoji" in readme

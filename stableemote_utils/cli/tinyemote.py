@@ -184,8 +184,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     written = ["metrics.json", "samples_by_category.png"]
     if "style" in record:
         written.append("style_before_after.png")
-    if "clip_retrieval" in record and "style" in record:  # the LoRA lesson's measurements
-        record.update(lesson_measurements(args.output_dir, args.device))
+    if "style" in record:  # the LoRA lesson's measurements, on the same LoRA
+        record.update(lesson_measurements(args.output_dir, args.device, args.preset))
         (Path(args.output_dir) / "metrics.json").write_text(json.dumps(record, indent=1))
         written.append("style_and_subject.png")
     print(format_metrics(record))

@@ -346,6 +346,16 @@ def style_lora(
     return train(config, resume="latest")
 
 
+def measuring_clip_folder(model_dir: str | os.PathLike) -> Path:
+    """The model folder whose ``clip/`` is the tiny CLIP that measures ``model_dir``'s pictures:
+    its own if it has one (TinyEmote), else TinyEmote's (TinyEmote-XL has none of its own; its
+    two text encoders are that CLIP's text tower), so both models are scored by one CLIP."""
+    from stableemote_utils.tinyemote.install import ensure_tinyemote
+
+    own = Path(model_dir)
+    return own if (own / "clip" / "config.json").exists() else ensure_tinyemote()
+
+
 def evaluate_tinyemote(
     output_dir: str | os.PathLike = "outputs/tinyemote-eval",
     lora_steps: int | None = None,
@@ -392,10 +402,10 @@ def evaluate_tinyemote(
         )
         sweep[str(g)] = {k: r[k] for k in ("accuracy", "heldout_accuracy")}
     record["prompt_following_by_guidance"] = sweep
-    if (Path(pipe.name_or_path) / "clip" / "config.json").exists():
-        clip_model, tokenizer = load_tiny_clip(pipe.name_or_path)
-        record["clip_retrieval"] = clip_retrieval(clip_model, tokenizer)
-        record["tiny_clip_score"] = clip_scores(pipe, (clip_model, TinyClipProcessor(tokenizer)))
+    # TinyEmote's tiny CLIP measures both models (TinyEmote-XL's encoders are its text tower)
+    clip_model, tokenizer = load_tiny_clip(measuring_clip_folder(pipe.name_or_path))
+    record["clip_retrieval"] = clip_retrieval(clip_model, tokenizer)
+    record["tiny_clip_score"] = clip_scores(pipe, (clip_model, TinyClipProcessor(tokenizer)))
 
     if lora_steps == 0:
         (out / "metrics.json").write_text(json.dumps(record, indent=1))

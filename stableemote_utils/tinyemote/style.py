@@ -51,6 +51,7 @@ from stableemote_utils.tinyemote.evaluate import (
     categorised_emoji,
     generate_batch,
     image_features,
+    measuring_clip_folder,
     nearest_category,
 )
 
@@ -597,10 +598,13 @@ def lesson_table(result: dict, probe_record: dict | None = None) -> str:
     return "\n\n".join(parts)
 
 
-def lesson_measurements(output_dir: str | os.PathLike, device: str | None = None) -> dict:
+def lesson_measurements(
+    output_dir: str | os.PathLike, device: str | None = None, preset: str = "tiny"
+) -> dict:
     """The style probe and :func:`style_and_subject` for ``evaluate-tiny``'s LoRA.
 
-    Reads TinyEmote (with its tiny CLIP) and the LoRA that
+    Reads the preset's model (TinyEmote, or TinyEmote-XL for ``"tiny-xl"``), TinyEmote's tiny
+    CLIP (the one instrument for both) and the LoRA that
     :func:`~stableemote_utils.tinyemote.evaluate.evaluate_tinyemote` left in
     ``output_dir/openmoji-lora``; saves ``style_and_subject.png`` there (training names,
     first seed: base, base + word and LoRA rows).
@@ -618,9 +622,9 @@ def lesson_measurements(output_dir: str | os.PathLike, device: str | None = None
 
     out = Path(output_dir)
     dev = pick_device(device)
-    components = load_components("tiny", device=dev)
+    components = load_components(preset, device=dev)
     pipe = make_pipeline(components)
-    clip = load_tiny_clip(components.source, dev)
+    clip = load_tiny_clip(measuring_clip_folder(components.source), dev)
     probe, real = fit_style_probe(clip[0])
     result = style_and_subject(pipe, out / STYLE_LORA_DIR / LORA_WEIGHT_NAME, clip, probe)
     images = result.pop("images")["train"]
