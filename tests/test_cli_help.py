@@ -47,15 +47,15 @@ def test_train_help_shows_the_recipes_and_presets_real_defaults(capsys, monkeypa
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert (
-        "total optimizer steps (default: 4500; --recipe tiny-quick: 1500; --recipe sdxl-t4: 500)"
-        in text
+        "total optimizer steps (default: 4500; --recipe tiny-quick: 1500; --recipe tiny-xl-quick: "
+        "1500; --recipe sdxl-t4: 500)" in text
     )
     assert (
         "(default: the preset's: 8 for sd15, 4 for tiny and tiny-random, 1 for sdxl; --recipe "
-        "tiny-quick: 8; --recipe sdxl-t4: 1)" in text
+        "tiny-quick: 8; --recipe tiny-xl-quick: 8; --recipe sdxl-t4: 1)" in text
     )
     assert "(default: to_q, to_k, to_v, to_out.0; --recipe tiny-quick: down_blocks.0.*, " in text
-    assert "(default: 0.0001; --recipe tiny-quick: 0.003)" in text
+    assert "(default: 0.0001; --recipe tiny-quick: 0.003; --recipe tiny-xl-quick: 0.003)" in text
     assert "first N" not in text and "seeded sample" in text  # what the code does
     for flag in ("--learning-rate", "--seed", "--report-to"):
         assert flag in text

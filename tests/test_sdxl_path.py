@@ -380,3 +380,20 @@ def test_each_part_leaves_the_cpu_before_the_next_loads(monkeypatch):
         "AutoencoderKL": "meta",
     }
     assert next(components.unet.parameters()).device.type == "meta"
+
+
+def test_tiny_xl_quick_puts_tiny_quicks_lora_where_sdxls_attention_is(xl_components):
+    """In SDXL's layout the full-resolution blocks hold no attention: tiny-quick's layers
+    there are ResNet layers only; tiny-xl-quick takes the attention projections instead."""
+    from stableemote_utils.lora_files import target_layer_shapes
+    from stableemote_utils.training_config import LORA_TARGET_MODULES, recipe
+
+    quick, xl_quick = recipe("tiny-quick"), recipe("tiny-xl-quick")
+    assert xl_quick.preset == "tiny-xl" and xl_quick.target_modules == LORA_TARGET_MODULES
+    same = {"steps", "batch_size", "learning_rate", "rank", "lr_warmup_steps"}
+    assert all(getattr(quick, f) == getattr(xl_quick, f) for f in same)
+    unet = xl_components.unet
+    resnets_only = target_layer_shapes(unet, quick.target_modules)
+    assert resnets_only and not any(".attentions." in name for name in resnets_only)
+    attention = target_layer_shapes(unet, xl_quick.target_modules)
+    assert attention and all(".attentions." in name for name in attention)

@@ -22,7 +22,7 @@ from stableemote_utils.presets import PRESET_ENV_VAR, SD15_MODEL_ID, SDXL_MODEL_
 from stableemote_utils.training import recipe, train
 from stableemote_utils.training_config import TRAIN_OPTIONS, TrainConfig, TrainOption, field_type
 
-RECIPES = ("original", "tiny-quick", "sdxl-t4")
+RECIPES = ("original", "tiny-quick", "tiny-xl-quick", "sdxl-t4")
 # The presets whose values `--help` shows for the settings a preset fills in.
 SHOWN_PRESETS = ("sd15", "tiny", "tiny-random", "sdxl")
 _MODEL_SHOWN = {
@@ -123,7 +123,8 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,
         choices=RECIPES,
         help="the named config the other defaults come from: original (the SD 1.5 run), "
-        "tiny-quick (minutes on a CPU, tiny preset), sdxl-t4 (SDXL on a 16 GB T4: 1024 px, "
+        "tiny-quick (minutes on a CPU, tiny preset), tiny-xl-quick (the same for tiny-xl, on the "
+        "attention projections: SDXL's full-resolution blocks hold no attention), sdxl-t4 (SDXL on a 16 GB T4: 1024 px, "
         "the largest size whose step fits when counted on paper, ~6 GB, see bench --flops "
         "--preset sdxl; batch 1 x 3 accumulated; gradient checkpointing, which keeps "
         "~0.7 GB of activations instead of ~9; 8-bit Adam where bitsandbytes and CUDA are "

@@ -326,14 +326,16 @@ def style_lora(
     device: str | None = None,
     preset: str = "tiny",
 ):
-    """Train the tiny preset's short LoRA on OpenMoji (``tiny-quick`` recipe); its result.
+    """Train the tiny preset's short LoRA on OpenMoji (``tiny-quick`` recipe; for
+    ``tiny-xl``, ``tiny-xl-quick``); its result.
 
     ``steps`` ``None``: the recipe's.
     """
 
-    steps = recipe("tiny-quick").steps if steps is None else steps
+    name = "tiny-xl-quick" if preset.startswith("tiny-xl") else "tiny-quick"
+    steps = recipe(name).steps if steps is None else steps
     config = recipe(
-        "tiny-quick",
+        name,
         preset=preset,
         dataset="openmoji",
         steps=steps,
