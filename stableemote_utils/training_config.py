@@ -325,8 +325,7 @@ def recipe(name: str = "original", **overrides) -> TrainConfig:
         )
     else:
         raise StableEmoteError(
-            f"Unknown recipe {name!r}; use 'original', 'tiny-quick', 'tiny-xl-quick' or "
-            "'sdxl-t4'."
+            f"Unknown recipe {name!r}; use 'original', 'tiny-quick', 'tiny-xl-quick' or 'sdxl-t4'."
         )
     return dataclasses.replace(base, **overrides)
 
