@@ -125,4 +125,7 @@ def test_the_readme_states_tinyemote_xls_style_and_subject_measurements():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert style_subject_markdown(record) in readme
     lora = record["style_and_subject"]["splits"]["train"]["models"]["lora"]
-    assert f"calls {lora['openmoji']['share']:.0%} of its pictures OpenMoji" in readme
+    prose = " ".join(readme.split())  # the README's lines are wrapped
+    assert f"calls {lora['openmoji']['share']:.0%} of its pictures OpenMoji" in prose
+    pf = lora["prompt_following"]["share"]
+    assert f"prompt following {pf:.0%} against the base model's" in prose
