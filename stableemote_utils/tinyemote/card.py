@@ -146,8 +146,8 @@ def _clip_lines(record: dict) -> list[str]:
         f"tiny CLIP retrieval, held-out names -> {r['images']} held-out images "
         f"({r['names']} names): top-1 {r['top1']:.0%} (chance {r['chance_top1']:.1%}), "
         f"top-5 {r['top5']:.0%} (chance {r['chance_top5']:.1%})",
-        "tiny CLIP score (100 x cosine, TinyEmote's own CLIP; real emoji = ceiling, "
-        "shuffled names = floor):",
+        "tiny CLIP score (100 x cosine, TinyEmote's own CLIP; references: real emoji against "
+        "their own names, and against shuffled names):",
     ]
     for label in ("train", "heldout"):
         x = c[label]
@@ -359,7 +359,9 @@ The first features are the images shrunk to 16 x 16 pixels: a fixed space that n
 download and sees colour and layout, not meaning. Nearest-category accuracy says whether
 a prompt from a broad category (faces, hearts, flags, clocks, hands) gets a picture whose
 nearest real emoji is in that category. The tiny CLIP score uses the model's own CLIP:
-compare it only with the real-emoji ceiling and the shuffled-name floor printed beside it.
+compare it only with the two references printed beside it: real emoji against their own names
+(a ceiling for training names only: the CLIP never saw the held-out ones) and against shuffled
+names (a floor).
 The style probe is a logistic regression on the tiny CLIP image tower's features, trained on
 real Noto against real OpenMoji drawings of the training names; with the prompt following
 and tiny CLIP score of the same pictures it says whether the course's OpenMoji LoRA (the
