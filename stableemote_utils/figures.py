@@ -530,52 +530,42 @@ def figure_pipeline(
         ),
         ("vae", "image", f"{fmt('image')}\nin [-1, 1]", (12.35, 2.45), (12.35, 3.25), (-1.0, 0.0)),
     ]
+
+    def label(x: float, y: float, text: str) -> None:  # a tensor's shape on its line
+        ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="#1a4d99",
+            bbox={"fc": "white", "ec": "none", "pad": 1},
+        )
+
     for a, b, text, start, end, (dx, dy) in arrows:
         xa, ya = start or (boxes[a][0] + w, boxes[a][1] + h / 2)
         xb, yb = end or (boxes[b][0], boxes[b][1] + h / 2)
         ax.annotate("", (xb, yb), (xa, ya), arrowprops={"arrowstyle": "->", "color": "#333"})
         if text:
-            ax.text(
-                (xa + xb) / 2 + dx,
-                (ya + yb) / 2 + dy,
-                text,
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="#1a4d99",
-                bbox={"fc": "white", "ec": "none", "pad": 1},
-            )
+            label((xa + xb) / 2 + dx, (ya + yb) / 2 + dy, text)
     # The current latents (before doubling) also go to scheduler.step: from the junction left of
     # scale_model_input, under the UNet row, into the step's left side.
     join_x, lat_y = 2.75, 1.03
     ax.plot([join_x, join_x, 8.3, 8.3], [1.95, lat_y, lat_y, 0.7], color="#333", lw=1)
     ax.plot([join_x, join_x], [1.95, 1.7], "o", color="#333", ms=3)
     ax.annotate("", (8.55, 0.7), (8.3, 0.7), arrowprops={"arrowstyle": "->", "color": "#333"})
-    ax.text(
-        7.35,
-        lat_y,
-        f"current latents {fmt('latents')}",
-        ha="center",
-        va="center",
-        fontsize=8,
-        color="#1a4d99",
-        bbox={"fc": "white", "ec": "none", "pad": 1},
-    )
+    label(7.35, lat_y, f"current latents {fmt('latents')}")
     # The loop: the new latents go back into the UNet's input (below the boxes, to the left
     # side of scale_model_input), and the timestep box hands out the next t.
     loop_y, loop_x = -0.35, 2.6
     ax.plot([9.55, 9.55, loop_x, loop_x], [-0.05, loop_y, loop_y, 1.7], color="#333", lw=1)
     ax.annotate("", (2.95, 1.7), (loop_x, 1.7), arrowprops={"arrowstyle": "->", "color": "#333"})
-    ax.text(
+    label(
         6.2,
         loop_y,
         f"repeat with the new latents and the next t: {unet_calls} UNet calls for "
         f"{sampling_steps} sampling steps,\nt spread over the {train_steps} training timesteps",
-        ha="center",
-        va="center",
-        fontsize=8,
-        color="#1a4d99",
-        bbox={"fc": "white", "ec": "none", "pad": 1},
     )
     ax.set_title(
         f"{model_name} at {resolution_px} px: the tensors between the parts "
