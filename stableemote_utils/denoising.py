@@ -118,7 +118,9 @@ def denoise(
 
     text_embeddings: (2, 77, D), unconditional first. noise: the starting latents (1, 4, h, w).
     step: the update as step(noise_pred, t, latents, scheduler); None means scheduler.step.
-    Records, at the loop indices in record_at: (t, x_t, guided noise, predicted x_0 in fp32).
+    Records, at the loop indices in record_at: (t, the latents as the scheduler holds them,
+    guided noise, predicted x_0 in fp32). The latents are x_t for DDIM and PNDM and
+    x_t / sqrt(alpha_bar_t) for Euler; x_0 is predicted from x_t in both cases.
     """
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     latents = noise * scheduler.init_noise_sigma
@@ -130,10 +132,11 @@ def denoise(
         noise_uncond, noise_text = noise_pred.chunk(2)
         noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
         if i in record_at:
-            # in fp32: dividing by sqrt(alpha_bar), small at high noise, magnifies rounding
-            x0_guess = predicted_x0(
-                latents.float(), noise_pred.float(), scheduler.alphas_cumprod, int(t)
-            )
+            # x_t in the forward formula's units (scale_model_input undoes Euler's scaling and
+            # leaves DDIM's and PNDM's latents as they are), in fp32: dividing by
+            # sqrt(alpha_bar), small at high noise, magnifies rounding
+            x_t = scheduler.scale_model_input(latents, t).float()
+            x0_guess = predicted_x0(x_t, noise_pred.float(), scheduler.alphas_cumprod, int(t))
             records.append((int(t), latents.clone(), noise_pred, x0_guess))
         if step is None:
             latents = scheduler.step(noise_pred, t, latents).prev_sample

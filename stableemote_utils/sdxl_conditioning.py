@@ -71,7 +71,9 @@ def added_time_embedding(unet, pooled: torch.Tensor, ids: torch.Tensor) -> torch
     """
     n = ids.shape[0]
     ids_features = sinusoidal_embedding(ids.flatten(), unet.config.addition_time_embed_dim)
-    joined = torch.cat([pooled, ids_features.reshape(n, -1).to(pooled.dtype)], dim=-1)
+    joined = torch.cat(
+        [pooled, ids_features.reshape(n, -1).to(pooled.device, pooled.dtype)], dim=-1
+    )
     return unet.add_embedding(joined)
 
 

@@ -165,3 +165,21 @@ def test_denoise_with_the_hand_written_update_follows_ddim(tiny_components):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert [t for t, *_ in records] == [ddim.timesteps[0].item(), ddim.timesteps[3].item()]
     assert not torch.allclose(theirs, noise)
+
+
+def test_denoise_predicts_x0_from_x_t_under_euler_too(tiny_components):
+    """Euler holds its latents divided by sqrt(alpha_bar_t); the recorded x_0 guess must
+    come from x_t all the same, as under DDIM (the same formula on rescaled latents)."""
+    from diffusers import EulerDiscreteScheduler
+
+    unet, c = tiny_components.unet, tiny_components.unet.config
+    euler = EulerDiscreteScheduler.from_config(tiny_components.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, c.in_channels, c.sample_size, c.sample_size, generator=g)
+    text = torch.randn(2, 77, c.cross_attention_dim, generator=g)
+    _, records = D.denoise(unet, euler, text, noise, 3.0, 3, record_at=(0, 2))
+    for t, latents, eps, guess in records:
+        x_t = latents * euler.alphas_cumprod[t].sqrt()
+        expected = D.predicted_x0(x_t, eps, euler.alphas_cumprod, t)
+        torch.testing.assert_close(guess, expected, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(guess, D.predicted_x0(latents, eps, euler.alphas_cumprod, t))

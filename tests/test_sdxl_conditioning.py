@@ -136,3 +136,16 @@ def test_sdxl_without_a_gpu_stops_in_one_line(monkeypatch, capsys):
     assert message.startswith("The sdxl preset needs a GPU") and "\n" not in message
     assert "TinyEmote-XL" in message
     assert capsys.readouterr().out == ""
+
+
+def test_added_time_embedding_follows_the_pooled_vector_to_its_device(xl_pipe):
+    """Time ids are built on the CPU (``time_ids``) while the prompt is encoded on the
+    accelerator: the embedding must land where the pooled vector is. The meta device stands
+    in for a GPU here."""
+    import copy
+
+    unet = copy.deepcopy(xl_pipe.unet).to("meta")  # the shared pipeline keeps its weights
+    pooled = torch.zeros(2, xl_pipe.text_encoder_2.config.projection_dim, device="meta")
+    ids = time_ids((64, 64), (0, 0), (64, 64)).expand(2, -1)
+    out = added_time_embedding(unet, pooled, ids)
+    assert out.device.type == "meta" and out.shape[0] == 2
