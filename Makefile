@@ -95,7 +95,8 @@ test: install
 		"$$(( $$(date +%s) - start )) s on $(TEST_WORKERS) workers"; exit $$status
 
 # The tests marked slow: whole training runs (bf16 included), the notebooks re-run in bf16,
-# two-process training, the TinyEmote builds repeated bit for bit, full-size SD 1.5 parts.
+# two-process training, the TinyEmote builds repeated bit for bit, full-size SD 1.5 parts, and
+# the longest integration tests (the bench, signals and kill -9 during training, reuse in pretrain-tiny).
 # About as long again as make test; CI runs both.
 test-slow: install
 	@start=$$(date +%s); \

@@ -1,6 +1,9 @@
+import pytest
+
 from stableemote_utils.bench import format_table, run_bench
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_bench_measures_both_recipes_on_the_same_batch():
     rows = run_bench("tiny", "cpu", batch_size=2, steps=2, warmup=1)
     names = [r.setting for r in rows]
@@ -58,6 +61,7 @@ def test_memory_column_only_where_it_tells_the_recipes_apart():
     assert "peak" not in cpu[1] and all("900" not in line for line in cpu)  # process RSS: no column
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_sdxl_step_counts_both_encoders_and_its_memory_on_paper():
     """SDXL on the meta device at 256 px (the sdxl preset's report counts 1024 px)."""
     from stableemote_utils.bench import count_step_flops, training_memory_gb

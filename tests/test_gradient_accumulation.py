@@ -59,6 +59,7 @@ def test_batch_4_times_2_makes_the_update_of_batch_8(tmp_path, short_run, sgd, m
     assert max((half[k] - whole[k]).abs().max().item() for k in whole) > 1000 * tolerance
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_accumulation_resumes_to_the_same_weights(tmp_path, short_run):
     def config(name, **kw):
         return short_run.config(

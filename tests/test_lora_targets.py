@@ -27,6 +27,7 @@ def test_the_default_targets_are_the_attention_projections(tmp_path, capsys, sho
     assert not any(n.endswith(".conv1") for n in layers)
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_chosen_targets_train_only_those_layers_and_load_into_a_pipeline(
     tmp_path, capsys, short_run, tiny_components
 ):

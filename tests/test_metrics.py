@@ -108,6 +108,7 @@ def test_clip_score_is_the_scaled_cosine(small_clip):
     assert (result["base"]["n_images"], result["base"]["n_reference"]) == (3, 3)
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_heldout_loss_base_vs_lora(tiny_model_dir, tmp_path):
     from stableemote_utils.loading import load_components, make_pipeline
     from stableemote_utils.lora import add_lora

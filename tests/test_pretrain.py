@@ -125,6 +125,7 @@ def test_openmoji_word_must_be_a_plain_word(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_clip_from_reuses_a_saved_tiny_clip_and_measures_it_again(tmp_path):
     from transformers import CLIPModel
 
@@ -149,6 +150,7 @@ def test_clip_from_a_folder_without_a_model_says_so(tmp_path):
     assert not (tmp_path / "run" / "clip").exists()
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_vae_from_and_unet_from_reuse_earlier_weights(tmp_path):
     from diffusers import AutoencoderKL
 

@@ -28,6 +28,7 @@ def preset_calls(monkeypatch) -> list[tuple]:
     return calls
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_quickstart_resolves_the_preset_once(tmp_path, tiny_model_dir, preset_calls):
     out = tmp_path / "demo"
     result = run_quickstart("tiny-random", output_dir=str(out), device="cpu", steps=2)

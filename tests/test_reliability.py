@@ -343,6 +343,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_concurrent_run_refused_then_kill_9_and_resume_equals_uninterrupted(
     run_args, straight, tmp_path, capsys
 ):
@@ -425,6 +426,7 @@ def test_first_ctrl_c_or_sigterm_finishes_the_step_writes_a_checkpoint_and_says_
     assert_same_weights(folder, straight)
 
 
+@pytest.mark.slow  # moved out of make test's time budget; test-slow runs it
 def test_sigterm_from_outside_checkpoints_the_step_it_stopped_and_resumes_identically(
     run_args, straight, tmp_path, slow_trainer, sigterm_once_checkpointed
 ):
