@@ -152,14 +152,21 @@ def test_ddim_step_with_fresh_noise_matches_diffusers(eta):
             assert not torch.allclose(ours, D.ddim_step(eps, t, x, ddim))
 
 
-def test_denoise_with_the_hand_written_update_follows_ddim(tiny_components):
-    from diffusers import DDIMScheduler
-
-    unet, c = tiny_components.unet, tiny_components.unet.config
-    ddim = DDIMScheduler.from_config(tiny_components.scheduler.config)
+def _loop_inputs(components, scheduler_class):
+    """The tiny UNet, a fresh ``scheduler_class`` from its config, and seeded starting noise
+    ``(1, 4, h, w)`` and text embeddings ``(2, 77, D)`` for :func:`denoise`."""
+    unet, c = components.unet, components.unet.config
+    scheduler = scheduler_class.from_config(components.scheduler.config)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, c.in_channels, c.sample_size, c.sample_size, generator=g)
     text = torch.randn(2, 77, c.cross_attention_dim, generator=g)
+    return unet, scheduler, noise, text
+
+
+def test_denoise_with_the_hand_written_update_follows_ddim(tiny_components):
+    from diffusers import DDIMScheduler
+
+    unet, ddim, noise, text = _loop_inputs(tiny_components, DDIMScheduler)
     theirs, records = D.denoise(unet, ddim, text, noise, 3.0, 4, record_at=(0, 3))
     ours, _ = D.denoise(unet, ddim, text, noise, 3.0, 4, step=D.ddim_step)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
@@ -172,11 +179,7 @@ def test_denoise_predicts_x0_from_x_t_under_euler_too(tiny_components):
     come from x_t all the same, as under DDIM (the same formula on rescaled latents)."""
     from diffusers import EulerDiscreteScheduler
 
-    unet, c = tiny_components.unet, tiny_components.unet.config
-    euler = EulerDiscreteScheduler.from_config(tiny_components.scheduler.config)
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(1, c.in_channels, c.sample_size, c.sample_size, generator=g)
-    text = torch.randn(2, 77, c.cross_attention_dim, generator=g)
+    unet, euler, noise, text = _loop_inputs(tiny_components, EulerDiscreteScheduler)
     _, records = D.denoise(unet, euler, text, noise, 3.0, 3, record_at=(0, 2))
     for t, latents, eps, guess in records:
         x_t = latents * euler.alphas_cumprod[t].sqrt()
