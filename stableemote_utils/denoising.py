@@ -132,10 +132,10 @@ def denoise(
         noise_uncond, noise_text = noise_pred.chunk(2)
         noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
         if i in record_at:
-            # x_t in the forward formula's units (scale_model_input undoes Euler's scaling and
-            # leaves DDIM's and PNDM's latents as they are), in fp32: dividing by
-            # sqrt(alpha_bar), small at high noise, magnifies rounding
-            x_t = scheduler.scale_model_input(latents, t).float()
+            # x_t in the forward formula's units: the UNet's own input (scale_model_input undoes
+            # Euler's scaling and leaves DDIM's and PNDM's latents as they are), in fp32:
+            # dividing by sqrt(alpha_bar), small at high noise, magnifies rounding
+            x_t = latent_input.chunk(2)[0].float()
             x0_guess = predicted_x0(x_t, noise_pred.float(), scheduler.alphas_cumprod, int(t))
             records.append((int(t), latents.clone(), noise_pred, x0_guess))
         if step is None:
