@@ -39,13 +39,15 @@ from stableemote_utils.tiny_model import (
     TINY_UNET_CONFIG,
     TINY_XL_UNET_CONFIG,
     TINYEMOTE_UNET_CONFIG,
+    TINYEMOTE_XL_UNET_CONFIG,
     sd15_config,
     sdxl_config,
 )
 
 # "tiny" is the random tiny model's UNet (the tiny-random preset); "tinyemote" the tiny
-# preset's; "tiny-xl" TinyEmote-XL's (the tiny-xl and tiny-xl-random presets).
-LAYOUT_NAMES = ("sd15", "tiny", "tinyemote", "sdxl", "tiny-xl")
+# preset's; "tiny-xl" the random tiny SDXL-layout model's (tiny-xl-random); "tinyemote-xl"
+# TinyEmote-XL's (tiny-xl).
+LAYOUT_NAMES = ("sd15", "tiny", "tinyemote", "sdxl", "tiny-xl", "tinyemote-xl")
 # How messages name each family (the kohya_family names).
 FAMILY_LABELS = {"sd15": "SD 1.x", "sdxl": "SDXL"}
 # The presets that load each family's models.
@@ -69,9 +71,10 @@ def _layout_configs(name: str) -> tuple[dict, dict[str, dict]]:
             "text_encoder": _text_config(sdxl_config("text_encoder")),
             "text_encoder_2": _text_config(sdxl_config("text_encoder_2")),
         }
-    if name == "tiny-xl":
+    if name in ("tiny-xl", "tinyemote-xl"):
         text = dict(TINY_TEXT_CONFIG)
-        return dict(TINY_XL_UNET_CONFIG), {"text_encoder": text, "text_encoder_2": text}
+        unet = TINY_XL_UNET_CONFIG if name == "tiny-xl" else TINYEMOTE_XL_UNET_CONFIG
+        return dict(unet), {"text_encoder": text, "text_encoder_2": text}
     raise StableEmoteError(f"Unknown layout '{name}'; choose one of {', '.join(LAYOUT_NAMES)}.")
 
 

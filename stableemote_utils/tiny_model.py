@@ -443,7 +443,7 @@ TINY_XL_UNET_CONFIG = {
     "out_channels": 4,
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [32, 64, 96],  # 3.6 M parameters, 7.2 MB in fp16
+    "block_out_channels": [32, 64, 96],  # 3.6 M parameters
     "layers_per_block": 1,
     "transformer_layers_per_block": [1, 1, 2],
     "attention_head_dim": [2, 2, 3],  # heads, as SDXL's config counts them (head size 32)
@@ -458,6 +458,12 @@ TINY_XL_UNET_CONFIG = {
     "freq_shift": 0,
     "act_fn": "silu",
 }
+# TinyEmote-XL's UNet: the layout above as wide as TinyEmote's UNet (64, 128, 128), with
+# 32-channel heads. 8.2 M parameters, 16.3 MB in fp16; TINY_XL_UNET_CONFIG stays narrow for
+# the random ``tiny-xl-random`` model of the fast tests.
+TINYEMOTE_XL_UNET_CONFIG = dict(
+    TINY_XL_UNET_CONFIG, block_out_channels=[64, 128, 128], attention_head_dim=[2, 4, 4]
+)
 # SDXL's VAE has its own scaling factor (0.13025); the trained TinyEmote-XL measures its own.
 TINY_XL_VAE_CONFIG = dict(TINY_VAE_CONFIG, scaling_factor=0.13025)
 # The scheduler settings SDXL base 1.0 publishes (scheduler/scheduler_config.json).

@@ -276,8 +276,8 @@ def recipe(name: str = "original", **overrides) -> TrainConfig:
     ``tiny-xl-quick``: ``tiny-quick``'s settings for TinyEmote-XL (``tiny-xl``) on the
     attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``, as ``sdxl-t4``):
     in SDXL's layout the full-resolution blocks that ``tiny-quick`` adapts hold no
-    attention, only ResNet layers, and a LoRA there barely moves the style (measured by
-    ``evaluate-tiny --preset tiny-xl``).
+    attention, only ResNet layers. ``evaluate-tiny --preset tiny-xl`` measures the result
+    (the shipped model card and the README give the figures).
 
     ``sdxl-t4``: SDXL base 1.0 on a free Colab T4 (16 GB, fp16 by the precision policy, the
     fp16-fix VAE), each choice for the T4's memory: 1024 px (the preset's; SDXL's own

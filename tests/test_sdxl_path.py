@@ -158,6 +158,7 @@ def test_train_resume_and_cache_on_tiny_xl(xl_run, tmp_path, short_run):
     info = LI.inspect_lora(xl_run.adapter_path)
     assert info["family"] == "SDXL" and info["fits"]["tiny-xl"] is None
     assert info["fits"]["tiny"] is not None and info["fits"]["sd15"] is not None
+    assert info["fits"]["tinyemote-xl"] is not None  # TinyEmote-XL's UNet is wider
 
 
 def test_compare_draws_base_and_lora_on_tiny_xl(xl_run, xl_pipe):

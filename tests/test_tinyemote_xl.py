@@ -6,8 +6,18 @@ import shutil
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from stableemote_utils.tinyemote.install import SHIPPED_DIR, SHIPPED_XL_DIR, shipped_digest
+from stableemote_utils.errors import StableEmoteError
+from stableemote_utils.tinyemote.install import (
+    SHARED_FILE,
+    SHIPPED_DIR,
+    SHIPPED_XL_DIR,
+    ensure_tinyemote,
+    read_shared,
+    shipped_digest,
+    strip_shared,
+)
 
 BOTH_MODELS_MAX_BYTES = 50e6
 
@@ -20,12 +30,92 @@ def test_shipped_xl_weights_are_fp16_safetensors_and_both_tiny_models_fit_50_mb(
     files = list(SHIPPED_XL_DIR.rglob("*"))
     assert not [f for f in files if f.suffix in (".bin", ".pt", ".ckpt", ".pth")]
     weights = _weights(SHIPPED_XL_DIR)
-    assert {f.parent.name for f in weights} == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    # the text encoders and the VAE are TinyEmote's, shipped once (in TinyEmote's folder)
+    assert {f.parent.name for f in weights} == {"unet"}
+    assert set(read_shared(SHIPPED_XL_DIR)) == {
+        "text_encoder/model.safetensors",
+        "text_encoder_2/model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    }
     for f in weights:
         with safe_open(str(f), "pt") as st:
             assert {st.get_slice(k).get_dtype() for k in st.keys()} == {"F16"}, f  # noqa: SIM118
     both = sum(f.stat().st_size for f in _weights(SHIPPED_DIR) + weights)
     assert both <= BOTH_MODELS_MAX_BYTES, f"{both / 1e6:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def installed_xl(tmp_path_factory):
+    return ensure_tinyemote(tmp_path_factory.mktemp("xl") / "tinyemote-xl", SHIPPED_XL_DIR)
+
+
+def test_the_installed_xl_folder_is_whole_with_tinyemotes_encoders_and_vae(installed_xl):
+    from transformers import CLIPTextModelWithProjection
+
+    weights = {f.parent.name for f in _weights(installed_xl)}
+    assert weights == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    for mine, theirs in [("text_encoder", "text_encoder"), ("vae", "vae")]:
+        a = load_file(next((installed_xl / mine).glob("*.safetensors")))
+        b = load_file(next((SHIPPED_DIR / theirs).glob("*.safetensors")))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # encoder 2 is the tiny CLIP's text tower with its projection, every weight present
+    second, info = CLIPTextModelWithProjection.from_pretrained(
+        installed_xl / "text_encoder_2", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    clip = load_file(SHIPPED_DIR / "clip" / "model.safetensors")
+    assert torch.equal(second.text_projection.weight, clip["text_projection.weight"])
+
+
+def test_an_xl_install_refuses_a_tinyemote_it_was_not_built_on_and_keeps_the_old_install(
+    tmp_path, monkeypatch, installed_xl
+):
+    from stableemote_utils.tinyemote import install
+
+    other = tmp_path / "other-tinyemote"
+    shutil.copytree(SHIPPED_DIR, other)
+    vae = other / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(vae)
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1
+    save_file(tensors, vae)
+    source = tmp_path / "xl-source"
+    shutil.copytree(SHIPPED_XL_DIR, source)
+    target = tmp_path / "installed"
+    shutil.copytree(installed_xl, target)
+    (source / "scheduler" / "scheduler_config.json").write_text("{}")  # a new model: reinstall
+    monkeypatch.setattr(install, "SHIPPED_DIR", other)
+    with pytest.raises(StableEmoteError, match="vae/diffusion_pytorch_model.safetensors"):
+        ensure_tinyemote(target, source)
+    # the earlier install is untouched
+    assert {f.parent.name for f in _weights(target)} == {
+        "unet",
+        "vae",
+        "text_encoder",
+        "text_encoder_2",
+    }
+    assert (target / "scheduler" / "scheduler_config.json").read_text() != "{}"
+
+
+def test_sharing_refuses_weights_that_are_not_tinyemotes_and_removes_nothing(
+    tmp_path, installed_xl
+):
+    built = tmp_path / "built"
+    shutil.copytree(installed_xl, built)
+    (built / SHARED_FILE).unlink()
+    assert strip_shared(built) == read_shared(SHIPPED_XL_DIR)  # same tensors, same listing
+    assert {f.parent.name for f in _weights(built)} == {"unet"}
+
+    other = tmp_path / "other"
+    shutil.copytree(installed_xl, other)
+    (other / SHARED_FILE).unlink()
+    encoder = other / "text_encoder_2" / "model.safetensors"
+    tensors = load_file(encoder)
+    tensors["text_projection.weight"] = tensors["text_projection.weight"] * 2
+    save_file(tensors, encoder)
+    with pytest.raises(StableEmoteError, match="text_encoder_2/model.safetensors"):
+        strip_shared(other)
+    assert len(_weights(other)) == 4 and not (other / SHARED_FILE).exists()
 
 
 def test_tiny_xl_preset_loads_tinyemote_xl_in_sdxls_pipeline():
@@ -69,13 +159,6 @@ def test_shipped_xl_card_is_the_one_its_records_give(tmp_path):
     assert "not measured yet" in write_tinyemote_xl_card(folder).read_text(encoding="utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shipped TinyEmote-XL (6,000 steps) draws 48 of 50 training-name prompts in their "
-    "category at guidance 3, TinyEmote 50 of 50; longer builds reached 49 of 50 (8,000 steps, "
-    "and 3,000 more at half the rate). Its UNet is smaller than TinyEmote's because both "
-    "models' weights must fit 50 MB; remove this mark when its metrics pass",
-)
 def test_tinyemote_xl_follows_prompts_at_least_as_well_as_tinyemote():
     """Measured by ``evaluate-tiny`` on these very weights, at the tiny presets' guidance."""
     from stableemote_utils.presets import get_preset

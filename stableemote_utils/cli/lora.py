@@ -21,7 +21,8 @@ def format_lora_report(info: dict) -> str:
         "tiny": "the random tiny model (tiny-random)",
         "tinyemote": "TinyEmote (the tiny preset)",
         "sdxl": "SDXL UNet (SDXL base 1.0 layout)",
-        "tiny-xl": "TinyEmote-XL (tiny-xl, tiny-xl-random)",
+        "tiny-xl": "random tiny SDXL (tiny-xl-random)",
+        "tinyemote-xl": "TinyEmote-XL (tiny-xl)",
     }
     fit_lines = [
         f"  {layouts.get(name, name):<29} {'yes' if why is None else 'no - ' + why}"

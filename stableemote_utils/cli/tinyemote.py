@@ -23,6 +23,7 @@ from stableemote_utils.tinyemote.install import (
     SHIPPED_MODELS,
     SHIPPED_XL_DIR,
     portable_record,
+    strip_shared,
 )
 from stableemote_utils.tinyemote.pretrain import PretrainConfig, pretrain_tiny
 from stableemote_utils.tinyemote.pretrain_xl import pretrain_tiny_xl
@@ -77,6 +78,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         shipped_dir = SHIPPED_XL_DIR if xl else SHIPPED_DIR
         with staged_folder(shipped_dir) as staging:
             shutil.copytree(model, staging)
+            if xl:  # its text encoders and VAE are TinyEmote's: shipped once, there
+                strip_shared(staging)
             shipped = portable_record(record)  # no folder of this machine in shipped files
             (staging / "pretrain.json").write_text(json.dumps(shipped, indent=1))
         preset = " --preset tiny-xl" if xl else ""

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from stableemote_utils.tinyemote.evaluate import CATEGORIES
-from stableemote_utils.tinyemote.install import SHIPPED_DIR
+from stableemote_utils.tinyemote.install import SHARED_FILE, SHIPPED_DIR, read_shared
 
 
 def format_metrics(record: dict) -> str:
@@ -162,19 +162,28 @@ def parameter_counts(model_dir: str | os.PathLike) -> dict[str, int]:
     """Parameters per component of a diffusers folder, read from its safetensors headers.
 
     ``clip`` (the tiny CLIP beside the pipeline) and SDXL's ``text_encoder_2`` are counted
-    when the folder has them.
+    when the folder has them; weights it shares with TinyEmote (``SHARED_FILE``) are
+    counted in TinyEmote's files.
     """
     from safetensors import safe_open
 
+    shared = read_shared(Path(model_dir))
     counts = {}
     for sub in ("unet", "vae", "text_encoder", "text_encoder_2", "clip"):
         if sub in ("text_encoder_2", "clip") and not (Path(model_dir) / sub).is_dir():
             continue
         total = 0
-        for f in sorted((Path(model_dir) / sub).glob("*.safetensors")):
+        files = [(f, ()) for f in sorted((Path(model_dir) / sub).glob("*.safetensors"))]
+        files += [  # weights the folder takes from TinyEmote's, counted there
+            (SHIPPED_DIR / e["from"], tuple(e["prefixes"]))
+            for name, e in shared.items()
+            if name.split("/")[0] == sub and not (Path(model_dir) / name).exists()
+        ]
+        for f, prefixes in files:
             with safe_open(str(f), "pt") as st:
                 for key in st.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    total += math.prod(st.get_slice(key).get_shape())
+                    if not prefixes or key.startswith(prefixes):
+                        total += math.prod(st.get_slice(key).get_shape())
         counts[sub] = total
     return counts
 
@@ -408,6 +417,16 @@ def write_tinyemote_xl_card(folder: str | os.PathLike) -> Path:
     cfg, unet = pre["config"], json.loads((folder / "unet" / "config.json").read_text())
     counts = parameter_counts(folder)
     size_mb = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+    weights_line = (
+        f"Weights are fp16 safetensors ({size_mb:.1f} MB in all); both tokenizers are CLIP's BPE."
+    )
+    if read_shared(folder):
+        weights_line = f"""Weights are fp16 safetensors; both tokenizers are CLIP's BPE. The text encoders and the
+VAE are TinyEmote's weights and ship once, in TinyEmote's folder: this folder holds the
+UNet ({size_mb:.1f} MB), and `{SHARED_FILE}` names the TinyEmote files (and tensors) the
+other three are made of, with a digest of each. The `tiny-xl` preset's install writes them
+from TinyEmote's files and checks the digests, so the installed folder is a whole SDXL
+folder for `StableDiffusionXLPipeline.from_pretrained`."""
     threads = f"{cfg['threads']} thread" + ("" if cfg["threads"] == 1 else "s")
     word = cfg.get("openmoji_word")
     unet_data = (
@@ -463,7 +482,7 @@ is the `tiny-xl` preset of the StableEmote course and loads with
 | CLIPTextModel (encoder 1, 2 layers, width 64) | {counts["text_encoder"]:,} | TinyEmote's text encoder: the tiny CLIP's text tower, trained contrastively, frozen |
 | CLIPTextModelWithProjection (encoder 2) | {counts["text_encoder_2"]:,} | the same tiny CLIP's text tower with its text projection, frozen |
 
-Weights are fp16 safetensors ({size_mb:.1f} MB in all); both tokenizers are CLIP's BPE.
+{weights_line}
 
 SDXL's conditioning, at this size: each token is the *penultimate* hidden state of both
 encoders side by side ({unet["cross_attention_dim"]} = 64 + 64; SDXL: 2048 = 768 + 1280). Encoder 2's projected

@@ -7,6 +7,11 @@ them into the cache with the CLIP tokenizer next to them, so that
 TinyEmote-XL (``stableemote_utils/weights/tinyemote-xl``, the ``tiny-xl`` preset) is
 installed the same way, with both of its tokenizers, for
 ``StableDiffusionXLPipeline.from_pretrained``.
+
+TinyEmote-XL's text encoders and VAE are TinyEmote's own weights, so they ship once: its
+folder lists them in :data:`SHARED_FILE` (which TinyEmote file, which of its tensors, and
+a digest of those tensors) and the install writes them from TinyEmote's files. Both models
+fit in the package's 50 MB that way, with room for a UNet as wide as TinyEmote's.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import os
 import shlex
 import shutil
 from pathlib import Path, PurePath
+
+import torch
 
 from stableemote_utils.errors import StableEmoteError
 from stableemote_utils.files import read_marker, staged_folder
@@ -30,6 +37,19 @@ SHIPPED_MODELS = {"tiny": ("TinyEmote", SHIPPED_DIR), "tiny-xl": ("TinyEmote-XL"
 
 
 MARKER = "STABLEEMOTE_TINYEMOTE"
+# In a shipped model folder: the weight files it takes from TinyEmote's shipped folder.
+SHARED_FILE = "shared_with_tinyemote.json"
+# What TinyEmote-XL shares: its file -> (TinyEmote's file, prefixes of the tensors taken;
+# ``()`` takes all). Encoder 2 is the tiny CLIP's text tower with its text projection, the
+# tensors of TinyEmote's ``clip/`` whose names start so.
+XL_SHARED = {
+    "text_encoder/model.safetensors": ("text_encoder/model.safetensors", ()),
+    "text_encoder_2/model.safetensors": (
+        "clip/model.safetensors",
+        ("text_model.", "text_projection."),
+    ),
+    "vae/diffusion_pytorch_model.safetensors": ("vae/diffusion_pytorch_model.safetensors", ()),
+}
 
 
 # Files that describe the model rather than make it up: rewriting them (the model card, the
@@ -87,6 +107,80 @@ def _refresh_records(folder: Path, source: Path) -> None:
             partial.replace(installed)
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors (names, dtypes, shapes, values), the file's header aside."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def shared_tensors(tinyemote: Path, file: str, prefixes: tuple[str, ...] | list[str]) -> dict:
+    """The tensors of TinyEmote's ``file`` whose names start with one of ``prefixes`` (all if none)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tinyemote / file))
+    return {k: v for k, v in tensors.items() if not prefixes or k.startswith(tuple(prefixes))}
+
+
+def read_shared(folder: Path) -> dict[str, dict]:
+    """The shared weight files a model folder lists: ``{its file: {"from", "prefixes", "digest"}}``."""
+    path = Path(folder) / SHARED_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def strip_shared(folder: Path, tinyemote: Path | None = None) -> dict[str, dict]:
+    """Replace ``folder``'s copies of TinyEmote's weights (:data:`XL_SHARED`) by :data:`SHARED_FILE`.
+
+    Each file must hold exactly TinyEmote's tensors (a build made with ``--vae-from`` and
+    ``--clip-from`` TinyEmote's shipped folders does); otherwise nothing is removed and a
+    :class:`StableEmoteError` says which file differs.
+    """
+    from safetensors.torch import load_file
+
+    tinyemote = Path(tinyemote or SHIPPED_DIR)
+    listing = {}
+    for file, (origin, prefixes) in XL_SHARED.items():
+        own = tensor_digest(load_file(str(folder / file)))
+        theirs = tensor_digest(shared_tensors(tinyemote, origin, prefixes))
+        if own != theirs:
+            raise StableEmoteError(
+                f"{folder / file} is not TinyEmote's {origin}, so it cannot be shared. Build "
+                "TinyEmote-XL with --vae-from and --clip-from TinyEmote's shipped folders "
+                f"({tinyemote / 'vae'}, {tinyemote / 'clip'})."
+            )
+        listing[file] = {"from": origin, "prefixes": list(prefixes), "digest": own}
+    for file in listing:
+        (folder / file).unlink()
+    (folder / SHARED_FILE).write_text(json.dumps(listing, indent=1) + "\n")
+    return listing
+
+
+def write_shared(folder: Path, tinyemote: Path | None = None) -> None:
+    """Write the weight files ``folder``'s :data:`SHARED_FILE` lists from TinyEmote's folder
+    (default :data:`SHIPPED_DIR`).
+
+    Raises :class:`StableEmoteError` when TinyEmote's tensors are not those the model was
+    built with (its digest differs), rather than install a model with other encoders.
+    """
+    from safetensors.torch import save_file
+
+    tinyemote = Path(tinyemote or SHIPPED_DIR)
+    for file, entry in read_shared(folder).items():
+        tensors = shared_tensors(tinyemote, entry["from"], entry["prefixes"])
+        if tensor_digest(tensors) != entry["digest"]:
+            raise StableEmoteError(
+                f"TinyEmote's {entry['from']} in {tinyemote} is not the one {folder.name} was "
+                f"built with, so its {file} cannot be made from it. Reinstall the package "
+                "(pip install -e .), or rebuild TinyEmote-XL on this TinyEmote: "
+                "stableemote pretrain-tiny --family sdxl --install"
+            )
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / file), metadata={"format": "pt"})
+
+
 def tokenizer_folders(source: Path) -> list[str]:
     """The tokenizer subfolders a shipped model's ``model_index.json`` names, e.g. ``["tokenizer"]``.
 
@@ -99,10 +193,11 @@ def tokenizer_folders(source: Path) -> list[str]:
 def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHIPPED_DIR) -> Path:
     """Install TinyEmote into ``folder`` (default ``<cache>/tinyemote``) if missing or stale.
 
-    Copies the shipped weights and writes the CLIP tokenizer beside them (into every
-    tokenizer folder the model index names), in a temporary folder renamed into place,
-    so an interrupted install never leaves half a model. With ``source`` =
-    :data:`SHIPPED_XL_DIR` it installs TinyEmote-XL.
+    Copies the shipped weights, writes the weights it shares with TinyEmote
+    (:data:`SHARED_FILE`) and the CLIP tokenizer beside them (into every tokenizer folder
+    the model index names), in a temporary folder renamed into place, so an interrupted
+    install never leaves half a model. With ``source`` = :data:`SHIPPED_XL_DIR` it installs
+    TinyEmote-XL.
 
     Returns:
         The model folder, loadable with ``StableDiffusionPipeline.from_pretrained`` (or
@@ -123,6 +218,7 @@ def ensure_tinyemote(folder: str | os.PathLike | None = None, source: Path = SHI
         return folder
     with staged_folder(folder) as staging:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.md"))
+        write_shared(staging)
         for sub in tokenizer_folders(source):
             write_clip_tokenizer(staging / sub)
         (staging / MARKER).write_text(json.dumps({"digest": digest}) + "\n")

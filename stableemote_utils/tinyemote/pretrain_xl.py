@@ -4,7 +4,7 @@
 (:func:`stableemote_utils.tinyemote.pretrain.shared_stages`: the VAE, the tiny CLIP and
 the UNet's data, same held-out names, same style word); stages 4 and 5 differ:
 
-4. **UNet.** A random :data:`~stableemote_utils.tiny_model.TINY_XL_UNET_CONFIG` UNet
+4. **UNet.** A random :data:`~stableemote_utils.tiny_model.TINYEMOTE_XL_UNET_CONFIG` UNet
    learns to predict noise under SDXL's conditioning:
 
    * each token is the *penultimate* hidden state of both text encoders side by side,
@@ -48,7 +48,7 @@ from stableemote_utils.presets import get_preset
 from stableemote_utils.tiny_model import (
     CLIP_MAX_LENGTH,
     SDXL_SCHEDULER_CONFIG,
-    TINY_XL_UNET_CONFIG,
+    TINYEMOTE_XL_UNET_CONFIG,
     save_xl_pipeline,
 )
 from stableemote_utils.tinyemote.clip import text_tower
@@ -425,7 +425,7 @@ def pretrain_tiny_xl(config: PretrainConfig, resume: bool = True) -> dict:
         if config.unet_from:
             unet = UNet2DConditionModel.from_pretrained(config.unet_from, torch_dtype=torch.float32)
         else:
-            unet = UNet2DConditionModel(**TINY_XL_UNET_CONFIG)
+            unet = UNet2DConditionModel(**TINYEMOTE_XL_UNET_CONFIG)
         torch.random.set_rng_state(generator_state)
         unet.save_pretrained(start_dir, safe_serialization=True)
     if config.unet_from:
