@@ -44,6 +44,13 @@ def test_shipped_xl_weights_are_fp16_safetensors_and_both_tiny_models_fit_50_mb(
     assert both <= BOTH_MODELS_MAX_BYTES, f"{both / 1e6:.1f} MB"
 
 
+def _change_tensor(file, key, change):
+    """Rewrite one tensor of a safetensors file as ``change(tensor)``."""
+    tensors = load_file(file)
+    tensors[key] = change(tensors[key])
+    save_file(tensors, file)
+
+
 @pytest.fixture(scope="module")
 def installed_xl(tmp_path_factory):
     return ensure_tinyemote(tmp_path_factory.mktemp("xl") / "tinyemote-xl", SHIPPED_XL_DIR)
@@ -75,10 +82,7 @@ def test_an_xl_install_refuses_a_tinyemote_it_was_not_built_on_and_keeps_the_old
     other = tmp_path / "other-tinyemote"
     shutil.copytree(SHIPPED_DIR, other)
     vae = other / "vae" / "diffusion_pytorch_model.safetensors"
-    tensors = load_file(vae)
-    first = sorted(tensors)[0]
-    tensors[first] = tensors[first] + 1
-    save_file(tensors, vae)
+    _change_tensor(vae, sorted(load_file(vae))[0], lambda t: t + 1)
     source = tmp_path / "xl-source"
     shutil.copytree(SHIPPED_XL_DIR, source)
     target = tmp_path / "installed"
@@ -110,9 +114,7 @@ def test_sharing_refuses_weights_that_are_not_tinyemotes_and_removes_nothing(
     shutil.copytree(installed_xl, other)
     (other / SHARED_FILE).unlink()
     encoder = other / "text_encoder_2" / "model.safetensors"
-    tensors = load_file(encoder)
-    tensors["text_projection.weight"] = tensors["text_projection.weight"] * 2
-    save_file(tensors, encoder)
+    _change_tensor(encoder, "text_projection.weight", lambda t: t * 2)
     with pytest.raises(StableEmoteError, match="text_encoder_2/model.safetensors"):
         strip_shared(other)
     assert len(_weights(other)) == 4 and not (other / SHARED_FILE).exists()
